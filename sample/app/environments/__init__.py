@@ -1,0 +1,1 @@
+"""Settings modules, selected with ``--settings`` / DJANGO_SETTINGS_MODULE."""

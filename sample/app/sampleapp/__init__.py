@@ -1,0 +1,1 @@
+"""The sample web application deployed by vumi-salt."""

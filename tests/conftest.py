@@ -1,0 +1,133 @@
+"""
+Fixtures shared by the three levels of tests (see STYLE: unit, functional, integration).
+
+Everything a test makes lives under pytest's temp dirs; every process a test
+starts is stopped by the test (the ``webapps`` fixture stops what is left).
+"""
+
+import logging
+import os
+import pathlib
+import socket
+import sys
+
+import pytest
+import salt._logging  # noqa: F401  (sets up the handlers we close at exit)
+from saltfactories.utils import random_string
+from saltfactories.utils.functional import Loaders
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "sample"))
+
+import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder)
+
+
+def pytest_unconfigure(config):
+    # Salt leaves a root log handler that errors at exit on a closed stream
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config(tmp_path_factory):
+    # log_server_host: salt-factories would listen on 0.0.0.0; tests only use loopback
+    return {
+        "root_dir": str(tmp_path_factory.mktemp("salt-root")),
+        "log_server_host": "127.0.0.1",
+    }
+
+
+@pytest.fixture(scope="session")
+def minion_opts(salt_factories):
+    factory = salt_factories.salt_minion_daemon(
+        random_string("vumi-functional-"),
+        overrides={
+            "file_client": "local",
+            "file_roots": {"base": [str(REPO / "salt")]},
+            "pillar_roots": {"base": [str(REPO / "pillar")]},
+            "module_dirs": [str(REPO / "salt" / "_modules")],
+            "states_dirs": [str(REPO / "salt" / "_states")],
+        },
+    )
+    return factory.config.copy()
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory):
+    """A pristine sample repository (staging, production, master); copied per test."""
+    return sample.make_repo(tmp_path_factory.mktemp("origin") / "sampleapp")
+
+
+@pytest.fixture
+def repo(origin, tmp_path):
+    """This test's own upstream repository, so commits do not leak between tests."""
+    dest = tmp_path / "upstream"
+    sample.git(origin.parent, "clone", "--quiet", "--no-hardlinks", str(origin), str(dest))
+    for branch in ("staging", "production"):
+        sample.git(dest, "branch", "--quiet", branch, f"origin/{branch}")
+    return dest
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    path = tmp_path / "srv"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def vumi_config(repo, base_dir):
+    """The ``vumi`` settings every functional test starts from (minion options, like pillar)."""
+    return {
+        "base_dir": str(base_dir),
+        "app": "vumi",
+        "repo_url": str(repo),
+        "ports": [],
+        "start_timeout": 20,
+        "stop_timeout": 5,
+    }
+
+
+@pytest.fixture
+def loaders(minion_opts, vumi_config):
+    opts = dict(minion_opts, vumi=vumi_config)
+    loaders = Loaders(opts)
+    try:
+        yield loaders
+    finally:
+        loaders.reset_state()
+
+
+@pytest.fixture
+def vumi(loaders):
+    """The execution module, loaded by Salt's loader."""
+    return loaders.modules.vumi
+
+
+@pytest.fixture
+def free_port():
+    """A loopback port nobody listens on (for now)."""
+    ports = []
+
+    def get():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        ports.append(port)
+        return port
+
+    return get
+
+
+@pytest.fixture
+def webapps(vumi):
+    """Tracks (env, port) pairs a test starts and stops whatever is still running at teardown."""
+    started = []
+    yield started
+    for env, port in started:
+        try:
+            vumi.stop_webapp(env, port)
+        except Exception:  # pylint: disable=broad-except
+            pass
