@@ -294,7 +294,8 @@ def paths(branch, **kwargs):
 
         salt '*' vumi.paths topics/foo
     """
-    return dict(vars(_Paths(settings(branch, **kwargs))))
+    found = _Paths(settings(branch, **kwargs))
+    return dict(vars(found), tree=found.tree())
 
 
 def _context(branch, kwargs):

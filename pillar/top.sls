@@ -1,0 +1,5 @@
+base:
+  '*':
+    - vumi.defaults
+    - vumi.staging
+    - vumi.production

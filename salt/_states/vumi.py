@@ -1,0 +1,192 @@
+"""
+Keep an environment deployed at its branch's revision, with its webapp running.
+
+Thin over the ``vumi`` execution module: each state asks what is, decides,
+and either predicts (``test=True``) or acts, and reports ``changes``.
+
+.. code-block:: yaml
+
+    staging:
+      vumi.deployed: []
+    staging-webapp:
+      vumi.webapp_running:
+        - name: staging
+        - ports: [8000, 8001]
+        - watch:
+          - vumi: staging
+"""
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+__virtualname__ = "vumi"
+
+_ERRORS = (CommandExecutionError, SaltInvocationError)
+
+
+def __virtual__():
+    if "vumi.deploy" not in __salt__:
+        return (False, "the vumi execution module is not available")
+    return __virtualname__
+
+
+def _ret(name):
+    return {"name": name, "result": True, "changes": {}, "comment": ""}
+
+
+def deployed(name, revision=None, **kwargs):
+    """
+    Make environment ``name`` current at the wanted revision: the branch's
+    latest commit (found with ``git ls-remote``, which changes nothing), or
+    ``revision``. Nothing happens when the current release already is that
+    revision with an intact virtualenv and unchanged requirements; otherwise
+    a new release is deployed and ``changes`` names the old and new release
+    and revision.
+
+    name
+        The environment (by default also the branch).
+    revision
+        Pin to a commit or tag (default: pillar ``revision``, else the branch tip).
+    kwargs
+        Settings overriding pillar (``repo_url``, ``base_dir``, ...).
+    """
+    ret = _ret(name)
+    try:
+        have = __salt__["vumi.current"](name, **kwargs)
+        want = __salt__["vumi.remote_revision"](name, revision=revision, **kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    old = {"release": have["release"], "revision": have.get("revision")} if have else {}
+    problems = []
+    if not have:
+        problems.append("nothing is deployed yet")
+    else:
+        if want is None or have.get("revision") != want:
+            problems.append(f"current is at {str(have.get('revision'))[:12]}, wanted {str(want)[:12]}")
+        if not have["virtualenv_ok"]:
+            problems.append("the virtualenv is not intact")
+        if have["requirements_changed"]:
+            problems.append("the requirements changed")
+    if not problems:
+        ret["comment"] = f"{name} is at {want[:12]} (release {have['release']})"
+        return ret
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"] = {
+            "release": {"old": old.get("release"), "new": "a new release"},
+            "revision": {"old": old.get("revision"), "new": want or revision},
+        }
+        ret["comment"] = f"{name} would be deployed: {'; '.join(problems)}"
+        return ret
+    try:
+        res = __salt__["vumi.deploy"](name, revision=revision, **kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    ret["changes"] = {
+        "release": {"old": old.get("release"), "new": res["release"]},
+        "revision": {"old": old.get("revision"), "new": res["revision"]},
+    }
+    ret["comment"] = (
+        f"{name} deployed release {res['release']} at {res['revision'][:12]} "
+        f"({'; '.join(problems)})"
+    )
+    return ret
+
+
+def _status(name, ports, kwargs):
+    """The configured (or given) ports and the webapp status of each."""
+    if ports is not None:
+        kwargs = dict(kwargs, ports=ports)
+    ports = __salt__["vumi.settings"](name, **kwargs)["ports"]
+    return {port: __salt__["vumi.webapp_status"](name, port, **kwargs)[port] for port in ports}
+
+
+def _act(ret, todo, action, kwargs, verb):
+    """Run ``action`` on each (port, old state) in ``todo``, or predict it; return a comment."""
+    if not todo:
+        return ""
+    ports = ", ".join(str(port) for port, _ in todo)
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"].update({str(port): {"old": old, "new": verb} for port, old in todo})
+        return f"ports {ports} would be {verb}"
+    for port, old in todo:  # one port at a time: the others keep serving
+        try:
+            res = __salt__[action](ret["name"], port, **kwargs)
+        except _ERRORS as exc:
+            ret["result"] = False
+            return f"port {port} could not be {verb}: {exc}"
+        new = "stopped" if verb == "stopped" else f"running release {res['release']} (pid {res['pid']})"
+        ret["changes"][str(port)] = {"old": old, "new": new}
+    return f"ports {ports} {verb}"
+
+
+def _describe(status):
+    if status["running"]:
+        return f"running release {status['release']} (pid {status['pid']})"
+    return "stopped"
+
+
+def webapp_running(name, ports=None, **kwargs):
+    """
+    Keep the webapp of environment ``name`` running on ``ports`` (default:
+    pillar ``ports``): start the ports that are not running, restart the
+    ports still running a release other than the current one. With ``watch``
+    on a ``vumi.deployed`` state, every port is restarted when it deployed.
+
+    name
+        The environment.
+    ports
+        The ports to run, each its own process.
+    """
+    ret = _ret(name)
+    try:
+        status = _status(name, ports, kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    comments = []
+    for todo, action, verb in (
+        ([(p, "stopped") for p, s in status.items() if not s["running"]], "vumi.start_webapp", "started"),
+        ([(p, _describe(s)) for p, s in status.items() if s["running"] and not s["current"]],
+         "vumi.restart_webapp", "restarted"),
+    ):  # fmt: skip
+        comments.append(_act(ret, todo, action, kwargs, verb))
+        if ret["result"] is False:
+            break
+    ret["comment"] = "; ".join(c for c in comments if c) or (
+        f"webapp of {name} runs the current release on ports {', '.join(map(str, status))}"
+    )
+    return ret
+
+
+def webapp_dead(name, ports=None, **kwargs):
+    """
+    Stop the webapp of environment ``name`` on ``ports`` (default: pillar ``ports``).
+    """
+    ret = _ret(name)
+    try:
+        status = _status(name, ports, kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    todo = [(p, _describe(s)) for p, s in status.items() if s["running"]]
+    ret["comment"] = _act(ret, todo, "vumi.stop_webapp", kwargs, "stopped") or (
+        f"webapp of {name} is not running on ports {', '.join(map(str, status))}"
+    )
+    return ret
+
+
+def mod_watch(name, sfun=None, ports=None, **kwargs):
+    """
+    React to ``watch``: a watched ``vumi.deployed`` that changed means a new
+    release is current, so every port of ``webapp_running`` is restarted, one
+    at a time.
+    """
+    ret = _ret(name)
+    if sfun != "webapp_running":
+        return dict(ret, result=False, comment=f"vumi.{sfun} does not support watch")
+    try:
+        status = _status(name, ports, kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    todo = [(p, _describe(s)) for p, s in status.items()]
+    ret["comment"] = _act(ret, todo, "vumi.restart_webapp", kwargs, "restarted")
+    return ret
