@@ -39,14 +39,25 @@ def salt_factories_config(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def never_var_praekelt():
+    """The default base_dir must stay untouched: every test sets its own."""
+    existed = os.path.exists("/var/praekelt")
+    yield
+    assert existed or not os.path.exists("/var/praekelt"), "a test wrote to /var/praekelt"
+
+
 @pytest.fixture(scope="session")
-def minion_opts(salt_factories):
+def minion_opts(salt_factories, tmp_path_factory):
+    # no pillar: the bundle's pillar/ names /var/praekelt, and pillar would win
+    # over the settings the tests give as minion options
+    empty_pillar = tmp_path_factory.mktemp("empty-pillar")
     factory = salt_factories.salt_minion_daemon(
         random_string("vumi-functional-"),
         overrides={
             "file_client": "local",
             "file_roots": {"base": [str(REPO / "salt")]},
-            "pillar_roots": {"base": [str(REPO / "pillar")]},
+            "pillar_roots": {"base": [str(empty_pillar)]},
             "module_dirs": [str(REPO / "salt" / "_modules")],
             "states_dirs": [str(REPO / "salt" / "_states")],
         },
