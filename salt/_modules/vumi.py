@@ -408,6 +408,8 @@ def _deploy_lock(cfg, paths):
     One deploy at a time per environment: ``flock`` is released by the kernel
     when its holder dies, so a crashed deploy never leaves a stale lock.
     """
+    if not os.path.isdir(paths.root):
+        raise CommandExecutionError(f"{cfg['env']} is not deployed: {paths.root} does not exist")
     fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + cfg["lock_timeout"]
@@ -758,7 +760,9 @@ def _step_cut_release(d):
         raise CommandExecutionError(f"release {d.release} already exists in {d.paths.releases}")
     _makedirs(rel, d.runas)
     code = d.paths.code(d.release)
-    _git(["clone", "--quiet", "--shared", "--no-checkout", "--", d.paths.repo, code], "git clone --shared", runas=d.runas)
+    # no hook samples, no reflogs: the release's .git is a few small files
+    _git(["clone", "--quiet", "--shared", "--no-checkout", "--template=", "--config=core.logAllRefUpdates=false",
+          "--", d.paths.repo, code], "git clone --shared", runas=d.runas)  # fmt: skip
     _git(["checkout", "--quiet", "--detach", d.sha], "git checkout", cwd=code, runas=d.runas)
 
 
@@ -773,6 +777,7 @@ def _step_link_shared(d):
             os.remove(link)
         os.symlink(os.path.join(d.paths.shared, name), link)
         exclude.append(f"/{name}\n")
+    os.makedirs(os.path.join(code, ".git", "info"), exist_ok=True)
     with open(os.path.join(code, ".git", "info", "exclude"), "a", encoding="utf-8") as fh:
         fh.writelines(exclude)
 
@@ -933,6 +938,7 @@ def publish(branch, release, **kwargs):
     """
     cfg, paths = _context(branch, kwargs)
     d = _Deploy(cfg, paths, release=release)
+    paths.release(release)  # a bad name fails before anything else
     with _deploy_lock(cfg, paths):
         if not os.path.isdir(paths.release(release)):
             raise SaltInvocationError(f"unknown release {release!r} in {paths.releases}")
@@ -1055,6 +1061,8 @@ def create_virtualenv(branch, release=None, **kwargs):
     """
     cfg, paths = _context(branch, kwargs)
     runas = _runas(cfg)
+    if release is not None:
+        paths.release(release)  # a bad name fails before anything else
     with _deploy_lock(cfg, paths):
         name = _resolve_release(paths, release)
         req_hash, built = _ensure_venv(cfg, paths, name, runas)
@@ -1160,6 +1168,8 @@ def rollback(branch, release=None, **kwargs):
         salt '*' vumi.rollback staging 20261126_153000
     """
     cfg, paths = _context(branch, kwargs)
+    if release is not None:
+        paths.release(release)  # a bad name fails before anything else
     with _deploy_lock(cfg, paths):
         previous = _current_name(paths)
         if release is None:
@@ -1421,6 +1431,41 @@ def _restart(cfg, paths, port):
                 comment=f"webapp restarted on port {port}")  # fmt: skip
 
 
+@contextlib.contextmanager
+def _port_lock(cfg, paths, port):
+    """
+    One start, stop or restart of a port at a time, across Salt jobs: without it two
+    jobs starting one port both find it free, the loser's process exits on the taken
+    port while its pid file replaces the winner's, and the running webapp can no
+    longer be stopped. ``flock`` is released by the kernel when its holder dies.
+    """
+    if not os.path.isdir(paths.root):
+        yield  # nothing deployed, nothing running: the action says so
+        return
+    _makedirs(paths.pids, _runas(cfg))  # the webapp may write its own pid file there
+    fd = os.open(os.path.join(paths.pids, f"webapp.{port}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 10
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CommandExecutionError(
+                        f"another job is still starting or stopping the webapp on port {port}"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _locked(action, cfg, paths, port):
+    with _port_lock(cfg, paths, port):
+        return action(cfg, paths, port)
+
+
 def _one_port(branch, port, kwargs):
     cfg, paths = _context(branch, kwargs)
     return cfg, paths, _port(port)
@@ -1440,7 +1485,7 @@ def start_webapp(branch, port=8000, **kwargs):
         salt '*' vumi.start_webapp staging 8001
     """
     cfg, paths, port = _one_port(branch, port, kwargs)
-    return _start(cfg, paths, port)
+    return _locked(_start, cfg, paths, port)
 
 
 def stop_webapp(branch, port=8000, **kwargs):
@@ -1455,7 +1500,7 @@ def stop_webapp(branch, port=8000, **kwargs):
         salt '*' vumi.stop_webapp staging 8001
     """
     cfg, paths, port = _one_port(branch, port, kwargs)
-    return _stop(cfg, paths, port)
+    return _locked(_stop, cfg, paths, port)
 
 
 def restart_webapp(branch, port=8000, **kwargs):
@@ -1469,13 +1514,14 @@ def restart_webapp(branch, port=8000, **kwargs):
         salt '*' vumi.restart_webapp staging 8001
     """
     cfg, paths, port = _one_port(branch, port, kwargs)
-    return _restart(cfg, paths, port)
+    return _locked(_restart, cfg, paths, port)
 
 
 def _cluster(action, branch, ports, kwargs):
     cfg, paths = _context(branch, kwargs)
     ports = _ports(ports) or cfg["ports"]
-    return [action(cfg, paths, port) for port in ports]  # one at a time: stops at the first failure
+    # one at a time: stops at the first failure
+    return [_locked(action, cfg, paths, port) for port in ports]
 
 
 def start_webapp_cluster(branch, *ports, **kwargs):
