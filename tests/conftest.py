@@ -26,6 +26,9 @@ def pytest_unconfigure(config):
     # Salt leaves a root log handler that errors at exit on a closed stream
     root = logging.getLogger()
     for handler in list(root.handlers):
+        if hasattr(handler, "sync_with_handlers"):
+            # salt's deferred handler would flush its queue to the closed stream at exit
+            handler.sync_with_handlers([logging.NullHandler()])
         root.removeHandler(handler)
         handler.close()
 
