@@ -347,7 +347,8 @@ def _run(cmd, what, cwd=None, runas=None, env=None):
     """Run an argument list with Salt's cmd.run_all; raise with its output's tail on failure."""
     env = dict(env or {}, GIT_TERMINAL_PROMPT="0")
     res = __salt__["cmd.run_all"](
-        cmd, cwd=cwd, runas=runas, env=env, python_shell=False, output_loglevel="quiet"
+        cmd, cwd=cwd, runas=runas, env=env, python_shell=False, output_loglevel="quiet",
+        ignore_retcode=True,  # a failure raises below; a probe that fails must not fail the job
     )
     if res["retcode"] != 0:
         detail = _tail(res.get("stderr")) or _tail(res.get("stdout"))
@@ -403,16 +404,15 @@ def _history(paths):
 
 
 @contextlib.contextmanager
-def _deploy_lock(cfg, paths):
+def _flock(path, timeout, busy):
     """
-    One deploy at a time per environment: ``flock`` is released by the kernel
-    when its holder dies, so a crashed deploy never leaves a stale lock.
+    Hold an exclusive ``flock`` on ``path``, recording who holds it. The kernel
+    releases it when its holder dies, so a crash never leaves a stale lock.
+    After ``timeout`` seconds of waiting, raise ``busy(holder)``.
     """
-    if not os.path.isdir(paths.root):
-        raise CommandExecutionError(f"{cfg['env']} is not deployed: {paths.root} does not exist")
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + cfg["lock_timeout"]
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -420,11 +420,8 @@ def _deploy_lock(cfg, paths):
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-                    raise CommandExecutionError(
-                        f"another deploy of {cfg['env']} holds the lock {paths.lock}: "
-                        f"{holder or 'unknown holder'}"
-                    ) from None
-                time.sleep(0.1)
+                    raise busy(holder or "unknown holder") from None
+                time.sleep(0.05)
         holder = {"pid": os.getpid(), "user": getpass.getuser(), "since": _now().isoformat()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -435,6 +432,19 @@ def _deploy_lock(cfg, paths):
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _deploy_lock(cfg, paths):
+    """One deploy (or rollback, update, cleanup) at a time per environment."""
+    if not os.path.isdir(paths.root):
+        raise CommandExecutionError(f"{cfg['env']} is not deployed: {paths.root} does not exist")
+    return _flock(
+        paths.lock,
+        cfg["lock_timeout"],
+        lambda holder: CommandExecutionError(
+            f"another deploy of {cfg['env']} holds the lock {paths.lock}: {holder}"
+        ),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -691,6 +701,8 @@ class _Deploy:
         self.cfg = cfg
         self.paths = paths
         self.runas = _runas(cfg)
+        if revision is not None:  # an argument, not a setting: validate it like the pin
+            revision = _check_name(str(revision), "revision", _REVISION_RE)
         self.revision = revision if revision is not None else cfg["revision"]
         self.release = release
         self.sha = None
@@ -743,8 +755,18 @@ def _step_fetch(d):
 
 
 def _new_release_name(paths):
-    """A UTC timestamp; bumped by a second while that name is taken."""
+    """
+    A UTC timestamp, later than any release name used before: names sort in
+    deploy order even when pruning frees a name or the clock steps back.
+    """
     when = _now().replace(microsecond=0)
+    used = [e.get("release") for e in _history(paths)]
+    for folder in (paths.releases, paths.failed):
+        used += os.listdir(folder) if os.path.isdir(folder) else []
+    used = [n for n in used if isinstance(n, str) and _RELEASE_RE.match(n)]
+    if used:
+        last = datetime.datetime.strptime(max(used), _RELEASE_FORMAT)
+        when = max(when, last.replace(tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=1))
     while True:
         name = when.strftime(_RELEASE_FORMAT)
         if not any(os.path.lexists(os.path.join(p, name)) for p in (paths.releases, paths.failed)):
@@ -1437,28 +1459,20 @@ def _port_lock(cfg, paths, port):
     One start, stop or restart of a port at a time, across Salt jobs: without it two
     jobs starting one port both find it free, the loser's process exits on the taken
     port while its pid file replaces the winner's, and the running webapp can no
-    longer be stopped. ``flock`` is released by the kernel when its holder dies.
+    longer be stopped.
     """
     if not os.path.isdir(paths.root):
         yield  # nothing deployed, nothing running: the action says so
         return
     _makedirs(paths.pids, _runas(cfg))  # the webapp may write its own pid file there
-    fd = os.open(os.path.join(paths.pids, f"webapp.{port}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 10
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise CommandExecutionError(
-                        f"another job is still starting or stopping the webapp on port {port}"
-                    ) from None
-                time.sleep(0.05)
+    with _flock(
+        os.path.join(paths.pids, f"webapp.{port}.lock"),
+        cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 10,
+        lambda holder: CommandExecutionError(
+            f"another job is still starting or stopping the webapp on port {port}: {holder}"
+        ),
+    ):
         yield
-    finally:
-        os.close(fd)
 
 
 def _locked(action, cfg, paths, port):
