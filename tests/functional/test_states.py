@@ -1,0 +1,509 @@
+"""
+Functional tests of the ``vumi`` states and the ``vumi`` SLS (issue #4).
+
+Everything is real: the sample app's git repository (one per test), the
+virtualenvs, the webapp processes on free loopback ports and the HTTP they
+serve. States run through ``state.single`` / ``state.apply`` of Salt's
+loader, so ``test=True``, requisites and ``mod_watch`` behave as on a minion.
+"""
+
+import getpass
+import json
+import os
+import pathlib
+import socket
+
+import pytest
+from saltfactories.utils.functional import Loaders
+
+from conftest import REPO, sample
+from helpers import current_target, env_root, http_get, release_dirs
+
+ENV = "staging"
+VAR_PRAEKELT = "/var/praekelt"  # the bundle's default base_dir: never touched by a test
+
+
+# --------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _var_praekelt_untouched():
+    existed = os.path.lexists(VAR_PRAEKELT)
+    yield
+    if not existed:
+        assert not os.path.lexists(VAR_PRAEKELT), f"a test created {VAR_PRAEKELT}"
+
+
+@pytest.fixture
+def pillar_dir(tmp_path, vumi_config):
+    """
+    A pillar tree like scripts/demo's: the bundle's own pillar files plus one
+    file of ours pointing every environment at this test's repo and base_dir.
+
+    The loader compiles pillar from ``pillar_roots``, and pillar wins over the
+    minion options ``vumi``: with the bundle's pillar alone every setting would
+    be /var/praekelt, github and the ports 8000-8003.
+    """
+    path = tmp_path / "pillar"
+    path.mkdir()
+    (path / "vumi").symlink_to(REPO / "pillar" / "vumi")
+    (path / "top.sls").write_text(
+        "base:\n  '*':\n    - vumi.defaults\n    - vumi.staging\n    - vumi.production\n    - tests\n"
+    )
+    ours = dict(
+        vumi_config,
+        user=getpass.getuser(),
+        environments={"staging": {"ports": []}, "production": {"ports": []}},
+    )
+    (path / "tests.sls").write_text(json.dumps({"vumi": ours}))  # JSON is YAML
+    return path
+
+
+@pytest.fixture
+def loaders(minion_opts, vumi_config, pillar_dir):
+    """Overrides conftest's: the same minion, with the safe pillar tree above."""
+    opts = dict(minion_opts, vumi=vumi_config, pillar_roots={"base": [str(pillar_dir)]})
+    loaders = Loaders(opts)
+    settings = loaders.modules.vumi.settings(ENV)
+    assert settings["base_dir"] == vumi_config["base_dir"], settings
+    assert settings["repo_url"] == vumi_config["repo_url"], settings
+    try:
+        yield loaders
+    finally:
+        loaders.reset_state()
+
+
+@pytest.fixture
+def states(loaders):
+    return loaders.states.vumi
+
+
+@pytest.fixture
+def root(base_dir):
+    return env_root(base_dir, ENV)
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+def snapshot(path):
+    """What a user would call "the tree": every path (and link target), plus the history log."""
+    path = pathlib.Path(path)
+    found = {}
+    for top, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(top, name)
+            rel = os.path.relpath(full, path)
+            found[rel] = os.readlink(full) if os.path.islink(full) else None
+    history = path / "vumi" / ENV / "history.log"
+    return found, history.read_text() if history.is_file() else None
+
+
+def tip(repo, branch=ENV):
+    return sample.git(repo, "rev-parse", branch)
+
+
+def new_commit(repo, text, branch=ENV):
+    return sample.commit_file(repo, branch, "NEWS", text + "\n", f"news: {text}")
+
+
+def current_revision(vumi):
+    cur = vumi.current(ENV)
+    return cur and cur["revision"]
+
+
+def serving(port):
+    """(release, revision, pid) of the webapp answering on ``port``."""
+    status, body = http_get(port)
+    assert status == 200, body
+    assert body["app"] == "sampleapp" and body["env"] == ENV and body["port"] == port, body
+    return body["release"], body["revision"], body["pid"]
+
+
+def port_closed(port):
+    with pytest.raises(OSError):
+        http_get(port, timeout=2)
+    return True
+
+
+def assert_unchanged(ret):
+    assert ret.result is True, ret.comment
+    assert ret.changes == {}, ret.changes
+
+
+# --------------------------------------------------------------------------
+# vumi.deployed
+# --------------------------------------------------------------------------
+
+
+def test_deployed_predicts_deploys_then_is_idempotent(states, vumi, repo, base_dir, root):
+    first_sha = tip(repo)
+
+    ret = states.deployed(ENV, test=True)
+    assert ret.result is None, ret.comment
+    assert "nothing is deployed yet" in ret.comment
+    assert ret.changes["revision"] == {"old": None, "new": first_sha}
+    assert ret.changes["release"]["old"] is None
+    assert snapshot(base_dir) == ({}, None), "test=True must not touch the disk"
+
+    ret = states.deployed(ENV)
+    assert ret.result is True, ret.comment
+    (first,) = release_dirs(base_dir)
+    assert ret.changes == {
+        "release": {"old": None, "new": first},
+        "revision": {"old": None, "new": first_sha},
+    }
+    assert current_target(base_dir) == f"releases/{first}"
+    assert (root / "releases" / first / "REVISION").read_text().strip() == first_sha
+
+    before = snapshot(base_dir)
+    assert_unchanged(states.deployed(ENV))
+    assert release_dirs(base_dir) == [first]
+    assert_unchanged(states.deployed(ENV, test=True))
+    assert snapshot(base_dir) == before
+
+    # a new commit on the branch: predicted exactly, then deployed exactly
+    second_sha = new_commit(repo, "second")
+    ret = states.deployed(ENV, test=True)
+    assert ret.result is None, ret.comment
+    assert ret.changes["revision"] == {"old": first_sha, "new": second_sha}
+    assert ret.changes["release"]["old"] == first
+    assert snapshot(base_dir) == before
+
+    ret = states.deployed(ENV)
+    assert ret.result is True, ret.comment
+    second = release_dirs(base_dir)[-1]
+    assert release_dirs(base_dir) == [first, second]
+    assert ret.changes == {
+        "release": {"old": first, "new": second},
+        "revision": {"old": first_sha, "new": second_sha},
+    }
+    assert current_revision(vumi) == second_sha
+    assert current_target(base_dir) == f"releases/{second}"
+    assert (root / "releases" / second / "vumi" / "NEWS").read_text() == "second\n"
+    assert_unchanged(states.deployed(ENV))
+
+    # pinned to the older commit: deployed, then idempotent (full or short sha)
+    ret = states.deployed(ENV, revision=first_sha, test=True)
+    assert ret.result is None and ret.changes["revision"]["new"] == first_sha, ret.raw
+    ret = states.deployed(ENV, revision=first_sha)
+    assert ret.result is True, ret.comment
+    third = release_dirs(base_dir)[-1]
+    assert ret.changes["revision"] == {"old": second_sha, "new": first_sha}
+    assert ret.changes["release"] == {"old": second, "new": third}
+    assert current_revision(vumi) == first_sha
+    assert not (root / "releases" / third / "vumi" / "NEWS").exists()
+    before = snapshot(base_dir)
+    assert_unchanged(states.deployed(ENV, revision=first_sha))
+    assert_unchanged(states.deployed(ENV, revision=first_sha[:10]))
+    assert_unchanged(states.deployed(ENV, revision=first_sha, test=True))
+    assert snapshot(base_dir) == before
+
+    # the pin lifted: back to the branch's tip
+    ret = states.deployed(ENV)
+    assert ret.result is True and ret.changes["revision"]["new"] == second_sha, ret.raw
+    assert current_revision(vumi) == second_sha
+
+
+def test_failed_deploy_keeps_current_and_the_webapp_serving(
+    states, vumi, repo, base_dir, root, free_port, webapps
+):
+    port = free_port()
+    assert states.deployed(ENV).result is True
+    webapps.append((ENV, port))
+    ret = states.webapp_running(ENV, ports=[port])
+    assert ret.result is True, ret.comment
+    (good,) = release_dirs(base_dir)
+    good_sha = current_revision(vumi)
+    assert serving(port)[:2] == (good, good_sha)
+    pid = serving(port)[2]
+
+    def still_good():
+        assert current_target(base_dir) == f"releases/{good}"
+        assert release_dirs(base_dir) == [good]
+        assert current_revision(vumi) == good_sha
+        assert serving(port) == (good, good_sha, pid)
+
+    # a requirements file the code does not have
+    ret = states.deployed(ENV, requirements="config/missing.pip")
+    assert ret.result is False
+    assert "config/missing.pip not found" in ret.comment, ret.comment
+    assert ret.changes == {}
+    still_good()
+
+    # a repository that cannot be reached (nothing to clone or fetch)
+    nowhere = str(base_dir.parent / "no-such-repo")
+    ret = states.deployed(ENV, repo_url=nowhere)
+    assert ret.result is False
+    assert nowhere in ret.comment, ret.comment
+    still_good()
+    ret = states.deployed(ENV, repo_url=nowhere, test=True)
+    assert ret.result is False and nowhere in ret.comment, ret.raw
+
+    # a new commit whose requirements pip cannot install
+    new_commit(repo, "broken")
+    sample.commit_file(
+        repo, ENV, "config/requirements.pip",
+        "--no-index\n--find-links wheels\nno-such-package-anywhere==9.9\n", "broken requirements",
+    )  # fmt: skip
+    ret = states.deployed(ENV)
+    assert ret.result is False
+    assert "pip install" in ret.comment and "no-such-package-anywhere" in ret.comment, ret.comment
+    still_good()
+    failed = os.listdir(root / "failed")
+    assert len(failed) == 2, failed  # missing.pip and pip's failure, set aside
+    # nothing marked the broken revision done: it is still wanted, not skipped
+    ret = states.deployed(ENV, test=True)
+    assert ret.result is None and ret.changes["revision"]["new"] == tip(repo), ret.raw
+
+
+def test_broken_virtualenv_is_redeployed(states, vumi, base_dir, root):
+    assert states.deployed(ENV).result is True
+    (first,) = release_dirs(base_dir)
+    sha = current_revision(vumi)
+    venv = pathlib.Path(os.path.realpath(root / "releases" / first / "ve"))
+    assert venv.parent == root / "shared" / "virtualenvs"
+    marker = venv / ".vumi-complete"
+
+    # each sign of a broken virtualenv is seen on its own (predicting is cheap)
+    marker_text = marker.read_text()
+    marker.unlink()
+    ret = states.deployed(ENV, test=True)
+    assert ret.result is None and "virtualenv is not intact" in ret.comment, ret.raw
+    assert ret.changes["revision"] == {"old": sha, "new": sha}
+    marker.write_text(marker_text)
+    assert_unchanged(states.deployed(ENV, test=True))
+    (venv / "bin" / "python").unlink()
+    ret = states.deployed(ENV, test=True)
+    assert ret.result is None and "virtualenv is not intact" in ret.comment, ret.raw
+    assert release_dirs(base_dir) == [first]
+
+    ret = states.deployed(ENV)
+    assert ret.result is True, ret.comment
+    second = release_dirs(base_dir)[-1]
+    assert ret.changes == {
+        "release": {"old": first, "new": second},
+        "revision": {"old": sha, "new": sha},
+    }
+    assert vumi.current(ENV)["virtualenv_ok"] is True
+    res = vumi.execute(ENV, "python -c 'import vumi_sample_lib'")
+    assert res["retcode"] == 0, res
+    assert_unchanged(states.deployed(ENV))
+
+
+# --------------------------------------------------------------------------
+# vumi.webapp_running / vumi.webapp_dead
+# --------------------------------------------------------------------------
+
+
+def test_webapp_running_restarts_old_releases_and_webapp_dead_stops(
+    states, vumi, repo, base_dir, free_port, webapps
+):
+    ports = [free_port(), free_port()]
+    webapps.extend((ENV, port) for port in ports)
+    assert states.deployed(ENV).result is True
+    (first,) = release_dirs(base_dir)
+    first_sha = current_revision(vumi)
+
+    ret = states.webapp_running(ENV, ports=ports, test=True)
+    assert ret.result is None, ret.comment
+    assert ret.changes == {str(p): {"old": "stopped", "new": "started"} for p in ports}
+    assert all(port_closed(p) for p in ports)
+
+    ret = states.webapp_running(ENV, ports=ports)
+    assert ret.result is True, ret.comment
+    assert set(ret.changes) == {str(p) for p in ports}
+    pids = {}
+    for port in ports:
+        release, revision, pids[port] = serving(port)
+        assert (release, revision) == (first, first_sha)
+        assert ret.changes[str(port)]["old"] == "stopped"
+        assert ret.changes[str(port)]["new"] == f"running release {first} (pid {pids[port]})"
+    assert_unchanged(states.webapp_running(ENV, ports=ports))
+    assert_unchanged(states.webapp_running(ENV, ports=ports, test=True))
+
+    # a new release: deployed alone does not restart; the running ports lag behind
+    second_sha = new_commit(repo, "second")
+    assert states.deployed(ENV).result is True
+    second = release_dirs(base_dir)[-1]
+    assert [serving(p) for p in ports] == [(first, first_sha, pids[p]) for p in ports]
+
+    ret = states.webapp_running(ENV, ports=ports, test=True)
+    assert ret.result is None, ret.comment
+    assert ret.changes == {
+        str(p): {"old": f"running release {first} (pid {pids[p]})", "new": "restarted"} for p in ports
+    }
+    assert [serving(p) for p in ports] == [(first, first_sha, pids[p]) for p in ports]
+
+    ret = states.webapp_running(ENV, ports=ports)
+    assert ret.result is True, ret.comment
+    for port in ports:
+        release, revision, pid = serving(port)
+        assert (release, revision) == (second, second_sha)
+        assert pid != pids[port]
+        assert ret.changes[str(port)] == {
+            "old": f"running release {first} (pid {pids[port]})",
+            "new": f"running release {second} (pid {pid})",
+        }
+    assert_unchanged(states.webapp_running(ENV, ports=ports))
+
+    # a port some other process listens on: refused, and that process left alone
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        other = foreign.getsockname()[1]
+        ret = states.webapp_running(ENV, ports=[other])
+        assert ret.result is False and "already in use" in ret.comment, ret.raw
+        assert ret.changes == {}
+        assert_unchanged(states.webapp_dead(ENV, ports=[other]))
+        with socket.create_connection(("127.0.0.1", other), timeout=2):
+            pass
+
+    ret = states.webapp_dead(ENV, ports=ports, test=True)
+    assert ret.result is None, ret.comment
+    assert set(ret.changes) == {str(p) for p in ports}
+    assert all(serving(p)[0] == second for p in ports)
+
+    ret = states.webapp_dead(ENV, ports=ports)
+    assert ret.result is True, ret.comment
+    assert all(ret.changes[str(p)]["new"] == "stopped" for p in ports), ret.changes
+    assert all(port_closed(p) for p in ports)
+    assert vumi.webapp_status(ENV, ports[0])[ports[0]]["running"] is False
+    assert_unchanged(states.webapp_dead(ENV, ports=ports))
+    assert_unchanged(states.webapp_dead(ENV, ports=ports, test=True))
+
+
+# --------------------------------------------------------------------------
+# The SLS, end to end
+# --------------------------------------------------------------------------
+
+
+def sls_pillar(vumi_config, ports, branch=ENV):
+    pillar = {
+        "vumi": {
+            "base_dir": vumi_config["base_dir"],
+            "repo_url": vumi_config["repo_url"],
+            "user": getpass.getuser(),
+            "environments": {ENV: {"ports": ports}},
+        }
+    }
+    if branch:
+        pillar["branch"] = branch
+    return pillar
+
+
+class Applied:
+    """A state.apply of the SLS: its states by what they are."""
+
+    def __init__(self, ret):
+        self.states = list(ret)
+        self.by_kind = {}  # by the end of the state id: vumi-<env>-layout / -deployed / -webapp
+        for state in self.states:
+            self.by_kind.setdefault(state.full_return["__id__"].rsplit("-", 1)[-1], []).append(state)
+        assert set(self.by_kind) == {"layout", "deployed", "webapp"}, ret.raw
+        (self.deployed,) = self.by_kind["deployed"]
+        (self.webapp,) = self.by_kind["webapp"]
+        self.layout = self.by_kind["layout"]
+
+    def comments(self):
+        return {state.id: state.comment for state in self.states}
+
+
+def test_sls_deploys_runs_and_follows_the_branch(loaders, vumi, repo, base_dir, vumi_config, free_port, webapps):
+    ports = [free_port(), free_port()]
+    webapps.extend((ENV, port) for port in ports)
+    pillar = sls_pillar(vumi_config, ports)
+
+    def apply(**kwargs):
+        ret = loaders.modules.state.apply("vumi", pillar=pillar, **kwargs)
+        assert not ret.errors, ret.errors
+        return Applied(ret)
+
+    # predicted, and nothing touched
+    ret = apply(test=True)
+    assert ret.deployed.result is None, ret.comments()
+    assert ret.deployed.changes["revision"]["new"] == tip(repo)
+    assert all(state.result is None for state in ret.layout), ret.comments()
+    assert ret.webapp.result is None, ret.comments()
+    assert snapshot(base_dir) == ({}, None)
+    assert all(port_closed(p) for p in ports)
+
+    ret = apply()
+    assert all(state.result is True for state in ret.states), ret.comments()
+    (first,) = release_dirs(base_dir)
+    first_sha = tip(repo)
+    assert ret.deployed.changes["release"] == {"old": None, "new": first}
+    assert ret.deployed.changes["revision"] == {"old": None, "new": first_sha}
+    assert set(ret.webapp.changes) == {str(p) for p in ports}
+    pids = {}
+    for port in ports:
+        release, revision, pids[port] = serving(port)
+        assert (release, revision) == (first, first_sha)
+
+    # nothing to do: predicted so, and done so
+    before = snapshot(base_dir)
+    for test in (True, False):
+        ret = apply(test=test)
+        for state in ret.states:
+            assert_unchanged(state)
+    assert snapshot(base_dir) == before
+    assert release_dirs(base_dir) == [first]
+    assert [serving(p) for p in ports] == [(first, first_sha, pids[p]) for p in ports]
+
+    # a new commit: predicted (deploy and restart) without touching anything
+    second_sha = new_commit(repo, "second")
+    ret = apply(test=True)
+    assert ret.deployed.result is None, ret.comments()
+    assert ret.deployed.changes["revision"] == {"old": first_sha, "new": second_sha}
+    assert ret.webapp.result is None, ret.comments()  # mod_watch, predicting
+    assert ret.webapp.changes == {
+        str(p): {"old": f"running release {first} (pid {pids[p]})", "new": "restarted"} for p in ports
+    }
+    assert all(state.result is True and not state.changes for state in ret.layout), ret.comments()
+    assert snapshot(base_dir) == before
+    assert [serving(p) for p in ports] == [(first, first_sha, pids[p]) for p in ports]
+
+    ret = apply()
+    assert all(state.result is True for state in ret.states), ret.comments()
+    second = release_dirs(base_dir)[-1]
+    assert release_dirs(base_dir) == [first, second]
+    assert ret.deployed.changes["revision"] == {"old": first_sha, "new": second_sha}
+    for port in ports:
+        release, revision, pid = serving(port)
+        assert (release, revision) == (second, second_sha)
+        assert pid != pids[port]
+        assert ret.webapp.changes[str(port)]["new"] == f"running release {second} (pid {pid})"
+
+    for state in apply().states:
+        assert_unchanged(state)
+    assert release_dirs(base_dir) == [first, second]
+
+    # a commit that cannot be deployed: the deploy fails, the webapp is left serving
+    sample.commit_file(repo, ENV, "config/requirements.pip", "-r gone.pip\n", "include a missing file")
+    ret = apply()
+    assert ret.deployed.result is False
+    assert "gone.pip not found" in ret.deployed.comment, ret.comments()
+    assert ret.webapp.result is False and ret.webapp.changes == {}, ret.comments()
+    assert release_dirs(base_dir) == [first, second]
+    assert current_target(base_dir) == f"releases/{second}"
+    assert all(serving(p)[:2] == (second, second_sha) for p in ports)
+
+
+def test_sls_without_a_usable_branch_says_so(loaders, vumi_config, base_dir):
+    hint = """state.apply vumi pillar='{"branch": "staging"}'"""
+    for test in (True, False):
+        ret = loaders.modules.state.apply("vumi", pillar=sls_pillar(vumi_config, [], branch=None), test=test)
+        (state,) = list(ret)
+        assert state.result is False, state.raw
+        assert hint in state.name, state.raw
+        if not test:
+            assert "Name the environment" in state.comment and hint in state.comment, state.raw
+
+    # a branch that would escape the base dir: the SLS does not render, and says why
+    ret = loaders.modules.state.apply("vumi", pillar=sls_pillar(vumi_config, [], branch="../etc"))
+    assert ret.errors and "invalid environment '../etc'" in ret.errors[0], ret.raw
+    assert snapshot(base_dir) == ({}, None)

@@ -1,0 +1,96 @@
+"""
+Fixtures of the integration tests: a real salt-master with two minions (``web-a-*``,
+``web-b-*``) from pytest-salt-factories, and masterless ``salt-call --local`` runs.
+
+Several "hosts" share this one machine, so each gets its own ``base_dir``, its own
+sample repository and its own free loopback ports, through a per-minion pillar file
+laid over the bundle's own pillar (``pillar/vumi``, linked, never copied, so the
+tests use the files users get).
+"""
+
+import contextlib
+
+import pytest
+import salt._logging.impl
+from fleet_support import DEFAULT_BASE_DIR, ENVS, REPO, free_ports, kill_leftover_webapps, make_host, write_pillar
+from saltfactories.utils import random_string
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_deferred_salt_log_handler():
+    """
+    Salt's temporary root handler queues every record (salt-factories' log server
+    re-logs the daemons' records here) and dumps them all at exit, onto pytest's
+    closed stderr: "--- Logging error --- I/O operation on closed file" by the
+    dozen. Hand what it holds to pytest's handlers and remove it.
+    """
+    salt._logging.impl.shutdown_temp_handler()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _default_base_dir_untouched():
+    """The bundle's default base_dir must never be used by the tests."""
+    existed = DEFAULT_BASE_DIR.exists()
+    yield
+    if not existed:
+        assert not DEFAULT_BASE_DIR.exists(), f"the tests created {DEFAULT_BASE_DIR}"
+
+
+@pytest.fixture(scope="module")
+def salt_master(salt_factories, tmp_path_factory):
+    """A real salt-master serving this repo's ``salt/`` and a pillar tree made per test module."""
+    pillar_dir = tmp_path_factory.mktemp("fleet-pillar")
+    factory = salt_factories.salt_master_daemon(
+        random_string("vumi-master-"),
+        overrides={
+            "file_roots": {"base": [str(REPO / "salt")]},
+            "pillar_roots": {"base": [str(pillar_dir)]},
+        },
+    )
+    factory.pillar_dir = pillar_dir
+    with factory.started():
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def fleet_hosts(salt_master, tmp_path_factory):
+    """Two hosts, each with its own base_dir, repository and ports (after the master's)."""
+    taken = {
+        v for k, v in salt_master.config.items()
+        if ("port" in k or k.startswith("tcp_")) and isinstance(v, int)
+    }  # fmt: skip
+    hosts = []
+    for prefix, production_ports in (("web-a-", 1), ("web-b-", 2)):
+        host_id = random_string(prefix, uppercase=False)
+        ports = free_ports(2 + production_ports, taken)
+        taken.update(ports)
+        hosts.append(
+            make_host(
+                tmp_path_factory.mktemp(host_id),
+                host_id,
+                {"staging": ports[:2], "production": ports[2:]},
+            )
+        )
+    write_pillar(salt_master.pillar_dir, hosts)
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def fleet(salt_master, fleet_hosts):
+    """
+    The two minions running and connected (the master accepts their keys as
+    salt-factories does: on their auth event). At teardown every webapp is
+    stopped through the master before the daemons stop.
+    """
+    with contextlib.ExitStack() as stack:
+        for host in fleet_hosts:
+            minion = salt_master.salt_minion_daemon(host.id)
+            stack.enter_context(minion.started())
+        try:
+            yield {host.id: host for host in fleet_hosts}
+        finally:
+            salt = salt_master.salt_cli(timeout=60)
+            for env in ENVS:
+                salt.run("vumi.stop_webapp_cluster", env, minion_tgt="web*")
+            leftovers = kill_leftover_webapps(fleet_hosts)
+            assert not leftovers, f"vumi.stop_webapp_cluster left webapps running: {leftovers}"

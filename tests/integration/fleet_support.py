@@ -1,0 +1,116 @@
+"""
+What the integration tests share besides fixtures: deploy targets ("hosts") on this
+one machine, each with its own base_dir, sample repository and loopback ports, and
+the pillar tree that gives each of them its own settings.
+"""
+
+import contextlib
+import dataclasses
+import getpass
+import json
+import os
+import pathlib
+import signal
+import socket
+
+import make_repo as sample  # on sys.path thanks to tests/conftest.py
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
+DEFAULT_BASE_DIR = pathlib.Path("/var/praekelt")
+ENVS = ("staging", "production")
+
+
+def free_ports(count, taken=()):
+    """``count`` distinct loopback ports nobody listens on, none of them in ``taken``."""
+    found = []
+    while len(found) < count:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in found and port not in taken:
+            found.append(port)
+    return found
+
+
+@dataclasses.dataclass
+class Host:
+    """One deploy target: what its pillar override says."""
+
+    id: str
+    base_dir: pathlib.Path
+    repo: pathlib.Path
+    ports: dict  # environment -> [ports]
+
+    def pillar(self):
+        return {
+            "vumi": {
+                "base_dir": str(self.base_dir),
+                "repo_url": str(self.repo),
+                "user": getpass.getuser(),
+                "start_timeout": 20,
+                "stop_timeout": 5,
+                "environments": {env: {"ports": ports} for env, ports in self.ports.items()},
+            }
+        }
+
+    def revision(self, env):
+        return sample.git(self.repo, "rev-parse", f"refs/heads/{env}")
+
+    def env_root(self, env):
+        return self.base_dir / "vumi" / env
+
+    def releases(self, env):
+        folder = self.env_root(env) / "releases"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def make_host(root, host_id, ports):
+    root = pathlib.Path(root)
+    base_dir = root / "srv"
+    base_dir.mkdir(parents=True)
+    repo = sample.make_repo(root / "upstream" / "sampleapp")
+    return Host(id=host_id, base_dir=base_dir, repo=repo, ports=ports)
+
+
+def write_pillar(pillar_dir, hosts):
+    """
+    ``top.sls`` giving every minion the bundle's pillar, then each host its own
+    override file (matched by minion id, so it is merged last and wins).
+    """
+    pillar_dir = pathlib.Path(pillar_dir)
+    pillar_dir.mkdir(parents=True, exist_ok=True)
+    (pillar_dir / "vumi").symlink_to(REPO / "pillar" / "vumi", target_is_directory=True)
+    top = ["base:", "  '*':", "    - vumi.defaults", "    - vumi.staging", "    - vumi.production"]
+    for index, host in enumerate(hosts):
+        name = f"host{index}"
+        # JSON is YAML: no quoting surprises with paths
+        (pillar_dir / f"{name}.sls").write_text(json.dumps(host.pillar(), indent=2) + "\n")
+        top += [f"  {json.dumps(host.id)}:", f"    - {name}"]
+    (pillar_dir / "top.sls").write_text("\n".join(top) + "\n")
+    return pillar_dir
+
+
+def _start_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def kill_leftover_webapps(hosts):
+    """
+    Last resort after the tests' own ``vumi.stop_webapp_cluster``: signal what a
+    pid file still names, only if its start time says it is the process we
+    started. Returns the pid files that were still there.
+    """
+    leftovers = []
+    for host in hosts:
+        for pidfile in host.base_dir.glob("vumi/*/shared/tmp/pids/webapp.*.pid"):
+            leftovers.append(str(pidfile))
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid, started = pidfile.read_text().split()[:2]
+                if _start_ticks(int(pid)) == started:
+                    os.killpg(int(pid), signal.SIGKILL)
+    return leftovers
