@@ -67,7 +67,12 @@ DEFAULTS = {
     ),
     "start_timeout": 30,
     "stop_timeout": 10,
+    "stop_signal": "SIGTERM",  # asks the webapp to stop; SIGKILL follows after stop_timeout
     "lock_timeout": 300,
+    "settings": None,  # a mapping rendered into every release as a Python settings file
+    "settings_path": "environments/{env}.py",  # where, in the code folder
+    "settings_extends": None,  # a module the rendered file imports first, e.g. environments.default
+    "events": True,  # fire a Salt event per deploy stage: vumi/deploy/<env>/<stage>
     "environments": {},
 }
 
@@ -184,6 +189,14 @@ def _validate(cfg):
     if not isinstance(cfg["repo_url"], str) or not cfg["repo_url"] or cfg["repo_url"].startswith("-"):
         raise SaltInvocationError(f"invalid repo_url {cfg['repo_url']!r}")
     _relpath(cfg["requirements"], "requirements")
+    if cfg["settings"] is not None and not isinstance(cfg["settings"], dict):
+        raise SaltInvocationError(f"invalid settings {cfg['settings']!r}: must be a mapping")
+    for key in cfg["settings"] or {}:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise SaltInvocationError(f"invalid settings key {key!r}: must be a Python identifier")
+    if cfg["settings_extends"] is not None and not re.match(r"^[A-Za-z_][\w.]*$", str(cfg["settings_extends"])):
+        raise SaltInvocationError(f"invalid settings_extends {cfg['settings_extends']!r}: must be a module name")
+    _relpath(cfg["settings_path"].format(env=_env_module(cfg["env"])), "settings_path")
     for name in cfg["shared_dirs"]:
         _check_name(name, "shared dir", _APP_RE)
     for key in ("keep_releases", "keep_failed"):
@@ -196,7 +209,21 @@ def _validate(cfg):
             raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be a number") from None
     ports = cfg["ports"]
     cfg["ports"] = _ports(ports if isinstance(ports, (list, tuple)) else [ports])
+    cfg["stop_signal"] = _signal_name(cfg["stop_signal"])
     return cfg
+
+
+def _signal_name(value):
+    """A signal's canonical name ('SIGTERM') from 'SIGTERM', 'term' or 15."""
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return signal.Signals(value).name
+        name = value.strip().upper()
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"].name
+    except (AttributeError, KeyError, ValueError):
+        raise SaltInvocationError(
+            f"invalid stop_signal {value!r}: must name a signal, like SIGTERM or SIGINT"
+        ) from None
 
 
 def settings(branch, **kwargs):
@@ -543,6 +570,7 @@ def current(branch, **kwargs):
         code=code,
         virtualenv_ok=_venv_ok(paths.venv(name)),
         requirements_changed=requirements_changed,
+        settings_changed=_settings_file(cfg)[1] != manifest.get("settings_hash"),
     )
 
 
@@ -606,7 +634,9 @@ def _requirements_hash(cfg, code):
     What a virtualenv is built from: the requirements file, the files it
     includes with -r/-c, the local paths it installs from, the interpreter.
     """
-    digest = hashlib.sha256(_python(cfg).encode() + sys.version.encode())
+    # the interpreter itself, not the name it was reached by: salt-call (python3) and
+    # the minion (python) must key one interpreter's virtualenvs alike
+    digest = hashlib.sha256(os.path.realpath(_python(cfg)).encode() + sys.version.encode())
     seen = set()
 
     def add_file(path):
@@ -707,6 +737,8 @@ class _Deploy:
         self.release = release
         self.sha = None
         self.req_hash = None
+        self.settings_hash = None
+        self.events = None  # decided at the first stage: is anyone listening?
         self.venv_built = None
         self.previous = None
         self.timings = {}
@@ -754,16 +786,35 @@ def _step_fetch(d):
         _git(["checkout", "--quiet", "--force", "-B", cfg["branch"], d.sha], "git checkout", cwd=repo, runas=d.runas)
 
 
+def _used_release_names(paths):
+    """Every release name this environment has used: history, releases/, failed/."""
+    used = [e.get("release") for e in _history(paths)]
+    for folder in (paths.releases, paths.failed):
+        used += os.listdir(folder) if os.path.isdir(folder) else []
+    return [n for n in used if isinstance(n, str) and _RELEASE_RE.match(n)]
+
+
+def _check_sorts_last(paths, name):
+    """
+    A name given by the caller (one for a whole fleet) must sort after every name
+    used here: pruning keeps the newest by name, and an older-sorting release
+    would make it drop the wrong ones.
+    """
+    last = max(_used_release_names(paths), default=None)
+    if last is not None and name <= last:
+        raise CommandExecutionError(
+            f"release name {name} does not sort after {last}, already used in {paths.root} "
+            "(a clock ahead of this one?); give a later release name"
+        )
+
+
 def _new_release_name(paths):
     """
     A UTC timestamp, later than any release name used before: names sort in
     deploy order even when pruning frees a name or the clock steps back.
     """
     when = _now().replace(microsecond=0)
-    used = [e.get("release") for e in _history(paths)]
-    for folder in (paths.releases, paths.failed):
-        used += os.listdir(folder) if os.path.isdir(folder) else []
-    used = [n for n in used if isinstance(n, str) and _RELEASE_RE.match(n)]
+    used = _used_release_names(paths)
     if used:
         last = datetime.datetime.strptime(max(used), _RELEASE_FORMAT)
         when = max(when, last.replace(tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=1))
@@ -776,7 +827,10 @@ def _new_release_name(paths):
 
 def _step_cut_release(d):
     """The release's code: a clone sharing the cache's objects (small .git), at the commit."""
-    d.release = d.release or _new_release_name(d.paths)
+    if d.release is None:
+        d.release = _new_release_name(d.paths)
+    else:
+        _check_sorts_last(d.paths, d.release)
     rel = d.paths.release(d.release)
     if os.path.lexists(rel):
         raise CommandExecutionError(f"release {d.release} already exists in {d.paths.releases}")
@@ -804,6 +858,36 @@ def _step_link_shared(d):
         fh.writelines(exclude)
 
 
+def _env_module(env):
+    """An environment's name as a Python module name: topics/foo -> topics_foo."""
+    return re.sub(r"\W", "_", env)
+
+
+def _settings_file(cfg):
+    """The settings file pillar asks for: (path in the code folder, hash, text), or Nones."""
+    if not cfg["settings"]:
+        return None, None, None
+    lines = ["# Written by vumi-salt from pillar vumi:settings at each deploy: edit pillar, not this file.\n"]
+    if cfg["settings_extends"]:
+        lines.append(f"from {cfg['settings_extends']} import *  # noqa: F401,F403\n")
+    lines.extend(f"{key} = {value!r}\n" for key, value in sorted(cfg["settings"].items()))
+    text = "".join(lines)
+    relpath = cfg["settings_path"].format(env=_env_module(cfg["env"]))
+    return relpath, hashlib.sha256(text.encode()).hexdigest()[:16], text
+
+
+def _step_settings(d):
+    """Render pillar's settings into the release: secrets stay out of the repo and away from other users."""
+    relpath, d.settings_hash, text = _settings_file(d.cfg)
+    if relpath is None:
+        return
+    path = os.path.join(d.paths.code(d.release), relpath)
+    if os.path.islink(path) or os.path.islink(os.path.dirname(path)):
+        raise CommandExecutionError(f"{path} is a symlink; refusing to write settings through it")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _write_atomic(path, text, d.runas, mode=0o640)
+
+
 def _step_virtualenv(d):
     d.req_hash, d.venv_built = _ensure_venv(d.cfg, d.paths, d.release, d.runas)
 
@@ -819,6 +903,7 @@ def _step_manifest(d):
         "pinned": d.revision,
         "repo_url": d.cfg["repo_url"],
         "requirements_hash": d.req_hash,
+        "settings_hash": d.settings_hash,
         "virtualenv": os.path.realpath(d.paths.venv(d.release)),
         "deployed_at": _now().isoformat(timespec="seconds"),
         "deployed_by": getpass.getuser(),
@@ -848,6 +933,7 @@ _PREPARE = [
     ("fetch", _step_fetch),
     ("cut_release", _step_cut_release),
     ("link_shared", _step_link_shared),
+    ("settings", _step_settings),
     ("virtualenv", _step_virtualenv),
     ("manifest", _step_manifest),
 ]
@@ -863,8 +949,39 @@ def _run_steps(d, steps):
         try:
             step(d)
         except (CommandExecutionError, SaltInvocationError, OSError) as exc:
+            _event(d, stage, started, "failed", error=str(exc))
             _fail(d, stage, exc)
         d.timings[stage] = round(time.monotonic() - started, 3)
+        _event(d, stage, started, "done")
+
+
+def _event_bus_up():
+    """
+    Whether an event would reach anyone: under a master, yes; masterless only
+    when a minion daemon's event bus runs (otherwise each event waits a second
+    for a socket that is not there).
+    """
+    local = __opts__.get("local") or __opts__.get("file_client") == "local"
+    if not local or __opts__.get("use_master_when_local") or __opts__.get("ipc_mode") == "tcp":
+        return True
+    sock_dir = __opts__.get("sock_dir") or ""
+    return os.path.isdir(sock_dir) and any(
+        n.startswith("minion_event_") and n.endswith("_pull.ipc") for n in os.listdir(sock_dir)
+    )
+
+
+def _event(d, stage, started, outcome, **extra):
+    """Live progress: ``salt-run state.event`` (or the minion's bus, masterless) shows each stage."""
+    if d.events is None:
+        d.events = d.cfg["events"] and _event_bus_up()
+    if not d.events:
+        return
+    data = {"env": d.cfg["env"], "stage": stage, "release": d.release, "revision": d.sha,
+            "elapsed": round(time.monotonic() - started, 3), "outcome": outcome, **extra}  # fmt: skip
+    try:
+        __salt__["event.send"](f"vumi/deploy/{d.cfg['env']}/{stage}", data)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.debug("could not fire the %s event: %s", stage, exc)  # progress is best effort
 
 
 def _fail(d, stage, exc):
@@ -1156,6 +1273,36 @@ def execute(branch, command, release=None, **kwargs):
     }
 
 
+def managepy(branch, command, release=None, **kwargs):
+    """
+    Run ``manage.py <command> --settings=<settings_module>`` in a release's
+    code folder with its virtualenv, as the Fabric-era fabfile did. A
+    non-zero exit fails the job.
+
+    command
+        The management command and its arguments, e.g. ``syncdb --noinput``.
+    release
+        Default: the current release.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vumi.managepy production syncdb
+        salt '*' vumi.managepy staging "migrate --noinput"
+    """
+    cfg = settings(branch, **kwargs)
+    if not isinstance(command, str) or not command.strip() or "\0" in command:
+        raise SaltInvocationError(f"invalid manage.py command {command!r}")
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise SaltInvocationError(f"invalid manage.py command {command!r}: {exc}") from None
+    # each word quoted: the command is arguments to manage.py, not a shell line
+    line = shlex.join(["python", "manage.py", *words, f"--settings={_settings_module(cfg)}"])
+    return execute(branch, line, release=release, **kwargs)
+
+
 def _rollback_target(paths):
     """Replay the history as a stack: deploys push, rollbacks pop."""
     stack = []
@@ -1209,12 +1356,31 @@ def rollback(branch, release=None, **kwargs):
     return {"release": target, "previous": previous, "revision": manifest.get("revision")}
 
 
-def _prune(cfg, paths, limit):
-    """Remove all but the newest ``limit`` complete releases (never current), then orphans."""
+def _unpublished(paths):
+    """Releases the history says were prepared and never made current (publish, rollback)."""
+    prepared, published = set(), set()
+    for entry in _history(paths):
+        if entry.get("action") == "prepare":
+            prepared.add(entry.get("release"))
+        elif entry.get("action") in ("deploy", "rollback"):
+            published.add(entry.get("release"))
+    return prepared - published
+
+
+def _prune(cfg, paths, limit, unpublished=False):
+    """
+    Remove all but the newest ``limit`` complete releases (never current), then
+    orphans. With ``unpublished``, first the releases prepared but never published
+    (not in a deploy's own prune: a fleet deploy may be about to publish them).
+    """
     current_name = _current_name(paths)
+    removed = []
+    if unpublished:
+        for name in sorted((_unpublished(paths) & set(_release_names(paths))) - {current_name}):
+            shutil.rmtree(paths.release(name))
+            removed.append(name)
     complete = [n for n in _release_names(paths) if _read_manifest(paths, n)]
     keep = set(complete[-limit:]) | {current_name}
-    removed = []
     for name in _release_names(paths):
         if name not in keep and (name in complete or name != current_name):
             shutil.rmtree(paths.release(name))
@@ -1243,7 +1409,9 @@ def _prune(cfg, paths, limit):
 def cleanup(branch, limit=None, **kwargs):
     """
     Remove all but the newest ``limit`` releases (default ``keep_releases``);
-    the current release is always kept, in addition if it is older. Shared
+    the current release is always kept, in addition if it is older. Releases
+    prepared (``vumi.prepare``) but never published are removed first, whatever
+    their age: a fleet deploy that did not finish left them. Shared
     virtualenvs no longer used by a kept release are removed too.
 
     CLI Example:
@@ -1259,7 +1427,47 @@ def cleanup(branch, limit=None, **kwargs):
     if not os.path.isdir(paths.root):
         return {"removed": [], "kept": [], "virtualenvs_removed": []}
     with _deploy_lock(cfg, paths):
-        return _prune(cfg, paths, int(limit))
+        return _prune(cfg, paths, int(limit), unpublished=True)
+
+
+def discard(branch, release, **kwargs):
+    """
+    Remove one prepared release that is not to be published (a fleet deploy
+    failed on another host). Never the current release, nor one that has been
+    current (that is cleanup's and rollback's business). A release that is not
+    there (never prepared here, or already moved to ``failed/``) is no error:
+    the orchestration discards on every host. Its virtualenv stays for a
+    retry to reuse; ``vumi.cleanup`` removes it once no release uses it.
+
+    branch
+        The environment.
+    release
+        The release's name, as ``vumi.prepare`` returned it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.discard staging 20261126_153000
+    """
+    cfg, paths = _context(branch, kwargs)
+    path = paths.release(release)  # a bad name fails before anything else
+    if not os.path.isdir(paths.root):
+        return {"release": release, "discarded": False, "comment": f"{cfg['env']} is not deployed here"}
+    with _deploy_lock(cfg, paths):
+        if not os.path.isdir(path):
+            return {"release": release, "discarded": False, "comment": f"no release {release} here"}
+        if release == _current_name(paths):
+            raise CommandExecutionError(f"release {release} is current; refusing to discard it")
+        if release not in _unpublished(paths) and _read_manifest(paths, release):
+            raise CommandExecutionError(
+                f"release {release} has been published before; refusing to discard it (see vumi.cleanup)"
+            )
+        revision = (_read_manifest(paths, release) or {}).get("revision")
+        shutil.rmtree(path)
+        _record(paths, "discard", release=release, revision=revision)
+    return {"release": release, "discarded": True, "revision": revision,
+            "comment": f"release {release} discarded"}  # fmt: skip
 
 
 # --------------------------------------------------------------------------
@@ -1268,7 +1476,7 @@ def cleanup(branch, limit=None, **kwargs):
 
 
 def _settings_module(cfg):
-    return cfg["settings_module"].format(env=re.sub(r"\W", "_", cfg["env"]))
+    return cfg["settings_module"].format(env=_env_module(cfg["env"]))
 
 
 def _proc_start_time(pid):
@@ -1408,7 +1616,7 @@ def _start(cfg, paths, port):
             return {"port": port, "pid": proc.pid, "release": name, "started": True,
                     "comment": f"webapp started on port {port}"}  # fmt: skip
         if time.monotonic() >= deadline:
-            _signal_group(proc.pid, started, cfg["stop_timeout"])
+            _signal_group(proc.pid, started, cfg["stop_timeout"], cfg["stop_signal"])
             problem = f"did not open the port within {cfg['start_timeout']:g}s"
             break
         time.sleep(0.05)
@@ -1419,10 +1627,13 @@ def _start(cfg, paths, port):
     )
 
 
-def _signal_group(pid, started, grace):
-    """SIGTERM the process group, SIGKILL it after ``grace`` seconds; True if it had to be killed."""
+def _signal_group(pid, started, grace, sig="SIGTERM"):
+    """
+    Send ``sig`` to the process group, SIGKILL it after ``grace`` seconds (its
+    requests in flight get that long to finish); True if it had to be killed.
+    """
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signal.Signals[sig])
     if _wait_dead(pid, started, grace):
         return False
     with contextlib.suppress(ProcessLookupError):
@@ -1437,7 +1648,7 @@ def _stop(cfg, paths, port):
         return {"port": port, "stopped": False, "comment": f"webapp not running on port {port}"}
     # re-checked right before signalling: the pid still is the process we started
     if _proc_start_time(running["pid"]) == running["started"]:
-        killed = _signal_group(running["pid"], running["started"], cfg["stop_timeout"])
+        killed = _signal_group(running["pid"], running["started"], cfg["stop_timeout"], cfg["stop_signal"])
     else:
         killed = False
     with contextlib.suppress(FileNotFoundError):
@@ -1504,8 +1715,9 @@ def start_webapp(branch, port=8000, **kwargs):
 
 def stop_webapp(branch, port=8000, **kwargs):
     """
-    Stop the webapp on a port: SIGTERM to its process group, SIGKILL after
-    ``stop_timeout``. Only a process this module started is ever signalled.
+    Stop the webapp on a port: ``stop_signal`` (default SIGTERM) to its
+    process group, which gets ``stop_timeout`` seconds to finish its requests
+    in flight before SIGKILL. Only a process this module started is ever signalled.
 
     CLI Example:
 
@@ -1531,11 +1743,28 @@ def restart_webapp(branch, port=8000, **kwargs):
     return _locked(_restart, cfg, paths, port)
 
 
+_CLUSTER_VERBS = {"_start": "started", "_stop": "stopped", "_restart": "restarted"}
+
+
 def _cluster(action, branch, ports, kwargs):
     cfg, paths = _context(branch, kwargs)
     ports = _ports(ports) or cfg["ports"]
-    # one at a time: stops at the first failure
-    return [_locked(action, cfg, paths, port) for port in ports]
+    done = []
+    # One port at a time, each serving again before the next one stops. The first
+    # failure stops the roll: the ports after it keep running what they ran.
+    for index, port in enumerate(ports):
+        try:
+            done.append(_locked(action, cfg, paths, port))
+        except CommandExecutionError as exc:
+            verb = _CLUSTER_VERBS.get(action.__name__, "handled")
+            left = ports[index + 1 :]
+            raise CommandExecutionError(
+                f"{exc}\nstopped at port {port}: {verb} "
+                f"{', '.join(str(r['port']) for r in done) or 'none'}; "
+                f"left as they were: {', '.join(map(str, left)) or 'none'}",
+                info={"port": port, "done": done, "left": left},
+            ) from None
+    return done
 
 
 def start_webapp_cluster(branch, *ports, **kwargs):
@@ -1566,8 +1795,11 @@ def stop_webapp_cluster(branch, *ports, **kwargs):
 
 def restart_webapp_cluster(branch, *ports, **kwargs):
     """
-    Restart the webapp on several ports, one port at a time: each is serving
-    again before the next one stops; a failure stops the roll.
+    Restart the webapp on several ports, one port at a time (a rolling
+    restart): each is serving again (accepts connections, the readiness check
+    of ``start_webapp``) before the next one stops. A port that does not come
+    back stops the roll: the ports after it keep running their old release, and
+    the error names the port, the tail of its log, and the ports done and left.
 
     CLI Example:
 

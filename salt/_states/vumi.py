@@ -66,6 +66,8 @@ def deployed(name, revision=None, **kwargs):
             problems.append("the virtualenv is not intact")
         if have["requirements_changed"]:
             problems.append("the requirements changed")
+        if have.get("settings_changed"):
+            problems.append("the settings in pillar changed")
     if not problems:
         ret["comment"] = f"{name} is at {want[:12]} (release {have['release']})"
         return ret
@@ -109,12 +111,14 @@ def _act(ret, todo, action, kwargs, verb):
         ret["result"] = None
         ret["changes"].update({str(port): {"old": old, "new": verb} for port, old in todo})
         return f"ports {ports} would be {verb}"
-    for port, old in todo:  # one port at a time: the others keep serving
+    for index, (port, old) in enumerate(todo):  # one port at a time: the others keep serving
         try:
             res = __salt__[action](ret["name"], port, **kwargs)
         except _ERRORS as exc:
+            # the roll stops here: the ports after this one keep running what they ran
             ret["result"] = False
-            return f"port {port} could not be {verb}: {exc}"
+            left = ", ".join(str(p) for p, _ in todo[index + 1 :]) or "none"
+            return f"port {port} could not be {verb}: {exc}\nports left as they were: {left}"
         new = "stopped" if verb == "stopped" else f"running release {res['release']} (pid {res['pid']})"
         ret["changes"][str(port)] = {"old": old, "new": new}
     return f"ports {ports} {verb}"
