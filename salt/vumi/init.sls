@@ -3,15 +3,34 @@
 {%- from "vumi/map.jinja" import vumi with context %}
 {%- if not vumi.env %}
 
+{#- the hint is both the name (shown even under test=True) and the comment #}
+{%-   set hint = "Name the environment to deploy: state.apply vumi pillar='" ~ '{"branch": "staging"}' ~ "'" %}
+
 vumi-environment-missing:
   test.fail_without_changes:
-    - name: >-
-        Name the environment to deploy:
-        state.apply vumi pillar='{"branch": "staging"}'
+    - name: {{ hint | json }}
+    - comment: {{ hint | json }}
 
 {%- else %}
 {%-   set env = vumi.env %}
+{%-   if vumi.nginx.enabled %}
+
+include:
+  - vumi.nginx
+{%-   endif %}
 {%-   if vumi.sls.layout %}
+{#-     a symlink planted in the tree (e.g. by its user) would have file.directory
+        chown and chmod wherever it points, as root: refuse before touching anything #}
+{%-     set planted = [] %}
+{%-     for path in vumi.paths.tree + [vumi.paths.failed, vumi.paths.repo] %}
+{%-       if salt["file.is_link"](path) %}{% do planted.append(path) %}{% endif %}
+{%-     endfor %}
+{%-     if planted %}
+
+vumi-{{ env }}-layout-symlinks:
+  test.fail_without_changes:
+    - comment: {{ ("symlinks where the layout needs folders; refusing to use them: " ~ planted | join(", ")) | json }}
+{%-     endif %}
 
 vumi-{{ env }}-layout:
   file.directory:
@@ -19,12 +38,21 @@ vumi-{{ env }}-layout:
     - user: {{ vumi.settings.user | json }}
     - mode: "0755"
     - makedirs: True
+    - allow_symlink: False
+{%-     if planted %}
+    - require:
+      - test: vumi-{{ env }}-layout-symlinks
+{%-     endif %}
 {%-   endif %}
 {%-   if vumi.sls.deploy %}
 
 vumi-{{ env }}-deployed:
   vumi.deployed:
     - name: {{ env | json }}
+{%-     if vumi.settings.health_check is none and vumi.settings.ports %}
+{#-     webapps to protect: the switch waits for the new release to answer (pillar health_check decides otherwise) #}
+    - health_check: True
+{%-     endif %}
 {%-     if vumi.sls.layout %}
     - require:
       - file: vumi-{{ env }}-layout

@@ -12,15 +12,20 @@ import argparse
 import importlib
 import json
 import os
+import select
 import signal
 import socketserver
 import sqlite3
 import sys
+import threading
+import time
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 CODE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SETTINGS = "environments.default"
 DEFAULT_DATABASE = "tmp/sample.sqlite"
+#: Seconds a stopping server gives the requests in flight to finish.
+STOP_GRACE = 5.0
 
 TABLES = {
     "visits": (
@@ -78,6 +83,7 @@ def cmd_syncdb(args, settings):
 
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    block_on_close = False  # finish_in_flight() waits for them, with a limit
     allow_reuse_address = True
 
     def server_bind(self):
@@ -89,9 +95,18 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         self.server_port = port
         self.setup_environ()
 
+    def drain(self):
+        """Serve the connections already waiting in the listen backlog:
+        closing the socket would reset them."""
+        while select.select([self], [], [], 0)[0]:
+            self._handle_request_noblock()
 
-def _stop(signum, frame):
-    raise SystemExit(0)
+    def finish_in_flight(self, grace):
+        """Let the handler threads finish, for up to ``grace`` seconds."""
+        deadline = time.monotonic() + grace
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and thread.daemon:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def cmd_runserver(args, settings):
@@ -107,18 +122,32 @@ def cmd_runserver(args, settings):
     # Fails here (before binding) if the virtualenv lacks the library.
     from sampleapp.wsgi import application
 
-    signal.signal(signal.SIGTERM, _stop)
     server = ThreadingWSGIServer((host, port), WSGIRequestHandler)
     server.set_app(application)
+    stopping = threading.Event()
+
+    def stop(signum, frame):
+        # A graceful stop. serve_forever() runs in this thread, so it is asked
+        # to return from another one; an exception raised here could instead
+        # drop a connection between its accept and its handler thread.
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
     print("Serving sampleapp (settings %s) on http://%s:%d/ (pid %d)"
           % (args.settings, host, server.server_port, os.getpid()),
           file=sys.stderr, flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.05)
     except KeyboardInterrupt:
         pass
     finally:
+        # stop accepting (new connections are refused, so a proxy in front
+        # retries them on another port), then let the requests in flight finish
+        server.drain()
         server.server_close()
+        server.finish_in_flight(STOP_GRACE)
         print("Server stopped", file=sys.stderr, flush=True)
     return 0
 

@@ -8,6 +8,8 @@ import importlib
 import json
 import os
 import sys
+import time
+import urllib.parse
 
 # Imported at module load on purpose: the app must refuse to start when
 # its virtualenv lacks the library.
@@ -83,7 +85,24 @@ def application(environ, start_response):
         return _respond(start_response, "200 OK", "application/json",
                         body, environ)
     if path == "/health":
+        # a release can be made unhealthy on purpose (tests of the health
+        # gate): commit a file HEALTH_FAIL next to manage.py
+        if os.path.exists(os.path.join(CODE_DIR, "HEALTH_FAIL")):
+            return _respond(start_response, "500 Internal Server Error",
+                            "text/plain", "unhealthy: HEALTH_FAIL\n", environ)
         return _respond(start_response, "200 OK", "text/plain", "ok",
                         environ)
+    if path == "/slow":
+        # a request that takes a while (?seconds=N, at most 30): what a
+        # graceful stop must let finish
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            seconds = min(max(float(query.get("seconds", ["1"])[0]), 0.0), 30.0)
+        except ValueError:
+            seconds = 1.0
+        time.sleep(seconds)
+        body = json.dumps(dict(_status(environ), slept=seconds), sort_keys=True) + "\n"
+        return _respond(start_response, "200 OK", "application/json",
+                        body, environ)
     return _respond(start_response, "404 Not Found", "text/plain",
                     "not found\n", environ)

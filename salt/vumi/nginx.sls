@@ -1,0 +1,86 @@
+{#- nginx in front of the webapp ports of the environment named by pillar `branch`:
+      salt 'web*' state.apply vumi.nginx pillar='{"branch": "staging"}'
+    (`vumi` includes it when pillar vumi:nginx:enabled is true). The site points
+    at the `current` link, so a deploy changes nothing here; only other ports,
+    names or timeouts do, and then nginx is reloaded. Settings: defaults.yaml. -#}
+{%- from "vumi/map.jinja" import vumi with context %}
+{%- if vumi.env %}
+{%-   set env = vumi.env %}
+{%-   set nginx = vumi.nginx %}
+{%-   set name = vumi.settings.app ~ "-" ~ salt["vumi.env_dirname"](env) %}
+{%-   set site = nginx.conf_dir.rstrip("/") ~ "/" ~ name ~ ".conf" %}
+{#-   a wildcard listen address is reached on loopback #}
+{%-   set host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(vumi.settings.host, vumi.settings.host) %}
+{%-   set host = "[" ~ host ~ "]" if ":" in host and not host.startswith("[") else host %}
+{%-   set servers = [] %}
+{%-   for port in vumi.settings.ports %}
+{%-     do servers.append(host ~ ":" ~ port) %}
+{%-   endfor %}
+{%-   set static = nginx.static %}
+{%-   if static %}
+{%-     set static = static.strip("/") %}
+{%-   endif %}
+{#-   nginx -t on the new site alone, before it replaces the old one: a wrapper
+      config includes it inside http {}. Salt appends the temporary file's path ($1). #}
+{%-   set check = "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; "
+                  ~ "printf 'pid %s/nginx.pid;\\nevents {}\\nhttp {\\n    include \"%s\";\\n}\\n' \"$d\" \"$1\" >\"$d/nginx.conf\"; "
+                  ~ nginx.test_cmd ~ " -p \"$d/\" -c \"$d/nginx.conf\"" %}
+{%-   if not vumi.settings.ports %}
+
+vumi-{{ env }}-nginx-site:
+  test.fail_without_changes:
+    - name: {{ site | json }}
+    - comment: {{ ("nginx needs at least one webapp port: set vumi:environments:" ~ env ~ ":ports") | json }}
+{%-   elif static and (".." in static.split("/") or "\\" in static) %}
+
+vumi-{{ env }}-nginx-site:
+  test.fail_without_changes:
+    - name: {{ site | json }}
+    - comment: {{ ("invalid vumi:nginx:static " ~ nginx.static ~ ": must be a folder inside the code") | json }}
+{%-   else %}
+{%-     if nginx.manage_package %}
+
+vumi-nginx-installed:
+  pkg.installed:
+    - name: {{ nginx.package | json }}
+{%-     endif %}
+
+vumi-{{ env }}-nginx-site:
+  file.managed:
+    - name: {{ site | json }}
+    - source: salt://vumi/files/nginx-site.conf.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        env: {{ env | json }}
+        upstream: {{ name | json }}
+        servers: {{ servers | json }}
+        listen: {{ nginx.listen | string | json }}
+        server_name: {{ nginx.server_name | string | json }}
+        connect_timeout: {{ nginx.connect_timeout | string | json }}
+        static_url: {{ nginx.static_url | json }}
+        static_dir: {{ ((vumi.paths.current ~ "/" ~ vumi.settings.app ~ "/" ~ static ~ "/") if static else none) | json }}
+{%-     if nginx.test_cmd %}
+    - check_cmd: {{ ("/bin/sh -c " ~ (check | quote) ~ " vumi-nginx-check") | json }}
+{%-     endif %}
+{%-     if nginx.manage_package %}
+    - require:
+      - pkg: vumi-nginx-installed
+{%-     endif %}
+{%-     if nginx.manage_service %}
+
+vumi-nginx-running:
+  service.running:
+    - name: {{ nginx.service | json }}
+    - enable: True
+    - reload: True
+    - watch:
+      - file: vumi-{{ env }}-nginx-site
+{%-     endif %}
+{%-   endif %}
+{%- else %}
+
+vumi-nginx-environment-missing:
+  test.fail_without_changes:
+    - name: {{ "Name the environment: state.apply vumi.nginx pillar='{\"branch\": \"staging\"}'" | json }}
+{%- endif %}

@@ -1,0 +1,600 @@
+"""
+Functional tests of nginx in front of the webapp and of rolling restarts (issue #7).
+
+Everything is real: the site file is rendered by ``salt/vumi/nginx.sls`` and its
+template through Salt's state system (``state.sls`` / ``state.apply`` with a pillar
+that points the conf dir into the test's temp dir and leaves the package and the
+system's service alone); a real nginx from Debian's package, started by the test
+with its own prefix, config and logs, listens on a free loopback port in front of
+three or four webapp ports of the sample app; a load generator sends requests
+through it (a bounded number, for a bounded time, 127.0.0.1 only) while the ports
+are restarted one at a time and while a new release is rolled out.
+
+Run with ``-s`` to see the load figures: requests sent, failed, and how long the
+rolling restart took. Nothing here touches /etc/nginx or the system's nginx.
+"""
+
+import getpass
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import types
+import urllib.request
+
+import make_repo as sample
+import pytest
+from helpers import env_root, http_get
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+from saltfactories.utils.functional import Loaders
+
+ENV = "staging"
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+)
+
+pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs Debian's nginx)")
+
+
+# --------------------------------------------------------------------------
+# Fixtures: one deployed environment for the module, a real nginx per test
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed(minion_opts, origin, tmp_path_factory):
+    """``staging`` deployed once from its own upstream clone (a fresh virtualenv costs seconds)."""
+    top = tmp_path_factory.mktemp("nginx")
+    upstream = top / "upstream"
+    sample.git(top, "clone", "--quiet", "--no-hardlinks", str(origin), str(upstream))
+    for branch in ("staging", "production"):
+        sample.git(upstream, "branch", "--quiet", branch, f"origin/{branch}")
+    base_dir = top / "srv"
+    base_dir.mkdir()
+    config = {
+        "base_dir": str(base_dir),
+        "app": "vumi",
+        "repo_url": str(upstream),
+        "user": getpass.getuser(),
+        "ports": [],
+        "start_timeout": 20,
+        "stop_timeout": 8,  # more than the sample app's own grace (5 s)
+    }
+    # settings from the minion options alone; the pillar of each state run adds the rest
+    no_pillar = top / "pillar"
+    no_pillar.mkdir()
+    loaders = Loaders(dict(minion_opts, vumi=config, pillar_roots={"base": [str(no_pillar)]}))
+    vumi = loaders.modules.vumi
+    try:
+        assert vumi.settings(ENV)["base_dir"] == str(base_dir)
+        vumi.deploy(ENV)
+        yield types.SimpleNamespace(
+            loaders=loaders, vumi=vumi, repo=upstream, base_dir=base_dir, root=env_root(base_dir, ENV)
+        )
+    finally:
+        for port, info in vumi.webapp_status(ENV).items():
+            if info["running"]:
+                vumi.stop_webapp(ENV, port)
+        loaders.reset_state()
+
+
+@pytest.fixture
+def vumi(deployed):
+    """The module of the deployed environment (the conftest's ``webapps`` stops ports through it)."""
+    return deployed.vumi
+
+
+@pytest.fixture
+def cluster(vumi, webapps, free_port):
+    """Start the webapp on ``n`` fresh loopback ports (stopped at teardown); returns the ports."""
+
+    def start(n):
+        ports = [free_port() for _ in range(n)]
+        webapps.extend((ENV, p) for p in ports)
+        vumi.start_webapp_cluster(ENV, *ports)
+        return ports
+
+    return start
+
+
+def nginx_pillar(ports, conf_dir, nginx_port, **nginx):
+    """The pillar of a state run: this environment's ports, nginx's site into ``conf_dir``."""
+    settings = dict(
+        enabled=True,
+        listen=f"127.0.0.1:{nginx_port}",
+        server_name="localhost",
+        conf_dir=str(conf_dir),
+        static="static",
+        manage_package=False,  # the package is there; the system's nginx service is not ours
+        manage_service=False,
+    )
+    settings.update(nginx)
+    return {"branch": ENV, "vumi": {"environments": {ENV: {"ports": ports}}, "nginx": settings}}
+
+
+def site_file(conf_dir):
+    return pathlib.Path(conf_dir) / f"vumi-{ENV}.conf"
+
+
+class Nginx:
+    """A real nginx with its own prefix, config, logs and temp dirs, on a loopback port."""
+
+    def __init__(self, prefix, port, sites):
+        self.prefix, self.port, self.sites = pathlib.Path(prefix), port, pathlib.Path(sites)
+        self.conf = self.prefix / "nginx.conf"
+        self.proc = None
+
+    def write_config(self):
+        p = self.prefix
+        temp = "\n".join(
+            f"    {kind}_temp_path {p}/temp/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        self.conf.write_text(
+            f"user {getpass.getuser()};\n"
+            "worker_processes 1;\n"
+            f"error_log {p}/error.log info;\n"
+            "events { worker_connections 1024; }\n"
+            "http {\n"
+            f"    access_log {p}/access.log;\n"
+            f"{temp}\n"
+            f"    include {self.sites}/*.conf;\n"
+            "}\n"
+        )
+
+    def command(self, *args):
+        return [NGINX, "-p", f"{self.prefix}/", "-c", str(self.conf), "-e", f"{self.prefix}/error.log", *args]
+
+    def check(self):
+        return subprocess.run(self.command("-t"), capture_output=True, text=True, check=False, timeout=30)
+
+    def start(self):
+        self.write_config()
+        checked = self.check()
+        assert checked.returncode == 0, checked.stderr
+        with open(self.prefix / "stderr.log", "wb") as stderr:
+            self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                self.command("-g", f"daemon off; pid {self.prefix}/nginx.pid;"),
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+            )
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            assert self.proc.poll() is None, (self.prefix / "stderr.log").read_text() + self.errors()
+            assert time.monotonic() < deadline, "nginx did not open its port"
+            time.sleep(0.02)
+        return self
+
+    def reload(self):
+        """SIGHUP, as ``nginx -s reload`` sends it: the master re-reads the config (keeps the old one if bad)."""
+        marker = (self.prefix / "error.log").stat().st_size
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reconfiguring" not in self.errors(marker):
+            assert time.monotonic() < deadline, self.errors()
+            time.sleep(0.02)
+        time.sleep(0.3)  # the new workers take over
+
+    def errors(self, offset=0):
+        with open(self.prefix / "error.log", encoding="utf-8", errors="replace") as fh:
+            fh.seek(offset)
+            return fh.read()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def nginx(tmp_path, free_port):
+    """A real nginx including the sites of ``<tmp>/sites`` (the test starts it); stopped at teardown."""
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    prefix = tmp_path / "nginx"
+    (prefix / "temp").mkdir(parents=True)
+    server = Nginx(prefix, free_port(), sites)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def apply_sls(deployed, sls, pillar):
+    """``state.sls``/``state.apply`` through the loader; the rendering must succeed."""
+    ret = deployed.loaders.modules.state.apply(sls, pillar=pillar)
+    assert not ret.errors, ret.errors
+    return {state.id: state for state in ret}
+
+
+class Load:
+    """
+    Requests through nginx from a few threads until stopped, or until ``max_requests``
+    or ``max_seconds`` are reached (the load is bounded whatever happens). Each
+    answer is kept: (time, status, release, port, pid) or the error.
+    """
+
+    def __init__(self, port, threads=4, max_requests=30000, max_seconds=120, path="/"):
+        self.url = f"http://127.0.0.1:{port}{path}"
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.max_requests, self.max_seconds = max_requests, max_seconds
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.answers, self.failed = [], []
+        self.sent = 0
+
+    def _run(self):
+        deadline = time.monotonic() + self.max_seconds
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            with self.lock:
+                if self.sent >= self.max_requests:
+                    return
+                self.sent += 1
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as resp:
+                    status, body = resp.status, resp.read()
+                data = json.loads(body)
+                answer = (time.monotonic(), status, data["release"], data["port"], data["pid"])
+            except (OSError, ValueError, KeyError) as exc:  # urllib's errors are OSErrors
+                answer = (time.monotonic(), getattr(exc, "code", None), None, None, repr(exc))
+            with self.lock:
+                (self.answers if answer[1] == 200 else self.failed).append(answer)
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def wait_for(self, count, timeout=10):
+        """Until ``count`` more answers came in (the load is flowing)."""
+        with self.lock:
+            target = len(self.answers) + count
+        deadline = time.monotonic() + timeout
+        while len(self.answers) < target:
+            assert time.monotonic() < deadline, f"the load stalled: {self.failed[-3:]}"
+            time.sleep(0.01)
+
+    def since(self, moment):
+        with self.lock:
+            return [a for a in self.answers if a[0] >= moment]
+
+
+def report(what, load, began, ended, ports):
+    """The figures (pytest -s): requests sent and failed in all, those answered during the roll, its duration."""
+    during = sum(1 for a in load.answers if began <= a[0] <= ended)
+    print(
+        f"\n[nginx load] {what}: cluster of {len(ports)} ports, requests sent {load.sent}, "
+        f"failed {len(load.failed)}, answered during the roll {during}, the roll took {ended - began:.2f}s"
+    )
+
+
+# --------------------------------------------------------------------------
+# The SLS and its site
+# --------------------------------------------------------------------------
+
+
+def test_vumi_includes_nginx_only_when_pillar_enables_it(deployed, tmp_path):
+    pillar = nginx_pillar([8000, 8001], tmp_path, 8080, manage_package=True, manage_service=True)
+    off = json.loads(json.dumps(pillar))
+    off["vumi"]["nginx"] = {"enabled": False}
+    shown = deployed.loaders.modules.state.show_sls("vumi", pillar=off)
+    assert not [k for k in shown if "nginx" in k], list(shown)
+
+    shown = deployed.loaders.modules.state.show_sls("vumi", pillar=pillar)
+    site = shown[f"vumi-{ENV}-nginx-site"]
+    assert site["__sls__"] == "vumi.nginx"
+    assert {"name": str(site_file(tmp_path))} in site["file"]
+    assert {"name": "nginx"} in shown["vumi-nginx-installed"]["pkg"]
+    service = shown["vumi-nginx-running"]["service"]
+    assert {"name": "nginx"} in service and {"reload": True} in service
+    assert {"watch": [{"file": f"vumi-{ENV}-nginx-site"}]} in service
+    assert not site_file(tmp_path).exists()  # shown, not applied
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"branch": None}, "Name the environment"),
+        ({"ports": []}, "nginx needs at least one webapp port"),
+        ({"static": "../../../etc"}, "invalid vumi:nginx:static ../../../etc"),
+    ],
+    ids=["no-branch", "no-ports", "static-outside-the-code"],
+)
+def test_nginx_sls_refuses_what_it_cannot_serve(deployed, tmp_path, change, expected):
+    pillar = nginx_pillar([8000], tmp_path, 8080, **({"static": change["static"]} if "static" in change else {}))
+    if "branch" in change:
+        del pillar["branch"]
+    if "ports" in change:
+        pillar["vumi"]["environments"][ENV]["ports"] = change["ports"]
+    ret = deployed.loaders.modules.state.apply("vumi.nginx", pillar=pillar)
+    assert not ret.errors, ret.errors
+    (state,) = list(ret)
+    assert state.result is False, state.raw
+    assert expected in state.name + state.comment, state.raw
+    assert os.listdir(tmp_path) == []
+
+
+def test_site_proxies_the_ports_and_serves_static_files_from_current(deployed, cluster, nginx):
+    ports = cluster(2)
+    states = apply_sls(deployed, "vumi.nginx", nginx_pillar(ports, nginx.sites, nginx.port))
+    (site,) = states.values()
+    assert site.result is True and site.changes, site.raw
+    text = site_file(nginx.sites).read_text()
+    for port in ports:
+        assert f"server 127.0.0.1:{port} max_fails=0;" in text
+    assert f"alias {deployed.root}/current/vumi/static/;" in text  # the link, not a release
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504;" in text
+
+    # again: nothing to do
+    (again,) = apply_sls(deployed, "vumi.nginx", nginx_pillar(ports, nginx.sites, nginx.port)).values()
+    assert again.result is True and not again.changes, again.raw
+
+    nginx.start()
+    seen = {http_get(nginx.port)[1]["port"] for _ in range(8)}
+    assert seen == set(ports)  # round robin over the environment's ports
+    assert http_get(nginx.port, "/static/missing.txt")[0] == 404
+
+
+# --------------------------------------------------------------------------
+# Rolling restarts and roll-outs under load: no request fails
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_rolling_restart_and_rollout_behind_nginx_drop_no_request(deployed, vumi, cluster, nginx, size):
+    ports = cluster(size)
+    pillar = nginx_pillar(ports, nginx.sites, nginx.port)
+    apply_sls(deployed, "vumi.nginx", pillar)
+    nginx.start()
+    old = vumi.current(ENV)
+    pids = {p: s["pid"] for p, s in vumi.webapp_status(ENV, ports=ports).items() if p in ports}
+
+    # (a) vumi.restart_webapp_cluster: one port at a time, each serving before the next stops
+    with Load(nginx.port) as load:
+        load.wait_for(50)
+        began = time.monotonic()
+        restarted = vumi.restart_webapp_cluster(ENV, *ports)
+        ended = time.monotonic()
+        load.wait_for(50)
+    report("restart_webapp_cluster", load, began, ended, ports)
+    assert load.failed == [], load.failed[:5]
+    assert [r["port"] for r in restarted] == ports
+    for r in restarted:
+        assert r["old_pid"] == pids[r["port"]] and r["pid"] != pids[r["port"]]
+        assert not alive(pids[r["port"]])
+    # every port served during the roll, and the new processes answer
+    assert {a[3] for a in load.answers} == set(ports)
+    new_pids = {r["pid"] for r in restarted}
+    assert new_pids <= {a[4] for a in load.answers}
+
+    # (b) a new commit, deployed and rolled out by the states while the load runs
+    sha = sample.commit_file(deployed.repo, ENV, "static/hello.txt", f"hello from {size}\n", f"release {size}")
+    with Load(nginx.port) as load:
+        load.wait_for(50)
+        began = time.monotonic()
+        if size == 3:
+            # state.apply vumi: vumi.deployed, then vumi.webapp_running's mod_watch restarts
+            states = apply_sls(deployed, "vumi", pillar)
+            webapp = states[f"vumi-{ENV}-webapp"]
+            assert states[f"vumi-{ENV}-deployed"].changes["revision"]["new"] == sha
+            how = "state.apply vumi (deploy + watch)"
+            # the deploy needed no nginx change
+            assert states[f"vumi-{ENV}-nginx-site"].result is True
+            assert not states[f"vumi-{ENV}-nginx-site"].changes
+        else:
+            assert vumi.deploy(ENV)["revision"] == sha
+            webapp = deployed.loaders.states.vumi.webapp_running(ENV, ports=ports)
+            how = "vumi.deploy + vumi.webapp_running"
+        after = time.monotonic()
+        load.wait_for(100)
+    report(how, load, began, after, ports)
+    assert webapp.result is True, webapp.raw
+    assert set(webapp.changes) == {str(p) for p in ports}, webapp.raw
+    new = vumi.current(ENV)
+    assert new["revision"] == sha and new["release"] != old["release"]
+    assert load.failed == [], load.failed[:5]
+    releases = [a[2] for a in load.answers]
+    assert old["release"] in releases and new["release"] in releases
+    assert {a[2] for a in load.since(after)} == {new["release"]}  # switched, on every port
+    assert {a[3] for a in load.since(after)} == set(ports)
+    # static files come from the new current release, without touching nginx
+    assert http_get(nginx.port, "/static/hello.txt") == (200, f"hello from {size}\n")
+
+
+def test_a_release_that_does_not_come_back_stops_the_roll(deployed, vumi, cluster, nginx):
+    ports = cluster(3)
+    first, second, third = ports
+    pillar = nginx_pillar(ports, nginx.sites, nginx.port)
+    apply_sls(deployed, "vumi.nginx", pillar)
+    nginx.start()
+    good = vumi.current(ENV)
+    pids = {p: vumi.webapp_status(ENV, p)[p]["pid"] for p in ports}
+    wsgi = deployed.repo / "sampleapp" / "wsgi.py"
+    sample.git(deployed.repo, "checkout", "-q", ENV)
+    original = wsgi.read_text()
+    sample.commit_file(
+        deployed.repo, ENV, "sampleapp/wsgi.py", original + '\nraise SystemExit("broken on purpose")\n', "broken"
+    )
+    try:
+        # vumi.deploy makes it current (starting the webapp is not its job, and the
+        # module's health check is off by default); the restarts then find it broken
+        broken = vumi.deploy(ENV)
+        with Load(nginx.port) as load:
+            load.wait_for(50)
+            began = time.monotonic()
+            # vumi.webapp_running restarts the ports on an older release, one at a time
+            webapp = deployed.loaders.states.vumi.webapp_running(ENV, ports=ports)
+            load.wait_for(50)
+            # the module's own rolling restart fails the same way, with the evidence
+            with pytest.raises(CommandExecutionError) as exc:
+                vumi.restart_webapp_cluster(ENV, *ports)
+            ended = time.monotonic()
+            load.wait_for(50)
+        report("a broken release: webapp_running, then restart_webapp_cluster, both stopped", load, began, ended, ports)
+        assert load.failed == [], load.failed[:5]  # nginx sent everything to the ports still up
+
+        assert webapp.result is False, webapp.raw
+        assert f"port {first} could not be restarted" in webapp.comment
+        assert "broken on purpose" in webapp.comment
+        assert f"ports left as they were: {second}, {third}" in webapp.comment
+        assert set(webapp.changes) == set()
+
+        message = str(exc.value)
+        assert f"webapp on port {first} exited with code 1" in message
+        assert f"webapp.{first}.log" in message and "broken on purpose" in message  # the log's tail
+        assert f"stopped at port {first}: restarted none; left as they were: {second}, {third}" in message
+
+        # the first port is down; the others still run the good release, untouched
+        status = vumi.webapp_status(ENV, ports=ports)
+        assert status[first]["running"] is False
+        for port in (second, third):
+            assert status[port]["pid"] == pids[port] and status[port]["release"] == good["release"]
+            assert status[port]["current"] is False  # current is the broken one
+            assert http_get(port)[1]["release"] == good["release"]
+        assert {a[3] for a in load.answers[-50:]} == {second, third}
+    finally:
+        # heal: back to the good release, the first port running again, the branch fixed
+        if vumi.current(ENV)["release"] != good["release"]:
+            vumi.rollback(ENV)
+        vumi.start_webapp(ENV, first)
+        sample.commit_file(deployed.repo, ENV, "sampleapp/wsgi.py", original, "fixed")
+    assert broken["release"] != good["release"]
+    assert vumi.current(ENV)["release"] == good["release"]
+    assert http_get(first)[1]["release"] == good["release"]
+
+
+# --------------------------------------------------------------------------
+# nginx -t: a bad site never replaces the good one
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, complaint",
+    [
+        ({"server_name": "example.org; oops"}, 'unknown directive "oops"'),
+        ({"listen": "127.0.0.1:99999"}, 'invalid port in "127.0.0.1:99999"'),
+        ({"connect_timeout": "soon"}, '"proxy_connect_timeout" directive invalid value'),
+    ],
+    ids=["server_name", "listen", "connect_timeout"],
+)
+def test_a_site_nginx_rejects_fails_the_state_and_the_old_one_stays(deployed, cluster, nginx, bad, complaint):
+    ports = cluster(1)
+    pillar = nginx_pillar(ports, nginx.sites, nginx.port)
+    apply_sls(deployed, "vumi.nginx", pillar)
+    nginx.start()
+    good = site_file(nginx.sites).read_bytes()
+    before = sorted(os.listdir(nginx.sites))
+
+    (state,) = apply_sls(deployed, "vumi.nginx", nginx_pillar(ports, nginx.sites, nginx.port, **bad)).values()
+    assert state.result is False, state.raw
+    assert "check_cmd execution failed" in state.comment, state.comment
+    assert complaint in state.comment, state.comment  # nginx's own words
+    assert not state.changes
+    assert site_file(nginx.sites).read_bytes() == good
+    assert sorted(os.listdir(nginx.sites)) == before  # no temporary file among the sites
+
+    # the running nginx, reloaded, still has a valid config and serves
+    nginx.reload()
+    assert nginx.check().returncode == 0
+    assert http_get(nginx.port)[1]["port"] == ports[0]
+
+
+# --------------------------------------------------------------------------
+# Graceful stop: stop_signal, requests in flight, stop_timeout
+# --------------------------------------------------------------------------
+
+
+def slow_request(port, seconds, results):
+    try:
+        results.append(http_get(port, f"/slow?seconds={seconds}", timeout=seconds + 10))
+    except OSError as exc:
+        results.append(exc)
+
+
+def test_stop_lets_requests_in_flight_finish(vumi, cluster):
+    (port,) = cluster(1)
+    results = []
+    client = threading.Thread(target=slow_request, args=(port, 1.5, results))
+    client.start()
+    time.sleep(0.3)  # the request is in flight
+    began = time.monotonic()
+    stopped = vumi.stop_webapp(ENV, port)
+    took = time.monotonic() - began
+    client.join(20)
+    assert stopped["stopped"] is True and stopped["killed"] is False
+    assert 0.8 < took < 5, took  # it waited for the request, not for stop_timeout
+    ((status, body),) = results
+    assert status == 200 and body["slept"] == 1.5 and body["port"] == port
+    assert not port_open(port)
+
+
+def test_stop_timeout_bounds_the_wait(vumi, cluster):
+    (port,) = cluster(1)
+    results = []
+    client = threading.Thread(target=slow_request, args=(port, 20, results))
+    client.start()
+    time.sleep(0.3)
+    began = time.monotonic()
+    stopped = vumi.stop_webapp(ENV, port, stop_timeout=1)
+    took = time.monotonic() - began
+    client.join(30)
+    assert stopped["stopped"] is True and stopped["killed"] is True
+    assert took < 4, took
+    (result,) = results
+    assert isinstance(result, OSError)  # the request was cut: what SIGKILL does
+
+
+def test_stop_signal_is_the_one_configured(vumi, webapps, free_port):
+    port = free_port()
+    webapps.append((ENV, port))
+    # ignores SIGTERM, leaves on SIGUSR1 (like a server whose graceful stop is another signal)
+    command = (
+        "{venv}/bin/python -c \"import signal, socket, sys, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(0)); "
+        "s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)\""
+    )
+    ret = vumi.start_webapp(ENV, port, webapp_command=command)
+    assert vumi.settings(ENV, stop_signal="usr1")["stop_signal"] == "SIGUSR1"
+    with pytest.raises(SaltInvocationError, match="invalid stop_signal 'SIGNOPE'"):
+        vumi.stop_webapp(ENV, port, stop_signal="SIGNOPE")
+    assert alive(ret["pid"])  # a bad signal name signals nothing
+    began = time.monotonic()
+    stopped = vumi.stop_webapp(ENV, port, stop_signal="SIGUSR1", stop_timeout=5)
+    assert stopped["killed"] is False and time.monotonic() - began < 2
+    assert not alive(ret["pid"])
