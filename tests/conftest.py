@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import salt._logging  # noqa: F401  (sets up the handlers we close at exit)
+from saltfactories.plugins.event_listener import EventListener
 from saltfactories.utils import random_string
 from saltfactories.utils.functional import Loaders
 
@@ -40,6 +41,16 @@ def salt_factories_config(tmp_path_factory):
         "root_dir": str(tmp_path_factory.mktemp("salt-root")),
         "log_server_host": "127.0.0.1",
     }
+
+
+@pytest.fixture(scope="session")
+def event_listener():
+    """salt-factories' event listener, bound to loopback (its default is 0.0.0.0)."""
+    listener = EventListener()
+    listener.host = "127.0.0.1"
+    listener.address = f"tcp://{listener.host}:{listener.port}"
+    with listener:
+        yield listener
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,6 +6,8 @@ import pathlib
 import urllib.error
 import urllib.request
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
 
 def http_get(port, path="/", timeout=5):
     """GET from the webapp on 127.0.0.1: (status, body as JSON when it is JSON, else text)."""

@@ -16,7 +16,8 @@ import socket
 import pytest
 from saltfactories.utils.functional import Loaders
 
-from conftest import REPO, sample
+import make_repo as sample  # on sys.path thanks to tests/conftest.py
+from helpers import REPO
 from helpers import current_target, env_root, http_get, release_dirs
 
 ENV = "staging"
