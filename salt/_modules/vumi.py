@@ -24,6 +24,7 @@ import datetime
 import fcntl
 import getpass
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -69,6 +70,11 @@ DEFAULTS = {
     "stop_timeout": 10,
     "stop_signal": "SIGTERM",  # asks the webapp to stop; SIGKILL follows after stop_timeout
     "lock_timeout": 300,
+    # the switch to a new release waits for one webapp of it, on a spare port, to answer;
+    # None: off here, and on in the SLS when the environment has ports
+    "health_check": None,
+    "health_path": "/health",  # answers 2xx/3xx to GET; None: a TCP connect is enough
+    "health_timeout": 10,  # seconds the health request may take
     "settings": None,  # a mapping rendered into every release as a Python settings file
     "settings_path": "environments/{env}.py",  # where, in the code folder
     "settings_extends": None,  # a module the rendered file imports first, e.g. environments.default
@@ -194,6 +200,7 @@ def _validate(cfg):
     for key in cfg["settings"] or {}:
         if not isinstance(key, str) or not key.isidentifier():
             raise SaltInvocationError(f"invalid settings key {key!r}: must be a Python identifier")
+        _py_literal(cfg["settings"][key], key)  # a value the file cannot hold fails before any deploy
     if cfg["settings_extends"] is not None and not re.match(r"^[A-Za-z_][\w.]*$", str(cfg["settings_extends"])):
         raise SaltInvocationError(f"invalid settings_extends {cfg['settings_extends']!r}: must be a module name")
     _relpath(cfg["settings_path"].format(env=_env_module(cfg["env"])), "settings_path")
@@ -202,11 +209,20 @@ def _validate(cfg):
     for key in ("keep_releases", "keep_failed"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be an integer >= 1")
-    for key in ("start_timeout", "stop_timeout", "lock_timeout"):
+    for key in ("start_timeout", "stop_timeout", "lock_timeout", "health_timeout"):
         try:
             cfg[key] = float(cfg[key])
         except (TypeError, ValueError):
             raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be a number") from None
+        if not 0 <= cfg[key] < float("inf"):  # nan too: a deadline that never comes
+            raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be a number of seconds >= 0")
+    if cfg["health_check"] is not None and not isinstance(cfg["health_check"], bool):
+        raise SaltInvocationError(f"invalid health_check {cfg['health_check']!r}: must be true, false or null")
+    path = cfg["health_path"]
+    if path is not None and (not isinstance(path, str) or not re.match(r"^/[\x21-\x7e]{0,1000}$", path)):
+        raise SaltInvocationError(
+            f"invalid health_path {path!r}: must be a URL path starting with '/' (no spaces), or null"
+        )
     ports = cfg["ports"]
     cfg["ports"] = _ports(ports if isinstance(ports, (list, tuple)) else [ports])
     cfg["stop_signal"] = _signal_name(cfg["stop_signal"])
@@ -226,7 +242,7 @@ def _signal_name(value):
         ) from None
 
 
-def settings(branch, **kwargs):
+def settings(branch, vumi_pillar=None, **kwargs):
     """
     The settings of an environment: ``vumi`` pillar (and minion options) merged
     onto the defaults, then ``vumi:environments:<branch>``, then keyword
@@ -234,6 +250,11 @@ def settings(branch, **kwargs):
 
     branch
         The environment (by default also the git branch).
+    vumi_pillar
+        A ``vumi`` pillar mapping to read instead of this host's pillar. Under
+        salt-ssh a module called on its own sees no pillar, so the bundle's
+        wrapper (``salt/_wrapper/vumi.py``) passes the controller's; every
+        function accepts it.
 
     CLI Example:
 
@@ -250,7 +271,8 @@ def settings(branch, **kwargs):
         {k: v for k, v in DEFAULTS.items() if k != "environments"}, {}, merge_lists=False
     )
     environments = {}
-    for source in (__opts__.get("vumi"), __pillar__.get("vumi")):  # pillar wins
+    pillar = __pillar__.get("vumi") if vumi_pillar is None else vumi_pillar
+    for source in (__opts__.get("vumi"), pillar):  # pillar wins
         if isinstance(source, dict):
             environments.update(source.get("environments") or {})
             cfg.update({k: v for k, v in source.items() if k in DEFAULTS and k != "environments"})
@@ -389,7 +411,8 @@ def _git(args, what, cwd=None, runas=None):
 
 def _write_atomic(path, text, runas=None, mode=0o644):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    # O_NOFOLLOW: a link planted at the temporary name must not send root's write elsewhere
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode), "w", encoding="utf-8") as fh:
         fh.write(text)
     os.chmod(tmp, mode)
     _chown(tmp, runas)
@@ -404,7 +427,32 @@ def _symlink_atomic(target, link):
     if os.path.lexists(tmp):
         os.remove(tmp)
     os.symlink(target, tmp)
+    _own_like_parent(tmp)
     os.replace(tmp, link)
+
+
+def _own_like_parent(path, fd=None):
+    """
+    A file root makes inside the tree (links, the history, locks) belongs to the
+    tree's owner, like everything the deploy makes as ``user``.
+    """
+    if os.geteuid() == 0:
+        parent = os.stat(os.path.dirname(path))
+        if fd is None:
+            os.lchown(path, parent.st_uid, parent.st_gid)
+        else:
+            os.fchown(fd, parent.st_uid, parent.st_gid)
+
+
+def _refuse_links(paths):
+    """
+    The environment's folders must be real folders: a symlink planted in the tree
+    (by anyone who can write there, e.g. its ``user``) would make Salt, often root,
+    write, chown or delete wherever it points.
+    """
+    for path in (*paths.tree(), paths.failed, paths.repo, paths.history, paths.lock):
+        if os.path.islink(path):
+            raise CommandExecutionError(f"{path} is a symlink; refusing to use it")
 
 
 def _now():
@@ -414,8 +462,10 @@ def _now():
 def _record(paths, action, **fields):
     """Append one line to the environment's history log."""
     entry = {"time": _now().isoformat(timespec="seconds"), "action": action, **fields}
-    with open(paths.history, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+    fd = os.open(paths.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    _own_like_parent(paths.history, fd)
+    with open(fd, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")  # one write: a crash leaves whole lines
     return entry
 
 
@@ -437,8 +487,9 @@ def _flock(path, timeout, busy):
     releases it when its holder dies, so a crash never leaves a stale lock.
     After ``timeout`` seconds of waiting, raise ``busy(holder)``.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
+        _own_like_parent(path, fd)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -465,6 +516,7 @@ def _deploy_lock(cfg, paths):
     """One deploy (or rollback, update, cleanup) at a time per environment."""
     if not os.path.isdir(paths.root):
         raise CommandExecutionError(f"{cfg['env']} is not deployed: {paths.root} does not exist")
+    _refuse_links(paths)
     return _flock(
         paths.lock,
         cfg["lock_timeout"],
@@ -602,7 +654,8 @@ def remote_revision(branch, revision=None, **kwargs):
             return found[ref]
     if pin is not None and os.path.isdir(paths.repo):
         with contextlib.suppress(CommandExecutionError):
-            return _git(["rev-parse", "--verify", "--quiet", f"{pin}^{{commit}}"], "rev-parse", cwd=paths.repo)
+            return _git(["rev-parse", "--verify", "--quiet", f"{pin}^{{commit}}"], "rev-parse", cwd=paths.repo,
+                        runas=_runas(cfg))  # fmt: skip
         return None  # unknown here yet; a deploy fetches and then decides
     if pin is not None:
         return None
@@ -682,7 +735,10 @@ def _build_venv(cfg, paths, venv, code, runas):
     """Create a virtualenv at ``venv`` and install the requirements; mark it complete last."""
     if os.path.lexists(venv):
         shutil.rmtree(venv)  # half-built by an earlier, interrupted deploy
-    __salt__["virtualenv.create"](venv, venv_bin=_python(cfg), user=runas)
+    made = __salt__["virtualenv.create"](venv, venv_bin=_python(cfg), user=runas)
+    if isinstance(made, dict) and made.get("retcode"):  # it returns a failure instead of raising
+        detail = _tail(made.get("stderr")) or _tail(made.get("stdout"))
+        raise CommandExecutionError(f"creating the virtualenv {venv} failed: {detail}")
     res = __salt__["pip.install"](
         requirements=os.path.join(code, cfg["requirements"]),
         bin_env=venv,
@@ -741,6 +797,7 @@ class _Deploy:
         self.events = None  # decided at the first stage: is anyone listening?
         self.venv_built = None
         self.previous = None
+        self.health = None
         self.timings = {}
 
 
@@ -748,7 +805,7 @@ def _step_layout(d):
     for path in d.paths.tree():
         _makedirs(path, d.runas)
     d.previous = _current_name(d.paths)
-    _recover(d.paths)
+    _recover(d.paths, d.runas)
 
 
 def _step_fetch(d):
@@ -770,7 +827,8 @@ def _step_fetch(d):
              f"git fetch {cfg['repo_url']}", cwd=repo, runas=d.runas)  # fmt: skip
     if d.revision is not None:
         try:
-            d.sha = _git(["rev-parse", "--verify", "--quiet", f"{d.revision}^{{commit}}"], "", cwd=repo)
+            # as the clone's owner: git refuses to read a repository another user owns
+            d.sha = _git(["rev-parse", "--verify", "--quiet", f"{d.revision}^{{commit}}"], "", cwd=repo, runas=d.runas)
         except CommandExecutionError:
             raise CommandExecutionError(
                 f"revision {d.revision!r} is not in {cfg['repo_url']}"
@@ -778,7 +836,8 @@ def _step_fetch(d):
         _git(["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=repo, runas=d.runas)
     else:
         try:
-            d.sha = _git(["rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{cfg['branch']}"], "", cwd=repo)
+            d.sha = _git(["rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{cfg['branch']}"], "", cwd=repo,
+                         runas=d.runas)  # fmt: skip
         except CommandExecutionError:
             raise CommandExecutionError(
                 f"branch {cfg['branch']!r} not found in {cfg['repo_url']}"
@@ -852,15 +911,36 @@ def _step_link_shared(d):
         elif os.path.lexists(link):
             os.remove(link)
         os.symlink(os.path.join(d.paths.shared, name), link)
+        _chown(link, d.runas)
         exclude.append(f"/{name}\n")
-    os.makedirs(os.path.join(code, ".git", "info"), exist_ok=True)
+    _makedirs(os.path.join(code, ".git", "info"), d.runas)
     with open(os.path.join(code, ".git", "info", "exclude"), "a", encoding="utf-8") as fh:
         fh.writelines(exclude)
+    _chown(os.path.join(code, ".git", "info", "exclude"), d.runas)
 
 
 def _env_module(env):
     """An environment's name as a Python module name: topics/foo -> topics_foo."""
     return re.sub(r"\W", "_", env)
+
+
+def _py_literal(value, key):
+    """
+    A pillar value as plain Python whose repr is valid source: pillar gives
+    OrderedDicts (their repr needs an import) and YAML may give dates. Nested
+    keys are sorted so that the file, and its hash, do not depend on pillar's order.
+    """
+    if isinstance(value, dict):
+        return {k: _py_literal(v, f"{key}[{k!r}]") for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_py_literal(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return value
+    raise SaltInvocationError(
+        f"invalid settings value {key} = {value!r}: use strings, numbers, booleans, null, lists and mappings"
+    )
 
 
 def _settings_file(cfg):
@@ -870,10 +950,11 @@ def _settings_file(cfg):
     lines = ["# Written by vumi-salt from pillar vumi:settings at each deploy: edit pillar, not this file.\n"]
     if cfg["settings_extends"]:
         lines.append(f"from {cfg['settings_extends']} import *  # noqa: F401,F403\n")
-    lines.extend(f"{key} = {value!r}\n" for key, value in sorted(cfg["settings"].items()))
+    lines.extend(f"{key} = {_py_literal(value, key)!r}\n" for key, value in sorted(cfg["settings"].items()))
     text = "".join(lines)
     relpath = cfg["settings_path"].format(env=_env_module(cfg["env"]))
-    return relpath, hashlib.sha256(text.encode()).hexdigest()[:16], text
+    # where the file goes is part of it: a new settings_path must reach the releases too
+    return relpath, hashlib.sha256(f"{relpath}\0{text}".encode()).hexdigest()[:16], text
 
 
 def _step_settings(d):
@@ -924,6 +1005,15 @@ def _publish(paths, name):
     _symlink_atomic(os.path.join("releases", name), paths.current)
 
 
+def _step_health(d):
+    """
+    Before the release may become current: one webapp of it, on a spare port,
+    must answer (the running webapps and ``current`` are not touched).
+    """
+    if d.cfg["health_check"]:
+        d.health = _health_check(d.cfg, d.paths, d.release)
+
+
 def _step_prune(d):
     _prune(d.cfg, d.paths, d.cfg["keep_releases"])
 
@@ -936,6 +1026,7 @@ _PREPARE = [
     ("settings", _step_settings),
     ("virtualenv", _step_virtualenv),
     ("manifest", _step_manifest),
+    ("health", _step_health),
 ]
 _PUBLISH = [
     ("publish", _step_publish),
@@ -990,9 +1081,13 @@ def _fail(d, stage, exc):
     if d.release and stage in dict(_PREPARE) and d.release != _current_name_safe(d.paths):
         rel = os.path.join(d.paths.releases, d.release)
         if os.path.lexists(rel):
-            os.makedirs(d.paths.failed, exist_ok=True)
-            moved = os.path.join(d.paths.failed, d.release)
-            os.rename(rel, moved)
+            try:
+                _makedirs(d.paths.failed, d.runas)
+                moved = os.path.join(d.paths.failed, d.release)
+                os.rename(rel, moved)
+            except (OSError, CommandExecutionError) as problem:  # the next deploy's _recover retries
+                log.warning("could not move %s to %s: %s", rel, d.paths.failed, problem)
+                moved = None
     if os.path.isdir(d.paths.root):
         _record(d.paths, "failed", stage=stage, release=d.release, revision=d.sha,
                 reason=str(exc), previous=d.previous)  # fmt: skip
@@ -1007,17 +1102,39 @@ def _current_name_safe(paths):
     return None
 
 
-def _recover(paths):
-    """After a crash: drop leftover temporary links and set incomplete releases aside."""
+def _recover(paths, runas=None):
+    """
+    After a crash (under the deploy lock: no deploy of ours is at work here):
+    drop leftover temporary links, half-made clones, git's lock files in the
+    cache and health-check webapps; set incomplete releases aside.
+    """
     for name in os.listdir(paths.root):
         if name.startswith("current.tmp-"):
             os.remove(os.path.join(paths.root, name))
+    for name in os.listdir(paths.repositories):
+        if name.startswith(f"{paths.app}.clone-"):
+            shutil.rmtree(os.path.join(paths.repositories, name), ignore_errors=True)
+    for name in os.listdir(paths.releases):
+        if name.startswith(".removing-"):  # a prune killed mid-way
+            _remove_tree(os.path.join(paths.releases, name))
+    # a git killed mid-fetch or mid-checkout leaves index.lock, refs/...lock: every later git fails
+    for top, dirs, files in os.walk(os.path.join(paths.repo, ".git")):
+        dirs[:] = [n for n in dirs if n != "objects"]
+        for name in files:
+            if name.endswith(".lock"):
+                os.remove(os.path.join(top, name))
+    _stop_leftover_health_checks(paths)
     current_name = _current_name(paths)
+    # complete but never recorded, and newer than current: killed after its manifest,
+    # before or during its health check (older unrecorded ones are left alone)
+    recorded = {e.get("release") for e in _history(paths) if e.get("action") in ("prepare", "deploy", "rollback")}
     for name in _release_names(paths):
-        if name != current_name and not _read_manifest(paths, name):
-            os.makedirs(paths.failed, exist_ok=True)
+        interrupted = name not in recorded and (current_name is None or name > current_name)
+        if name != current_name and (not _read_manifest(paths, name) or interrupted):
+            _makedirs(paths.failed, runas)
             os.rename(paths.release(name), os.path.join(paths.failed, name))
-            _record(paths, "failed", stage="recover", release=name, reason="incomplete release left by an interrupted deploy")
+            _record(paths, "failed", stage="recover", release=name,
+                    reason="left by an interrupted deploy (incomplete, or never recorded as prepared or deployed)")
 
 
 def _summary(d, action):
@@ -1030,6 +1147,7 @@ def _summary(d, action):
         "current": d.paths.current,
         "requirements_hash": d.req_hash,
         "virtualenv_built": d.venv_built,
+        "health": d.health,
         "timings": d.timings,
         "action": action,
     }
@@ -1038,7 +1156,9 @@ def _summary(d, action):
 def prepare(branch, revision=None, release=None, **kwargs):
     """
     Build a complete release without making it current: layout, fetch, cut
-    release, link shared folders, virtualenv, manifest. Returns its name.
+    release, link shared folders, virtualenv, manifest, and (with
+    ``health_check``) the health check of one webapp of it on a spare port.
+    Returns its name.
 
     branch
         The environment.
@@ -1046,6 +1166,8 @@ def prepare(branch, revision=None, release=None, **kwargs):
         An exact commit or tag instead of the branch's latest commit.
     release
         The release's name (``YYYYmmdd_HHMMSS``); by default the time now, in UTC.
+        A given name (one for a whole fleet) must sort after every release name
+        used here before, or the prepare fails.
 
     CLI Example:
 
@@ -1057,7 +1179,7 @@ def prepare(branch, revision=None, release=None, **kwargs):
     d = _Deploy(cfg, paths, revision, release)
     if release is not None:
         paths.release(release)
-    os.makedirs(paths.root, exist_ok=True)
+    _makedirs(paths.root, d.runas)  # the tree's owner owns its root too
     with _deploy_lock(cfg, paths):
         _run_steps(d, _PREPARE)
         _record(paths, "prepare", release=d.release, revision=d.sha, timings=d.timings)
@@ -1100,6 +1222,15 @@ def deploy(branch, revision=None, **kwargs):
     A failure at any step leaves ``current`` where it was; the half-built
     release is moved to ``failed/`` and the history log says why.
 
+    With ``health_check: true`` (the SLS turns it on for environments with
+    ports) the switch waits for the new release to answer: one webapp of it
+    is started on a spare loopback port, from its own code folder and
+    virtualenv, asked ``GET health_path`` (2xx or 3xx passes; ``health_path:
+    null`` only connects) within ``health_timeout`` seconds, and stopped. A
+    release that does not start or answer fails the deploy at stage
+    ``health`` with the HTTP status or its log's last lines; the running
+    webapps are not touched.
+
     branch
         The environment (and, unless pillar says otherwise, the git branch).
     revision
@@ -1116,7 +1247,7 @@ def deploy(branch, revision=None, **kwargs):
     """
     cfg, paths = _context(branch, kwargs)
     d = _Deploy(cfg, paths, revision)
-    os.makedirs(paths.root, exist_ok=True)
+    _makedirs(paths.root, d.runas)  # the tree's owner owns its root too
     with _deploy_lock(cfg, paths):
         _run_steps(d, _PREPARE + _PUBLISH)
         _record(paths, "deploy", release=d.release, revision=d.sha, previous=d.previous, timings=d.timings)
@@ -1135,6 +1266,8 @@ def layout(branch, **kwargs):
     """
     cfg, paths = _context(branch, kwargs)
     runas = _runas(cfg)
+    _refuse_links(paths)
+    _current_name(paths)  # a current that is a folder, or points outside, is refused here too
     created = [path for path in paths.tree() if _makedirs(path, runas)]
     return {"path": paths.root, "created": created}
 
@@ -1165,9 +1298,13 @@ def update(branch, **kwargs):
         _run_steps(d, [("fetch", _step_fetch)])
         code = paths.code(name)
         _git(["fetch", "--quiet", "origin"], "git fetch", cwd=code, runas=d.runas)
-        _git(["checkout", "--quiet", "--detach", d.sha], "git checkout", cwd=code, runas=d.runas)
+        # --force: the settings file rendered over a tracked file is the one local change a
+        # release has; git would refuse to check out a commit that changes that file
+        _git(["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=code, runas=d.runas)
+        d.release = name
+        _step_settings(d)  # pillar's settings again, over what the commit brought
         old = manifest.get("revision")
-        manifest.update(revision=d.sha, updated_at=_now().isoformat(timespec="seconds"))
+        manifest.update(revision=d.sha, settings_hash=d.settings_hash, updated_at=_now().isoformat(timespec="seconds"))
         _write_atomic(os.path.join(paths.release(name), "REVISION"), d.sha + "\n", d.runas)
         _write_manifest(paths, name, d.runas, manifest)
         if old != d.sha:
@@ -1367,6 +1504,18 @@ def _unpublished(paths):
     return prepared - published
 
 
+def _remove_tree(path):
+    """
+    Out of sight first (one rename), then deleted: a crash mid-way never leaves a
+    half-deleted release or virtualenv that still looks complete.
+    """
+    trash = os.path.join(os.path.dirname(path), f".removing-{os.path.basename(path)}")
+    if not os.path.basename(path).startswith(".removing-"):
+        os.rename(path, trash)
+        path = trash
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _prune(cfg, paths, limit, unpublished=False):
     """
     Remove all but the newest ``limit`` complete releases (never current), then
@@ -1377,13 +1526,13 @@ def _prune(cfg, paths, limit, unpublished=False):
     removed = []
     if unpublished:
         for name in sorted((_unpublished(paths) & set(_release_names(paths))) - {current_name}):
-            shutil.rmtree(paths.release(name))
+            _remove_tree(paths.release(name))
             removed.append(name)
     complete = [n for n in _release_names(paths) if _read_manifest(paths, n)]
     keep = set(complete[-limit:]) | {current_name}
     for name in _release_names(paths):
         if name not in keep and (name in complete or name != current_name):
-            shutil.rmtree(paths.release(name))
+            _remove_tree(paths.release(name))
             removed.append(name)
     failed = sorted(os.listdir(paths.failed)) if os.path.isdir(paths.failed) else []
     for name in failed[: max(0, len(failed) - cfg["keep_failed"])]:
@@ -1397,7 +1546,7 @@ def _prune(cfg, paths, limit, unpublished=False):
         for name in sorted(os.listdir(paths.virtualenvs)):
             path = os.path.join(paths.virtualenvs, name)
             if os.path.realpath(path) not in in_use:
-                shutil.rmtree(path, ignore_errors=True)
+                _remove_tree(path)
                 venvs_removed.append(name)
     return {
         "removed": removed,
@@ -1523,19 +1672,23 @@ def _port_open(host, port, timeout=0.2):
 
 
 def _log_tail(paths, port, lines=20):
+    return _file_tail(paths.logfile(port), lines)
+
+
+def _file_tail(path, lines=20):
     try:
-        with open(paths.logfile(port), encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             return _tail(fh.read(), lines)
     except OSError:
         return ""
 
 
-def _webapp_command(cfg, paths, name, port):
+def _webapp_command(cfg, paths, name, port, pidfile=None, logfile=None):
     fields = {
         "port": port,
         "host": cfg["host"],
-        "pidfile": paths.pidfile(port),
-        "logfile": paths.logfile(port),
+        "pidfile": pidfile or paths.pidfile(port),
+        "logfile": logfile or paths.logfile(port),
         "settings": _settings_module(cfg),
         "env": cfg["env"],
         "branch": cfg["branch"],
@@ -1577,6 +1730,17 @@ def _start(cfg, paths, port):
                 "started": False, "comment": f"webapp already running on port {port}"}  # fmt: skip
     if _port_open(cfg["host"], port):
         raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
+    proc = _spawn(cfg, paths, name, port, paths.pidfile(port), paths.logfile(port))
+    return {"port": port, "pid": proc.pid, "release": name, "started": True,
+            "comment": f"webapp started on port {port}"}  # fmt: skip
+
+
+def _spawn(cfg, paths, name, port, pidfile, logfile):
+    """
+    Start release ``name``'s webapp on ``port`` (its own process group, as
+    ``user``), record it in ``pidfile``, and return the process once the port
+    accepts connections; raise with the log's tail if it exits or never listens.
+    """
     runas = _runas(cfg)
     for folder in (paths.logs, paths.pids):
         _makedirs(folder, runas)
@@ -1590,10 +1754,15 @@ def _start(cfg, paths, port):
         VUMI_PORT=str(port),
         DJANGO_SETTINGS_MODULE=_settings_module(cfg),
     )
-    command = _webapp_command(cfg, paths, name, port)
+    command = _webapp_command(cfg, paths, name, port, pidfile, logfile)
     user = pwd.getpwnam(runas) if runas else None
-    with open(paths.logfile(port), "ab") as logfh:
-        _chown(paths.logfile(port), runas)
+    try:  # O_NOFOLLOW: root must not append to wherever a link planted as the log points
+        fd = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot open the webapp's log {logfile}: {exc}") from None
+    with open(fd, "ab") as logfh:
+        os.fchmod(logfh.fileno(), 0o640)  # the webapp's log may tell secrets: not for every user
+        _chown(logfile, runas)
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             ["/bin/sh", "-c", "exec " + command],
             cwd=os.path.realpath(paths.code(name)),
@@ -1604,27 +1773,114 @@ def _start(cfg, paths, port):
             start_new_session=True,  # outlives the Salt job; its own process group
             user=user.pw_uid if user else None,
             group=user.pw_gid if user else None,
+            # the user's own groups, not root's: Popen would keep the caller's otherwise
+            extra_groups=os.getgrouplist(user.pw_name, user.pw_gid) if user else None,
         )
     started = _proc_start_time(proc.pid)
-    _write_atomic(paths.pidfile(port), f"{proc.pid}\n{started}\n{name}\n", runas)
+    _write_atomic(pidfile, f"{proc.pid}\n{started}\n{name}\n", runas)
     deadline = time.monotonic() + cfg["start_timeout"]
     while True:
         if proc.poll() is not None:
             problem = f"exited with code {proc.returncode}"
             break
         if _port_open(cfg["host"], port):
-            return {"port": port, "pid": proc.pid, "release": name, "started": True,
-                    "comment": f"webapp started on port {port}"}  # fmt: skip
+            return proc
         if time.monotonic() >= deadline:
             _signal_group(proc.pid, started, cfg["stop_timeout"], cfg["stop_signal"])
             problem = f"did not open the port within {cfg['start_timeout']:g}s"
             break
         time.sleep(0.05)
     with contextlib.suppress(FileNotFoundError):
-        os.remove(paths.pidfile(port))
-    raise CommandExecutionError(
-        f"webapp on port {port} {problem}; last lines of {paths.logfile(port)}:\n{_log_tail(paths, port)}"
-    )
+        os.remove(pidfile)
+    raise CommandExecutionError(f"webapp on port {port} {problem}; last lines of {logfile}:\n{_file_tail(logfile)}")
+
+
+def _spare_port(host):
+    """A port nobody listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _health_check(cfg, paths, name):
+    """
+    Start one webapp of release ``name`` on a spare port (not through
+    ``current``: its own code folder and virtualenv), ask it ``health_path``
+    (or only connect), stop it. Return the evidence; raise with it on failure.
+    """
+    port = _spare_port(cfg["host"])
+    # names of their own: a leftover (its deploy killed) is found and stopped by _recover
+    pidfile = os.path.join(paths.pids, f"webapp.health.{port}.pid")
+    logfile = os.path.join(paths.logs, f"webapp.health.{port}.log")
+    try:
+        proc = _spawn(cfg, paths, name, port, pidfile, logfile)
+    except CommandExecutionError as exc:
+        raise CommandExecutionError(f"the webapp of release {name} did not start: {exc}") from None
+    started = _proc_start_time(proc.pid)
+    try:
+        healthy, evidence = _probe(cfg, port)
+    finally:
+        if started is not None:
+            _signal_group(proc.pid, started, cfg["stop_timeout"], cfg["stop_signal"])
+        proc.poll()  # reaped: no zombie left in a long-running minion
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(pidfile)
+    if not healthy:
+        raise CommandExecutionError(
+            f"health check of release {name} failed: {evidence}; last lines of {logfile}:\n{_file_tail(logfile)}"
+        )
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(logfile)  # kept only when it failed, as evidence
+    return {"port": port, "path": cfg["health_path"], "evidence": evidence}
+
+
+def _probe(cfg, port):
+    """(healthy, evidence): GET ``health_path`` answers 2xx or 3xx; with no path, the port accepts."""
+    host, path = cfg["host"], cfg["health_path"]
+    if path is None:
+        return True, f"port {port} accepts connections"  # _spawn waited for that
+    deadline = time.monotonic() + cfg["health_timeout"]
+    while True:
+        conn = http.client.HTTPConnection(host, port, timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            conn.request("GET", path, headers={"User-Agent": "vumi-salt health check"})
+            resp = conn.getresponse()
+            body = resp.read(300).decode("utf-8", "replace").strip()
+        except (OSError, http.client.HTTPException) as exc:
+            # not answering yet (or reset while it starts): ask again until the deadline
+            if time.monotonic() + 0.1 >= deadline:
+                return False, f"GET {path} on port {port} got no answer within {cfg['health_timeout']:g}s: {exc}"
+            time.sleep(0.1)
+            continue
+        finally:
+            conn.close()
+        evidence = f"GET {path} on port {port} answered HTTP {resp.status} {resp.reason}"
+        if 200 <= resp.status < 400:
+            return True, evidence
+        return False, f"{evidence}: {body!r}" if body else evidence
+
+
+def _stop_leftover_health_checks(paths):
+    """A health-check webapp whose deploy was killed: stop it (if it still is the process we started)."""
+    if not os.path.isdir(paths.pids):
+        return
+    for name in os.listdir(paths.pids):
+        match = re.match(r"^webapp\.health\.(\d+)\.pid$", name)
+        if not match:
+            continue
+        try:
+            with open(os.path.join(paths.pids, name), encoding="utf-8") as fh:
+                pid, started = fh.read().split()[:2]
+            pid = int(pid)
+        except (OSError, ValueError):
+            pid, started = None, None
+        if pid and _proc_start_time(pid) == started:
+            log.info("stopping the health-check webapp (pid %s) left by an interrupted deploy", pid)
+            _signal_group(pid, started, 5)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(paths.pids, name))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(paths.logs, f"webapp.health.{match.group(1)}.log"))
 
 
 def _signal_group(pid, started, grace, sig="SIGTERM"):
@@ -1675,6 +1931,7 @@ def _port_lock(cfg, paths, port):
     if not os.path.isdir(paths.root):
         yield  # nothing deployed, nothing running: the action says so
         return
+    _refuse_links(paths)
     _makedirs(paths.pids, _runas(cfg))  # the webapp may write its own pid file there
     with _flock(
         os.path.join(paths.pids, f"webapp.{port}.lock"),

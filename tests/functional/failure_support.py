@@ -1,0 +1,350 @@
+"""
+What the failure, crash, concurrency and hostile-input tests (issue #5) share:
+environments built fast (a virtualenv built once per module, copied into each
+environment, where a deploy reuses it), salt-call in a subprocess with its own
+config, and the checks an operator would make after an accident.
+"""
+
+import contextlib
+import fcntl
+import getpass
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import yaml
+from saltfactories.utils import random_string
+from saltfactories.utils.functional import Loaders
+
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
+from helpers import env_root
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+ME = getpass.getuser()
+SALT_CALL = pathlib.Path(sys.executable).parent / "salt-call"
+
+
+# --------------------------------------------------------------------------
+# Environments
+# --------------------------------------------------------------------------
+
+
+def clone_origin(origin, dest):
+    sample.git(origin.parent, "clone", "--quiet", "--no-hardlinks", str(origin), str(dest))
+    for branch in ("staging", "production"):
+        sample.git(dest, "branch", "--quiet", branch, f"origin/{branch}")
+    return dest
+
+
+class ModuleLoaders:
+    """
+    One Salt loader per test module (building one costs seconds); each test
+    swaps in its own ``vumi`` settings, which the module reads as minion options.
+    """
+
+    def __init__(self, minion_opts, top):
+        pillar = top / "empty-pillar"
+        pillar.mkdir(exist_ok=True)
+        (pillar / "top.sls").write_text("base: {}\n")
+        # no pillar: the bundle's pillar names /var/praekelt, and pillar would win
+        opts = dict(minion_opts, vumi={}, pillar_roots={"base": [str(pillar)]}, cachedir=str(top / "salt-cache"))
+        self.loaders = Loaders(opts)
+        self.settings = self.loaders.opts["vumi"]  # the loader's own copy: the one modules read
+
+    def use(self, settings):
+        self.loaders.reset_state()
+        self.settings.clear()
+        self.settings.update(settings)
+        assert self.vumi.settings("staging")["base_dir"] == settings["base_dir"]
+        return self.loaders
+
+    @property
+    def vumi(self):
+        return self.loaders.modules.vumi
+
+    @property
+    def states(self):
+        return self.loaders.states.vumi
+
+    def close(self):
+        self.settings.clear()
+        self.loaders.reset_state()
+
+
+def base_settings(base_dir, repo, **more):
+    return dict(
+        {
+            "base_dir": str(base_dir),
+            "app": "vumi",
+            "repo_url": str(repo),
+            "ports": [],
+            "user": ME,
+            "start_timeout": 20,
+            "stop_timeout": 5,
+        },
+        **more,
+    )
+
+
+def build_seed(module_loaders, top, origin):
+    """Deploy once for real: its virtualenv seeds every other environment of the module."""
+    repo = clone_origin(origin, top / "seed-upstream")
+    base_dir = top / "seed-srv"
+    base_dir.mkdir()
+    module_loaders.use(base_settings(base_dir, repo))
+    result = module_loaders.vumi.deploy("staging")
+    return pathlib.Path(os.path.realpath(result["path"] + "/ve"))
+
+
+def seed_venv(seed, base_dir, env="staging"):
+    dest = env_root(base_dir, env) / "shared" / "virtualenvs" / seed.name
+    shutil.copytree(seed, dest, symlinks=True)
+    return dest
+
+
+# --------------------------------------------------------------------------
+# What an operator checks
+# --------------------------------------------------------------------------
+
+
+def snapshot(top, skip=()):
+    """
+    Every path under ``top`` with its kind, mode and owner (a link's target, a
+    file's size); the insides of .git folders and virtualenvs are left out for
+    speed, and so are the paths in ``skip`` (the environment, where a failure
+    may legitimately write its history).
+    """
+    top = pathlib.Path(top)
+    skip = {pathlib.Path(p) for p in skip}
+    found = {}
+    for parent, dirs, files in os.walk(top):
+        here = pathlib.Path(parent)
+        for name in dirs + files:
+            path = here / name
+            if path in skip:
+                continue
+            st = path.lstat()
+            rel = str(path.relative_to(top))
+            if path.is_symlink():
+                found[rel] = ("link", os.readlink(path), st.st_uid)
+            elif path.is_dir():
+                found[rel] = ("dir", oct(st.st_mode), st.st_uid, st.st_gid)
+            else:
+                found[rel] = ("file", oct(st.st_mode), st.st_uid, st.st_size, st.st_mtime_ns)
+        dirs[:] = [
+            d for d in dirs
+            if here / d not in skip and d != ".git" and here.name != "virtualenvs" and not (here / d).is_symlink()
+        ]  # fmt: skip
+    return found
+
+
+def current_state(root):
+    """What ``current`` is: ('link', target), ('dir',), ('other',) or None."""
+    link = pathlib.Path(root) / "current"
+    if link.is_symlink():
+        return ("link", os.readlink(link))
+    if link.is_dir():
+        return ("dir",)
+    if os.path.lexists(link):
+        return ("other",)
+    return None
+
+
+def current_problem(root):
+    """None if ``current`` is a link to a complete release with an intact virtualenv; else what is wrong."""
+    root = pathlib.Path(root)
+    state = current_state(root)
+    if state is None:
+        return "no current"
+    if state[0] != "link":
+        return f"current is {state}"
+    target = state[1]
+    name = os.path.basename(target)
+    if target != f"releases/{name}":
+        return f"current points at {target}"
+    release = root / "releases" / name
+    try:
+        manifest = json.loads((release / "release.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"release {name} has no manifest: {exc}"
+    if manifest.get("release") != name:
+        return f"manifest of {name} names {manifest.get('release')}"
+    venv = release / "ve"
+    if not (venv / ".vumi-complete").is_file() or not os.access(venv / "bin" / "python", os.X_OK):
+        return f"release {name} has no intact virtualenv"
+    if not (release / "vumi" / "manage.py").is_file():
+        return f"release {name} has no code"
+    return None
+
+
+def lock_free(root):
+    """True if nobody holds the environment's deploy lock (a crashed holder never does)."""
+    path = pathlib.Path(root) / ".deploy.lock"
+    if not path.exists():
+        return True
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases it if we got it
+    return True
+
+
+def lock_holder(root):
+    """The pid the lock file names (the holder writes it once it has the lock), or None."""
+    try:
+        return json.loads((pathlib.Path(root) / ".deploy.lock").read_text())["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def history(root):
+    path = pathlib.Path(root) / "history.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def processes_under(path):
+    """Pids of live processes whose working folder is under ``path`` (webapps of an environment)."""
+    found = []
+    path = os.path.realpath(path)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            if (cwd == path or cwd.startswith(path + "/")) and alive(int(pid)):
+                found.append(int(pid))
+    return found
+
+
+def kill_processes_under(path):
+    for pid in processes_under(path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def leftovers(root):
+    """What a converged environment must not have: temporary links, half-made clones, stale git locks..."""
+    root = pathlib.Path(root)
+    found = [p.name for p in root.iterdir() if p.name.startswith("current.tmp-")]
+    repos = root / "shared" / "repositories"
+    found += [p.name for p in repos.iterdir() if ".clone-" in p.name] if repos.is_dir() else []
+    git_dir = repos / "vumi" / ".git"
+    for parent, dirs, files in os.walk(git_dir):
+        dirs[:] = [d for d in dirs if d != "objects"]
+        found += [os.path.join(parent, f) for f in files if f.endswith(".lock")]
+    releases = root / "releases"
+    for rel in releases.iterdir() if releases.is_dir() else []:
+        if not (rel / "release.json").is_file():
+            found.append(f"incomplete release {rel.name}")
+    pids = root / "shared" / "tmp" / "pids"
+    found += [p.name for p in pids.iterdir() if p.name.startswith("webapp.health.")] if pids.is_dir() else []
+    if not lock_free(root):
+        found.append("the deploy lock is held")
+    return found
+
+
+# --------------------------------------------------------------------------
+# salt-call --local in a subprocess: its own config, the settings as minion options
+# --------------------------------------------------------------------------
+
+
+def salt_call_config(top, settings):
+    """A masterless minion config under ``top``; ``settings`` become its ``vumi`` options (no pillar)."""
+    conf, state, pillar = top / "conf", top / "salt-state", top / "pillar"
+    for path in (conf, state, pillar):
+        path.mkdir(parents=True, exist_ok=True)
+    (pillar / "top.sls").write_text("base: {}\n")
+    minion = {
+        "id": random_string("vumi-crash-"),
+        "user": ME,
+        "file_client": "local",
+        "file_roots": {"base": [str(REPO / "salt")]},
+        "pillar_roots": {"base": [str(pillar)]},
+        "module_dirs": [str(REPO / "salt" / "_modules")],
+        "states_dirs": [str(REPO / "salt" / "_states")],
+        "root_dir": str(state),
+        "cachedir": str(state / "cache"),
+        "pki_dir": str(state / "pki"),
+        "sock_dir": str(state / "sock"),
+        "log_file": str(state / "minion.log"),
+        "log_level_logfile": "info",
+        "vumi": settings,
+    }
+    (conf / "minion").write_text(yaml.safe_dump(minion))
+    # one call first: salt-calls started together would race to create the folders it makes
+    warm = finish(salt_call(conf, "test.true"))
+    assert warm.returncode == 0, warm.text
+    return conf
+
+
+def salt_call(conf, *args, cwd=None):
+    """Start ``salt-call --local`` in its own process group (so that a test can SIGKILL all of it)."""
+    return subprocess.Popen(  # pylint: disable=consider-using-with
+        [str(SALT_CALL), "--local", "-c", str(conf), "--out=json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(cwd or conf),
+        start_new_session=True,
+    )
+
+
+def finish(proc, timeout=120):
+    out, err = proc.communicate(timeout=timeout)
+    try:
+        data = json.loads(out)["local"] if out.strip() else None
+    except ValueError:
+        data = out
+    return types.SimpleNamespace(returncode=proc.returncode, data=data, stderr=err, text=f"{out}\n{err}")
+
+
+def wait_for(predicate, timeout=30.0, interval=0.0005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+# --------------------------------------------------------------------------
+# Per-group figures for the report (printed with pytest -s)
+# --------------------------------------------------------------------------
+
+
+class Tally:
+    def __init__(self):
+        self.groups = {}
+
+    def add(self, group, current_valid, note=None):
+        cases, valid, notes = self.groups.get(group, (0, 0, []))
+        if note:
+            notes.append(note)
+        self.groups[group] = (cases + 1, valid + bool(current_valid), notes)
+
+    def report(self):
+        lines = []
+        for group, (cases, valid, notes) in self.groups.items():
+            lines.append(f"[issue5] {group}: {cases} cases, {valid} left current valid")
+            lines.extend(f"[issue5]   {note}" for note in notes)
+        return "\n".join(lines)

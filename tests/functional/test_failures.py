@@ -1,0 +1,758 @@
+"""
+Never break what runs (issue #5): the health-gated switch, a failure injected
+at each stage while an old webapp serves, deploys SIGKILLed at 20+ moments,
+concurrent deploys, and file ownership when Salt runs as root.
+
+Everything is real: git repositories, virtualenvs, webapp processes on free
+loopback ports answering HTTP, ``salt-call --local`` in subprocesses killed
+with SIGKILL. Speed: one virtualenv is built for the module and copied into
+each environment, where deploys reuse it (same requirements), so most deploys
+only move code (~0.1 s) and the kills land in fetch, cut, link, manifest,
+health and publish; a few tests build a virtualenv for real.
+
+Run with ``pytest -s`` to see, per group, how many cases left ``current`` valid.
+"""
+
+import contextlib
+import os
+import pathlib
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import types
+
+import pytest
+from salt.exceptions import CommandExecutionError
+
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
+from failure_support import (
+    ModuleLoaders,
+    Tally,
+    base_settings,
+    build_seed,
+    clone_origin,
+    current_problem,
+    current_state,
+    finish,
+    history,
+    kill_processes_under,
+    leftovers,
+    lock_free,
+    lock_holder,
+    processes_under,
+    salt_call,
+    salt_call_config,
+    seed_venv,
+    snapshot,
+    wait_for,
+)
+from helpers import env_root, http_get
+
+ENV = "staging"
+TALLY = Tally()
+
+
+# --------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    print("\n" + TALLY.report())
+
+
+@pytest.fixture(scope="module")
+def mod(minion_opts, origin, tmp_path_factory):
+    """The module's loader and the virtualenv every environment here starts from."""
+    top = tmp_path_factory.mktemp("failures")
+    loaders = ModuleLoaders(minion_opts, top)
+    try:
+        seed = build_seed(loaders, top, origin)
+        yield types.SimpleNamespace(loaders=loaders, seed=seed, origin=origin)
+    finally:
+        loaders.close()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Env(types.SimpleNamespace):
+    def use(self, **more):
+        """Swap the settings (the loader reads them as minion options); health checks on unless ``more`` says."""
+        self.settings = dict(base_settings(self.base_dir, self.repo), health_check=True)
+        self.settings.update(more)
+        self.loaders.use(self.settings)
+        return self.vumi
+
+    @property
+    def vumi(self):
+        return self.loaders.vumi
+
+
+@pytest.fixture
+def env(mod, tmp_path):
+    """``staging`` ready to deploy: its own upstream repo and base_dir, the seeded virtualenv, health checks on."""
+    base_dir = tmp_path / "srv"
+    base_dir.mkdir()
+    env = Env(
+        loaders=mod.loaders,
+        seed=mod.seed,
+        repo=clone_origin(mod.origin, tmp_path / "upstream"),
+        base_dir=base_dir,
+        root=env_root(base_dir, ENV),
+        top=tmp_path,
+    )
+    env.use()
+    seed_venv(mod.seed, base_dir)
+    try:
+        yield env
+    finally:
+        with contextlib.suppress(Exception):
+            for port, info in env.vumi.webapp_status(ENV).items():
+                if info["running"]:
+                    env.vumi.stop_webapp(ENV, port)
+        kill_processes_under(base_dir)  # the safety net: nothing a test started outlives it
+
+
+def serving(port):
+    """(release, pid) of the webapp answering on ``port``."""
+    status, body = http_get(port)
+    assert status == 200, body
+    return body["release"], body["pid"]
+
+
+def health_files(root):
+    found = []
+    for sub in ("shared/tmp/pids", "shared/logs"):
+        folder = root / sub
+        found += [p.name for p in folder.iterdir() if ".health." in p.name] if folder.is_dir() else []
+    return found
+
+
+# --------------------------------------------------------------------------
+# 1. The health-gated switch
+# --------------------------------------------------------------------------
+
+
+def test_health_check_is_off_by_default_in_the_module(env):
+    vumi = env.use(health_check=None)
+    assert vumi.settings(ENV)["health_check"] is None
+    result = vumi.deploy(ENV)
+    assert result["health"] is None
+    assert result["timings"]["health"] < 0.05
+
+
+def test_health_gate_checks_the_new_release_on_a_spare_port_and_leaves_nothing_running(env):
+    vumi = env.vumi
+    old = vumi.deploy(ENV)
+    port = _free_port()
+    vumi.start_webapp(ENV, port)
+    old_release, old_pid = serving(port)
+    assert old_release == old["release"]
+
+    sample.commit_file(env.repo, ENV, "NEWS", "new\n", "News")
+    new = vumi.deploy(ENV)
+
+    health = new["health"]
+    assert health["path"] == "/health"
+    assert health["evidence"] == f"GET /health on port {health['port']} answered HTTP 200 OK"
+    assert health["port"] != port
+    assert os.readlink(env.root / "current") == f"releases/{new['release']}"
+    # the instance checked is gone: its port is closed, its pid file and log removed
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", health["port"]), timeout=0.5).close()
+    assert health_files(env.root) == []
+    assert processes_under(env.root) == [old_pid]
+    # the running webapp was not touched: same process, still the old release (a deploy does not restart)
+    assert serving(port) == (old["release"], old_pid)
+    TALLY.add("health gate", current_problem(env.root) is None, "HTTP 200 on /health: switched")
+
+    # TCP only
+    tcp = vumi.deploy(ENV, health_path=None)
+    assert tcp["health"]["evidence"] == f"port {tcp['health']['port']} accepts connections"
+    assert tcp["health"]["path"] is None
+    assert serving(port) == (old["release"], old_pid)
+    TALLY.add("health gate", current_problem(env.root) is None, "TCP connect: switched")
+
+
+def test_the_sls_turns_the_health_check_on_when_there_are_ports(env):
+    state = env.loaders.loaders.modules.state
+
+    def deployed_args(**settings):
+        env.use(**settings)
+        rendered = state.show_sls("vumi", pillar={"branch": ENV})
+        assert isinstance(rendered, dict), rendered
+        args = rendered[f"vumi-{ENV}-deployed"]["vumi"]
+        return {k: v for arg in args if isinstance(arg, dict) for k, v in arg.items()}
+
+    assert deployed_args(ports=[8000], health_check=None)["health_check"] is True
+    assert "health_check" not in deployed_args(ports=[], health_check=None)  # nothing to protect
+    assert "health_check" not in deployed_args(ports=[8000], health_check=False)  # pillar says no
+    assert "health_check" not in deployed_args(ports=[8000], health_check=True)  # already on
+
+
+def test_the_sls_keeps_the_old_webapp_serving_when_the_new_release_is_unhealthy(env):
+    port = _free_port()
+    vumi = env.use(ports=[port], health_check=None)  # as the SLS sees most environments
+
+    def apply():
+        ret = env.loaders.loaders.modules.state.apply("vumi", pillar={"branch": ENV})
+        assert not ret.errors, ret.errors
+        return {s.full_return["__id__"]: s for s in ret}
+
+    first = apply()
+    assert all(s.result is True for s in first.values()), {k: s.comment for k, s in first.items()}
+    good = vumi.current(ENV)["release"]
+    old_release, old_pid = serving(port)
+    assert old_release == good
+
+    sample.commit_file(env.repo, ENV, "HEALTH_FAIL", "on purpose\n", "An unhealthy release")
+    second = apply()
+    deployed, webapp = second[f"vumi-{ENV}-deployed"], second[f"vumi-{ENV}-webapp"]
+    assert deployed.result is False
+    assert "failed at stage 'health'" in deployed.comment
+    assert "answered HTTP 500 Internal Server Error" in deployed.comment
+    assert "unhealthy: HEALTH_FAIL" in deployed.comment
+    assert webapp.result is False and webapp.changes == {}  # not restarted: its requisite failed
+    assert os.readlink(env.root / "current") == f"releases/{good}"
+    assert serving(port) == (good, old_pid)
+    entry = history(env.root)[-1]
+    assert (entry["action"], entry["stage"]) == ("failed", "health")
+    assert "HTTP 500" in entry["reason"]
+    TALLY.add("health gate", current_problem(env.root) is None and serving(port) == (good, old_pid),
+              "state.apply: HTTP 500, old webapp kept serving")  # fmt: skip
+
+
+# --------------------------------------------------------------------------
+# 3. A failure injected at each stage, with the old webapp serving
+# --------------------------------------------------------------------------
+
+
+def _commit_missing_package(env):
+    sample.commit_file(
+        env.repo, ENV, "config/requirements.pip",
+        "--no-index\n--find-links wheels\nvumi-sample-lib==1.0\nvumi-no-such-package==1.0\n",
+        "Require a package that exists nowhere here",
+    )  # fmt: skip
+
+
+def _commit_crash_at_start(env):
+    sample.git(env.repo, "checkout", "-q", ENV)
+    wsgi = (env.repo / "sampleapp" / "wsgi.py").read_text()
+    sample.commit_file(env.repo, ENV, "sampleapp/wsgi.py",
+                       "raise SystemExit('crashing at start on purpose')\n" + wsgi, "Crash at start")  # fmt: skip
+
+
+def _commit_health_fail(env):
+    sample.commit_file(env.repo, ENV, "HEALTH_FAIL", "on purpose\n", "An unhealthy release")
+
+
+def _chattr_works(tmp):
+    probe = tmp / "chattr-probe"
+    probe.mkdir()
+    try:
+        done = subprocess.run(["chattr", "+i", str(probe)], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return "chattr is not installed"
+    finally:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True, check=False)
+        probe.rmdir()
+    return None if done.returncode == 0 else f"chattr +i failed: {done.stderr.strip()}"
+
+
+def _read_only(relpath, also=None):
+    """
+    A folder nothing can be written to, as "a full disk": root ignores file
+    modes, so the folder is made immutable (chattr +i) instead.
+    """
+
+    def setup(env):
+        if os.geteuid() == 0:
+            reason = _chattr_works(env.top)
+            if reason:
+                pytest.skip(f"as root a read-only folder needs chattr +i: {reason}")
+            flag, path = ["chattr", "+i"], env.root / relpath
+            undo = ["chattr", "-i", str(path)]
+        else:
+            flag, path = ["chmod", "0555"], env.root / relpath
+            undo = ["chmod", "0755", str(path)]
+        if also:
+            also(env)
+        subprocess.run([*flag, str(path)], check=True)
+        return lambda: subprocess.run(undo, check=True)
+
+    return setup
+
+
+def _add_requirement_comment(env):
+    sample.commit_file(env.repo, ENV, "config/requirements.pip",
+                       "--no-index\n--find-links wheels\nvumi-sample-lib==1.0\n# changed\n", "New requirements")  # fmt: skip
+
+
+def _unreachable(env):
+    return {"repo_url": f"http://127.0.0.1:{_free_port()}/vumi.git"}
+
+
+FAILURES = {
+    # name: (break something, deploy kwargs (or a function of env giving them), stage, evidence in the message)
+    "pip: a package that does not exist locally": (
+        _commit_missing_package, {}, "virtualenv", ["vumi-no-such-package"]),
+    "fetch: a revision that does not exist": (
+        None, {"revision": "0123456789abcdef0123456789abcdef01234567"}, "fetch",
+        ["'0123456789abcdef0123456789abcdef01234567' is not in"]),
+    "fetch: an unreachable repo": (None, _unreachable, "fetch", ["git fetch http://127.0.0.1:", "failed"]),
+    "health: a webapp that exits at start": (
+        _commit_crash_at_start, {}, "health", ["did not start", "exited with code 1", "crashing at start on purpose"]),
+    "health: /health answers 500": (
+        _commit_health_fail, {}, "health", ["answered HTTP 500 Internal Server Error", "unhealthy: HEALTH_FAIL"]),
+    "health: a webapp that never listens": (
+        None, {"webapp_command": "sleep 60", "start_timeout": 1}, "health", ["did not open the port within 1s"]),
+    "cut_release: releases/ read-only (full disk)": (
+        _read_only("releases"), {}, "cut_release", ["Operation not permitted" if os.geteuid() == 0 else "Permission denied"]),
+    "virtualenv: shared/virtualenvs read-only (full disk)": (
+        _read_only("shared/virtualenvs", also=_add_requirement_comment), {}, "virtualenv",
+        ["creating the virtualenv", "shared/virtualenvs/"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_a_failure_at_each_stage_keeps_current_and_the_old_webapp(env, case):
+    breaker, kwargs, stage, evidence = FAILURES[case]
+    vumi = env.vumi
+    good = vumi.deploy(ENV)["release"]
+    port = _free_port()
+    vumi.start_webapp(ENV, port)
+    old = serving(port)
+    assert old[0] == good
+    tip = sample.git(env.repo, "rev-parse", ENV)
+    undo = breaker(env) if breaker else None
+    kwargs = kwargs(env) if callable(kwargs) else kwargs
+    outside = snapshot(env.top, skip=[env.root, env.repo])
+    lines = len(history(env.root))
+
+    try:
+        with pytest.raises(CommandExecutionError) as exc:
+            vumi.deploy(ENV, **kwargs)
+    finally:
+        if undo:
+            undo()
+
+    message = str(exc.value)
+    valid = current_problem(env.root) is None and current_state(env.root) == ("link", f"releases/{good}")
+    still_serving = serving(port) == old
+    TALLY.add("failure injection", valid and still_serving, f"{case}: failed at stage {stage!r}, old webapp serving")
+    assert f"failed at stage {stage!r}" in message, message
+    for text in evidence:
+        assert text in message, message
+    assert valid, current_problem(env.root)
+    assert still_serving  # the same process, still the old release
+    assert processes_under(env.root) == [old[1]]  # no health-check instance left behind
+    assert health_files(env.root) == [] or stage == "health"  # a failed check keeps its log, as evidence
+    assert not [p for p in health_files(env.root) if p.endswith(".pid")]
+    assert snapshot(env.top, skip=[env.root, env.repo]) == outside
+    (entry,) = history(env.root)[lines:]
+    assert (entry["action"], entry["stage"], entry["previous"]) == ("failed", stage, good)
+    assert evidence[0] in entry["reason"]
+    if entry["release"]:  # named: out of releases/, and in failed/ if anything of it was made
+        assert not (env.root / "releases" / entry["release"]).exists()
+        kept = env.root / "failed" / entry["release"]
+        assert kept.is_dir() == (f"the half-built release is kept in {kept}" in message), message
+        assert kept.is_dir() or stage == "cut_release"
+
+    # repaired, the next deploy goes through (the old webapp still untouched)
+    sample.git(env.repo, "checkout", "-q", ENV)
+    sample.git(env.repo, "reset", "-q", "--hard", tip)
+    after = vumi.deploy(ENV)
+    assert os.readlink(env.root / "current") == f"releases/{after['release']}"
+    assert leftovers(env.root) == []
+    assert serving(port) == old
+
+
+# --------------------------------------------------------------------------
+# 4. SIGKILL at 20+ moments across the stages
+# --------------------------------------------------------------------------
+
+
+def _releases(root):
+    folder = root / "releases"
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")} if folder.is_dir() else set()
+
+
+def _landed(root, before):
+    """Where a kill landed, read from what it left."""
+    if [e for e in history(root)[before["lines"]:] if e["action"] == "deploy"]:
+        return "after the deploy (finished first)"
+    if current_state(root) != before["current"]:
+        return "publish/prune (current already switched)"
+    new = sorted(_releases(root) - before["releases"])
+    venvs = root / "shared" / "virtualenvs"
+    building = [p for p in venvs.iterdir() if not (p / ".vumi-complete").exists()] if venvs.is_dir() else []
+    if not new:
+        if list((root / "shared" / "repositories").glob("vumi.clone-*")):
+            return "fetch (first clone)"
+        return "layout/fetch" if lock_holder(root) else "before the lock"
+    release = root / "releases" / new[-1]
+    if list((root / "shared" / "tmp" / "pids").glob("webapp.health.*.pid")):
+        return "health (a health-check webapp is left running)"
+    if (release / "release.json").exists():
+        return "health (manifest written)"
+    if building:
+        return "virtualenv (half-built)"
+    if os.path.lexists(release / "ve"):
+        return "virtualenv/manifest"
+    if os.path.lexists(release / "vumi" / "logs"):
+        return "link_shared/settings/virtualenv"
+    return "cut_release"
+
+
+class Crasher:
+    """Deploys through salt-call, SIGKILLed at a moment a trigger picks; then what is left is checked."""
+
+    def __init__(self, vumi, conf, base_dir):
+        self.vumi, self.conf, self.base_dir = vumi, conf, base_dir
+        self.landed = []
+
+    def crash(self, name, trigger, delay=0.0, converge_at=None):
+        """
+        SIGKILL the deploy's process group when ``trigger(root, proc)`` is true
+        (then after ``delay``), check what is left, then deploy again (at
+        revision ``converge_at``) and check that it converged.
+        """
+        root = env_root(self.base_dir, name)
+        before = {"lines": len(history(root)), "current": current_state(root), "releases": _releases(root)}
+        proc = salt_call(self.conf, "vumi.deploy", name)
+        try:
+            fired = wait_for(lambda: trigger(root, proc) or proc.poll() is not None, timeout=60)
+            assert fired, "the deploy neither reached its marker nor ended"
+            time.sleep(delay)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        landed = _landed(root, before)
+        self.landed.append(landed)
+
+        # what the kill left: current as it was (or a complete new release), no lock held
+        problem = current_problem(root)
+        valid = problem is None or (before["current"] is None and current_state(root) is None)
+        TALLY.add("crash (SIGKILL)", valid, f"{name}: killed in {landed}")
+        assert valid, f"after a kill in {landed}: {problem}"
+        assert lock_free(root), "a killed deploy left its lock held"
+
+        # the next deploy converges without help
+        result = self.vumi.deploy(name, revision=converge_at)
+        assert current_state(root) == ("link", f"releases/{result['release']}")
+        assert current_problem(root) is None
+        assert leftovers(root) == [], landed
+        assert processes_under(root) == [], f"{landed}: a webapp was left running"
+
+    # triggers
+    @staticmethod
+    def holds_lock(root, proc):
+        return lock_holder(root) == proc.pid
+
+    @staticmethod
+    def clone_started(root, proc):
+        return list(root.glob("shared/repositories/vumi.clone-*"))
+
+    @staticmethod
+    def health_check_running(root, proc):
+        return Crasher.holds_lock(root, proc) and list(root.glob("shared/tmp/pids/webapp.health.*.pid"))
+
+    def new_release_has(self, sub):
+        known = _releases(env_root(self.base_dir, ENV))
+        return lambda root, proc: any(os.path.lexists(root / "releases" / n / sub) for n in _releases(root) - known)
+
+    @staticmethod
+    def current_switched(root):
+        was = current_state(root)
+        return lambda root, proc: current_state(root) != was
+
+    def new_virtualenv(self):
+        known = set(os.listdir(env_root(self.base_dir, ENV) / "shared" / "virtualenvs"))
+        return lambda root, proc: set(os.listdir(root / "shared" / "virtualenvs")) - known
+
+
+def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path):
+    repo = clone_origin(mod.origin, tmp_path / "upstream")
+    base_dir = tmp_path / "srv"
+    base_dir.mkdir()
+    fresh = ["fresh1", "fresh2"]  # never deployed: a kill can land in the first clone
+    settings = base_settings(base_dir, repo, health_check=True, keep_releases=3,
+                             environments={name: {"branch": ENV} for name in fresh})  # fmt: skip
+    mod.loaders.use(settings)
+    vumi = mod.loaders.vumi
+    crasher = Crasher(vumi, salt_call_config(tmp_path / "call", settings), base_dir)
+    for name in [ENV, *fresh]:
+        seed_venv(mod.seed, base_dir, name)
+    staging = env_root(base_dir, ENV)
+    try:
+        vumi.deploy(ENV)  # something to keep: current exists from here on
+
+        # one deploy's body (from taking the lock to its history line) through salt-call
+        lines = len(history(staging))
+        proc = salt_call(crasher.conf, "vumi.deploy", ENV)
+        assert wait_for(lambda: crasher.holds_lock(staging, proc), timeout=60)
+        locked = time.monotonic()
+        assert wait_for(lambda: len(history(staging)) > lines, timeout=60)
+        body = time.monotonic() - locked
+        assert finish(proc).returncode == 0
+
+        for name in fresh:  # in the first clone
+            crasher.crash(name, crasher.clone_started)
+        crasher.crash(ENV, crasher.new_release_has(""))  # cut_release: its folder exists
+        crasher.crash(ENV, crasher.new_release_has("vumi/logs"))  # link_shared
+        crasher.crash(ENV, crasher.new_release_has("release.json"))  # manifest written, health next
+        for delay in (0, 0.05):  # a health-check webapp runs
+            crasher.crash(ENV, crasher.health_check_running, delay)
+        crasher.crash(ENV, crasher.current_switched(staging))  # publish done, prune and history not yet
+        for k in range(10):  # moments spread over the whole body, denser at its start
+            crasher.crash(ENV, crasher.holds_lock, body * (k / 10) ** 2)
+        # during virtualenv builds (new requirements each time); the deploys after the
+        # first two go back to the seeded requirements (fast), the last one builds for real
+        seeded = sample.git(repo, "rev-parse", ENV)
+        for i, delay in enumerate((0.2, 0.8, 1.6)):
+            sample.commit_file(repo, ENV, "config/requirements.pip",
+                               f"--no-index\n--find-links wheels\nvumi-sample-lib==1.0\n# build {i}\n", f"Build {i}")  # fmt: skip
+            crasher.crash(ENV, crasher.new_virtualenv(), delay, converge_at=seeded if i < 2 else None)
+        # that last deploy built for real: the half-built virtualenv was not trusted
+        assert vumi.current(ENV)["virtualenv_ok"] is True
+        out = vumi.execute(ENV, "python -c 'import vumi_sample_lib; print(vumi_sample_lib.VERSION)'")
+        assert out["retcode"] == 0, out
+    finally:
+        kill_processes_under(base_dir)  # the safety net, should a check above fail with a webapp left
+
+    landed = crasher.landed
+    print(f"\n[issue5] crash: one deploy's body took {body:.3f}s through salt-call; kills landed in:")
+    for where in sorted(set(landed)):
+        print(f"[issue5]   {landed.count(where):2d} x {where}")
+    assert len(landed) >= 20
+    assert len({w.split(" ")[0] for w in landed}) >= 6, landed  # spread over the stages
+
+
+# --------------------------------------------------------------------------
+# 5. Concurrency: one deploy of an environment at a time, environments in parallel
+# --------------------------------------------------------------------------
+
+def slow_webapp(seconds):
+    """A webapp that takes ``seconds`` to start: the health check holds the deploy lock that long."""
+    script = f'sleep {seconds}; exec "$0" manage.py runserver "$1" --settings="$2"'
+    return f"sh -c '{script}' {{venv}}/bin/python {{host}}:{{port}} {{settings}}"
+
+
+@pytest.fixture
+def slow(mod, tmp_path):
+    """Two environments whose deploys hold their lock for 1.5 s+ (a slow-starting webapp in the health check)."""
+    repo = clone_origin(mod.origin, tmp_path / "upstream")
+    base_dir = tmp_path / "srv"
+    base_dir.mkdir()
+    mod.loaders.use(base_settings(base_dir, repo, health_check=True))  # here: the normal webapp
+    for name in (ENV, "production"):
+        seed_venv(mod.seed, base_dir, name)
+        mod.loaders.vumi.deploy(name)  # a current release, deployed fast (a normal webapp)
+    conf = salt_call_config(tmp_path / "call", base_settings(base_dir, repo, health_check=True,
+                                                             webapp_command=slow_webapp(1.5)))  # fmt: skip
+    try:
+        yield types.SimpleNamespace(vumi=mod.loaders.vumi, base_dir=base_dir, conf=conf, tmp=tmp_path)
+    finally:
+        kill_processes_under(base_dir)
+
+
+class LockWatcher(threading.Thread):
+    """Samples who holds each environment's lock, every 5 ms."""
+
+    def __init__(self, roots):
+        super().__init__(daemon=True)
+        self.roots, self.samples, self.stop = roots, [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.samples.append(tuple(lock_holder(r) if not lock_free(r) else None for r in self.roots))
+            time.sleep(0.005)
+
+    def holders(self, index):
+        """The sequence of holders of one lock, repeats collapsed."""
+        seq = []
+        for sample_ in self.samples:
+            if sample_[index] is not None and (not seq or seq[-1] != sample_[index]):
+                seq.append(sample_[index])
+        return seq
+
+
+def test_two_deploys_of_one_environment_run_one_after_the_other(slow):
+    root = env_root(slow.base_dir, ENV)
+    lines = len(history(root))
+    watcher = LockWatcher([root])
+    watcher.start()
+    a = salt_call(slow.conf, "vumi.deploy", ENV)
+    b = salt_call(slow.conf, "vumi.deploy", ENV)
+    ra, rb = finish(a), finish(b)
+    watcher.stop.set()
+    watcher.join()
+
+    assert ra.returncode == 0, ra.text
+    assert rb.returncode == 0, rb.text
+    holders = watcher.holders(0)
+    assert sorted(holders) == sorted([a.pid, b.pid]), holders  # each held it once, never interleaved
+    first, second = (ra, rb) if holders[0] == a.pid else (rb, ra)
+    entries = [e for e in history(root)[lines:] if e["action"] == "deploy"]
+    assert [e["release"] for e in entries] == [first.data["release"], second.data["release"]]
+    # the second started from what the first made current: they did not overlap
+    assert second.data["previous"] == first.data["release"]
+    for e in entries:
+        assert e["timings"]["health"] >= 1.5
+    for name in (first.data["release"], second.data["release"]):
+        assert (root / "releases" / name / "release.json").is_file()
+    valid = current_problem(root) is None
+    assert valid and os.readlink(root / "current") == f"releases/{second.data['release']}"
+    assert leftovers(root) == []
+    TALLY.add("concurrency", valid, "two deploys of one environment: both succeeded, one after the other")
+
+
+def test_a_second_deploy_gives_up_after_lock_timeout_naming_the_holder_while_execute_and_webapps_go_on(slow):
+    root = env_root(slow.base_dir, ENV)
+    good = os.readlink(root / "current")
+    a = salt_call(slow.conf, "vumi.deploy", ENV, f"webapp_command={slow_webapp(4)}")
+    try:
+        assert wait_for(lambda: lock_holder(root) == a.pid and not lock_free(root), timeout=60)
+        b = salt_call(slow.conf, "vumi.deploy", ENV, "lock_timeout=0.3")
+
+        # meanwhile, execute and webapp control do not wait for the deploy lock
+        started = time.monotonic()
+        out = slow.vumi.execute(ENV, "./manage.py showsettings")
+        port = _free_port()
+        run = slow.vumi.start_webapp(ENV, port)
+        assert serving(port)[1] == run["pid"]
+        slow.vumi.stop_webapp(ENV, port)
+        quick = time.monotonic() - started
+        held_throughout = lock_holder(root) == a.pid and not lock_free(root)
+
+        rb = finish(b)
+    finally:
+        ra = finish(a)
+    assert out["retcode"] == 0
+    assert held_throughout and quick < 1.5, quick
+
+    assert ra.returncode == 0, ra.text
+    assert rb.returncode != 0
+    assert f"another deploy of {ENV} holds the lock" in rb.text, rb.text
+    assert f'"pid": {a.pid}' in rb.text.replace('\\"', '"'), rb.text
+    assert ra.data["previous"] == os.path.basename(good)
+    valid = current_problem(root) is None
+    assert valid and os.readlink(root / "current") == f"releases/{ra.data['release']}"
+    assert leftovers(root) == []
+    TALLY.add("concurrency", valid, f"lock_timeout 0.3: the second failed naming holder pid {a.pid}")
+
+
+def test_deploys_of_two_environments_run_in_parallel(slow):
+    roots = [env_root(slow.base_dir, ENV), env_root(slow.base_dir, "production")]
+    watcher = LockWatcher(roots)
+    watcher.start()
+    started = time.monotonic()
+    procs = [salt_call(slow.conf, "vumi.deploy", name) for name in (ENV, "production")]
+    results = [finish(p) for p in procs]
+    took = time.monotonic() - started
+    watcher.stop.set()
+    watcher.join()
+    assert all(r.returncode == 0 for r in results), [r.text for r in results]
+    both_held = [s for s in watcher.samples if s[0] is not None and s[1] is not None]
+    assert both_held, "the two environments' deploys never held their locks at the same time"
+    bodies = [sum(r.data["timings"].values()) for r in results]
+    print(f"\n[issue5] two environments in parallel: {took:.2f}s in all, deploy bodies {bodies[0]:.2f}s "
+          f"and {bodies[1]:.2f}s, both locks held at once in {len(both_held)} samples")  # fmt: skip
+    for root in roots:
+        valid = current_problem(root) is None
+        TALLY.add("concurrency", valid, f"{root.name}: deployed in parallel with the other environment")
+        assert valid
+
+
+# --------------------------------------------------------------------------
+# 6. File ownership: Salt as root, the environment's user another one
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def system_user():
+    if os.geteuid() != 0:
+        pytest.skip("only root can deploy as another user")
+    if not shutil.which("useradd") or not shutil.which("userdel"):
+        pytest.skip("useradd/userdel are not installed")
+    name = f"vumitest-{secrets.token_hex(3)}"
+    made = subprocess.run(["useradd", "--system", "--no-create-home", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"useradd failed: {made.stderr.strip()}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+def test_files_and_the_webapp_belong_to_the_configured_user(mod, system_user, request):
+    python = "/usr/bin/python3"
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"{python} is needed: the user cannot run an interpreter under /root")
+    if subprocess.run([python, "-c", "import ensurepip, venv"], capture_output=True).returncode != 0:
+        pytest.skip("python3-venv is not installed (.ci/run installs it)")
+    # /tmp/pytest-of-root is mode 0700: the user could not even reach the tree there
+    top = pathlib.Path(tempfile.mkdtemp(prefix="vumi-owner-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(top, ignore_errors=True))
+    os.chmod(top, 0o755)
+    repo = clone_origin(mod.origin, top / "upstream")
+    subprocess.run(["chown", "-R", f"{system_user.pw_uid}:{system_user.pw_gid}", str(repo)], check=True)
+    base_dir = top / "srv"
+    base_dir.mkdir()
+    mod.loaders.use(base_settings(base_dir, repo, user=system_user.pw_name, python=python, health_check=True))
+    vumi = mod.loaders.vumi
+    root = env_root(base_dir, ENV)
+    try:
+        result = vumi.deploy(ENV)
+        assert result["virtualenv_built"] is True  # built by the user, with Debian's python
+        port = _free_port()
+        run = vumi.start_webapp(ENV, port)
+        assert serving(port) == (result["release"], run["pid"])
+
+        with open(f"/proc/{run['pid']}/status", encoding="utf-8") as fh:
+            status = dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
+        assert status["Uid"].split() == [str(system_user.pw_uid)] * 4
+        assert status["Gid"].split() == [str(system_user.pw_gid)] * 4
+        assert "0" not in status["Groups"].split()  # none of root's groups
+
+        not_owned, writable = [], []
+        for parent, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = os.path.join(parent, name)
+                st = os.lstat(path)
+                if st.st_uid != system_user.pw_uid:
+                    not_owned.append(os.path.relpath(path, root))
+                if not stat.S_ISLNK(st.st_mode) and st.st_mode & stat.S_IWOTH:
+                    writable.append(os.path.relpath(path, root))
+        st = os.lstat(root)
+        assert st.st_uid == system_user.pw_uid and not st.st_mode & stat.S_IWOTH
+        assert not_owned == [], not_owned
+        assert writable == [], writable
+        pidfile = root / "shared" / "tmp" / "pids" / f"webapp.{port}.pid"
+        logfile = root / "shared" / "logs" / f"webapp.{port}.log"
+        assert stat.S_IMODE(pidfile.stat().st_mode) == 0o644
+        assert stat.S_IMODE(logfile.stat().st_mode) == 0o640
+        for folder in ("releases", "shared", "shared/logs", "shared/tmp/pids", "shared/virtualenvs"):
+            assert stat.S_IMODE((root / folder).stat().st_mode) == 0o755, folder
+        valid = current_problem(root) is None
+        TALLY.add("ownership", valid, f"user {system_user.pw_name}: {sum(1 for _ in root.rglob('*'))} paths "
+                                      "owned by it, none world-writable; webapp uid/gid its own")  # fmt: skip
+        vumi.stop_webapp(ENV, port)
+    finally:
+        kill_processes_under(base_dir)
