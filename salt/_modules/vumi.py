@@ -335,7 +335,9 @@ class _Paths:
 
 def paths(branch, **kwargs):
     """
-    The folders and files of an environment.
+    The folders and files of an environment: ``tree`` lists the folders
+    ``layout`` makes; ``planted`` lists those of them (and ``failed``, the
+    cached repository) that are symlinks, which nothing here will follow.
 
     CLI Example:
 
@@ -344,7 +346,9 @@ def paths(branch, **kwargs):
         salt '*' vumi.paths topics/foo
     """
     found = _Paths(settings(branch, **kwargs))
-    return dict(vars(found), tree=found.tree())
+    tree = found.tree()
+    planted = [p for p in tree + [found.failed, found.repo] if os.path.islink(p)]
+    return dict(vars(found), tree=tree, planted=planted)
 
 
 def _context(branch, kwargs):

@@ -21,10 +21,7 @@ include:
 {%-   if vumi.sls.layout %}
 {#-     a symlink planted in the tree (e.g. by its user) would have file.directory
         chown and chmod wherever it points, as root: refuse before touching anything #}
-{%-     set planted = [] %}
-{%-     for path in vumi.paths.tree + [vumi.paths.failed, vumi.paths.repo] %}
-{%-       if salt["file.is_link"](path) %}{% do planted.append(path) %}{% endif %}
-{%-     endfor %}
+{%-     set planted = vumi.paths.planted %}
 {%-     if planted %}
 
 vumi-{{ env }}-layout-symlinks:
