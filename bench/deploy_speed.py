@@ -1,11 +1,13 @@
 """
 Benchmark: how fast deploys are, through the commands users type.
 
-    .venv/bin/python bench/deploy_speed.py [--runs 3] [--packages 6]
+    .venv/bin/python bench/deploy_speed.py [--runs 3] [--packages 6] [--no-real]
 
-Makes, in a temp dir, the bundled sample app made heavier by a few real local
-packages (wheels built here, each a package of many modules) in its
-requirements, a masterless Salt config like scripts/demo's, and measures with
+Makes, in a temp dir, the bundled sample app made heavier by real local
+packages in its requirements: Django and Twisted (what Vumi ran on), their
+wheels fetched once with ``pip download`` and committed into the app's
+``wheels/`` (installed offline from there), plus a few packages of many modules
+built here; a masterless Salt config like scripts/demo's; and measures with
 ``salt-call --local`` subprocesses:
 
 1. a fresh deploy (new requirements: a new virtualenv is built);
@@ -54,15 +56,34 @@ def du(path):
     return int(out.split()[0])
 
 
+def real_wheels(dest):
+    """Django and Twisted with their dependencies, as wheels; [] when the registry is out of reach."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "-d", str(dest),
+         "django", "twisted"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        print(f"(no real packages: pip download failed: {proc.stderr.strip()[-200:]})")
+        return []
+    return ["django", "twisted"]
+
+
 class Bench:
-    def __init__(self, work, packages):
+    def __init__(self, work, packages, real=True):
         self.work = work
         self.upstream = work / "upstream"
         extra = [heavy_package(work / "pkgs", i) for i in range(packages)]
         sample.make_repo(self.upstream, extra_wheels=extra)
+        names = real_wheels(self.upstream / "wheels") if real else []
+        if names:
+            sample.git(self.upstream, "add", "wheels")
+            sample.git(self.upstream, "commit", "--quiet", "-m", "real wheels")
+            sample.git(self.upstream, "branch", "--quiet", "--force", "staging", "master")
+        self.real = names
         requirements = "--no-index\n--find-links wheels\nvumi-sample-lib==1.0\n" + "".join(
             f"{name}=={version}\n" for _, name, version in extra
-        )
+        ) + "".join(f"{name}\n" for name in names)
         sample.commit_file(self.upstream, "staging", "config/requirements.pip", requirements, "heavier")
         self.config = work / "salt"
         self.config.mkdir()
@@ -120,9 +141,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--packages", type=int, default=6)
+    parser.add_argument("--no-real", dest="real", action="store_false",
+                        help="skip Django and Twisted (no registry needed)")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="vumi-bench-"))
-    bench = Bench(work, args.packages)
+    bench = Bench(work, args.packages, args.real)
     try:
         fresh, fresh_inner, code, code_inner, release_kb = [], [], [], [], []
         for run in range(args.runs):
@@ -168,8 +191,9 @@ def main():
         ("   checkout size (files, no .git)", f"{checkout_kb} KiB", ""),
         ("   ratio release/checkout", f"{median(release_kb) / checkout_kb:.2f}", ""),
     ]  # fmt: skip
-    print(f"vumi-salt deploy benchmark: {args.runs} runs each (medians), {args.packages} extra packages, "
-          f"{os.cpu_count()} cores")  # fmt: skip
+    real = f" + {', '.join(bench.real)} (with dependencies)" if bench.real else ""
+    print(f"vumi-salt deploy benchmark: {args.runs} runs each (medians), {args.packages} generated packages"
+          f"{real}, {os.cpu_count()} cores")  # fmt: skip
     for label, value, extra in rows:
         print(f"{label:<42} {value:>12}  {extra}")
 
