@@ -15,12 +15,12 @@ import pytest
 import salt._logging  # noqa: F401  (sets up the handlers we close at exit)
 from saltfactories.plugins.event_listener import EventListener
 from saltfactories.utils import random_string
-from saltfactories.utils.functional import Loaders
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "sample"))
 
 import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder)
+from helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
 
 
 def pytest_unconfigure(config):
@@ -88,11 +88,7 @@ def origin(tmp_path_factory):
 @pytest.fixture
 def repo(origin, tmp_path):
     """This test's own upstream repository, so commits do not leak between tests."""
-    dest = tmp_path / "upstream"
-    sample.git(origin.parent, "clone", "--quiet", "--no-hardlinks", str(origin), str(dest))
-    for branch in ("staging", "production"):
-        sample.git(dest, "branch", "--quiet", branch, f"origin/{branch}")
-    return dest
+    return clone_origin(origin, tmp_path / "upstream")
 
 
 @pytest.fixture
@@ -117,12 +113,8 @@ def vumi_config(repo, base_dir):
 
 @pytest.fixture
 def loaders(minion_opts, vumi_config):
-    opts = dict(minion_opts, vumi=vumi_config)
-    loaders = Loaders(opts)
-    try:
+    with loaders_for(minion_opts, vumi_config) as loaders:
         yield loaders
-    finally:
-        loaders.reset_state()
 
 
 @pytest.fixture

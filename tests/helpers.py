@@ -1,10 +1,19 @@
-"""Small helpers the tests share: what a user would look at (HTTP answers, the tree)."""
+"""
+Small helpers the tests share: what a user would look at (HTTP answers, the
+tree, processes), and the setup several test modules make alike (an upstream
+clone of the sample, a pillar tree over the bundle's own, Salt's loader).
+"""
 
+import contextlib
 import json
 import os
 import pathlib
+import types
 import urllib.error
 import urllib.request
+
+import make_repo as sample  # on sys.path thanks to tests/conftest.py
+from saltfactories.utils.functional import Loaders
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -34,3 +43,94 @@ def release_dirs(base_dir, env="staging"):
 def current_target(base_dir, env="staging"):
     link = env_root(base_dir, env) / "current"
     return os.readlink(link) if link.is_symlink() else None
+
+
+def alive(pid):
+    """True if the process exists and has not exited (a zombie has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+# --------------------------------------------------------------------------
+# Setup
+# --------------------------------------------------------------------------
+
+
+def clone_origin(origin, dest):
+    """A clone of the pristine sample repository at ``dest``, with local staging and production branches."""
+    sample.git(origin.parent, "clone", "--quiet", "--no-hardlinks", str(origin), str(dest))
+    for branch in ("staging", "production"):
+        sample.git(dest, "branch", "--quiet", branch, f"origin/{branch}")
+    return dest
+
+
+def write_override(pillar_dir, override):
+    """``tests.sls`` of a ``pillar_tree``: the ``vumi`` settings ``override`` (merged last, so it wins)."""
+    (pathlib.Path(pillar_dir) / "tests.sls").write_text(json.dumps({"vumi": override}))  # JSON is YAML
+
+
+def pillar_tree(path, override=None, envs=("staging", "production")):
+    """
+    A pillar tree at ``path`` like scripts/demo's: the bundle's own pillar files
+    (``pillar/vumi``, linked) for ``envs``, then ``tests.sls`` with the ``vumi``
+    settings ``override`` (written later with ``write_override`` when None).
+    """
+    path = pathlib.Path(path)
+    path.mkdir()
+    (path / "vumi").symlink_to(REPO / "pillar" / "vumi")
+    (path / "top.sls").write_text(
+        "base:\n  '*':\n    - vumi.defaults\n" + "".join(f"    - vumi.{env}\n" for env in envs) + "    - tests\n"
+    )
+    if override is not None:
+        write_override(path, override)
+    return path
+
+
+@contextlib.contextmanager
+def loaders_for(minion_opts, vumi, pillar_dir=None, **opts):
+    """
+    Salt's loader for ``minion_opts`` with the ``vumi`` settings as minion options
+    and ``pillar_dir``'s pillar (None: the minion's own), reset at exit.
+    """
+    if pillar_dir is not None:
+        opts["pillar_roots"] = {"base": [str(pillar_dir)]}
+    loaders = Loaders(dict(minion_opts, vumi=vumi, **opts))
+    try:
+        yield loaders
+    finally:
+        loaders.reset_state()
+
+
+@contextlib.contextmanager
+def module_env(minion_opts, origin, top, env="staging", **settings):
+    """
+    An environment of a test module's own under ``top``: its upstream clone, its
+    base_dir and a loader whose ``vumi`` settings are minion options alone (the
+    bundle's pillar, base_dir /var/praekelt, would win over them, so the pillar
+    roots are empty). ``settings`` are added to base_dir, app, repo_url and ports.
+    """
+    top = pathlib.Path(top)
+    repo = clone_origin(origin, top / "upstream")
+    base_dir = top / "srv"
+    base_dir.mkdir()
+    config = {"base_dir": str(base_dir), "app": "vumi", "repo_url": str(repo), "ports": [], **settings}
+    no_pillar = top / "pillar"
+    no_pillar.mkdir()
+    with loaders_for(minion_opts, config, no_pillar) as loaders:
+        vumi = loaders.modules.vumi
+        assert vumi.settings(env)["base_dir"] == str(base_dir)
+        root = env_root(base_dir, env)
+        yield types.SimpleNamespace(
+            loaders=loaders, vumi=vumi, config=config, repo=repo, base_dir=base_dir, root=root, top=top
+        )
+
+
+def stop_webapps(vumi, env="staging"):
+    """Safety net: stop whatever still has a running pid file in ``env``."""
+    for port, info in vumi.webapp_status(env).items():
+        if info["running"]:
+            vumi.stop_webapp(env, port)

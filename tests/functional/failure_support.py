@@ -22,8 +22,7 @@ import yaml
 from saltfactories.utils import random_string
 from saltfactories.utils.functional import Loaders
 
-import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from helpers import env_root
+from helpers import alive, clone_origin, env_root  # noqa: F401  (clone_origin: for the test modules)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ME = getpass.getuser()
@@ -33,13 +32,6 @@ SALT_CALL = pathlib.Path(sys.executable).parent / "salt-call"
 # --------------------------------------------------------------------------
 # Environments
 # --------------------------------------------------------------------------
-
-
-def clone_origin(origin, dest):
-    sample.git(origin.parent, "clone", "--quiet", "--no-hardlinks", str(origin), str(dest))
-    for branch in ("staging", "production"):
-        sample.git(dest, "branch", "--quiet", branch, f"origin/{branch}")
-    return dest
 
 
 class ModuleLoaders:
@@ -213,14 +205,6 @@ def history(root):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def processes_under(path):
     """Pids of live processes whose working folder is under ``path`` (webapps of an environment)."""
     found = []
@@ -267,14 +251,10 @@ def leftovers(root):
 # --------------------------------------------------------------------------
 
 
-def salt_call_config(top, settings):
-    """A masterless minion config under ``top``; ``settings`` become its ``vumi`` options (no pillar)."""
-    conf, state, pillar = top / "conf", top / "salt-state", top / "pillar"
-    for path in (conf, state, pillar):
-        path.mkdir(parents=True, exist_ok=True)
-    (pillar / "top.sls").write_text("base: {}\n")
-    minion = {
-        "id": random_string("vumi-crash-"),
+def masterless_minion(state, pillar, id_prefix, **more):
+    """Options of a ``salt-call --local`` minion of the bundle: its state under ``state``, pillar from ``pillar``."""
+    return {
+        "id": random_string(id_prefix),
         "user": ME,
         "file_client": "local",
         "file_roots": {"base": [str(REPO / "salt")]},
@@ -287,9 +267,17 @@ def salt_call_config(top, settings):
         "sock_dir": str(state / "sock"),
         "log_file": str(state / "minion.log"),
         "log_level_logfile": "info",
-        "vumi": settings,
+        **more,
     }
-    (conf / "minion").write_text(yaml.safe_dump(minion))
+
+
+def salt_call_config(top, settings):
+    """A masterless minion config under ``top``; ``settings`` become its ``vumi`` options (no pillar)."""
+    conf, state, pillar = top / "conf", top / "salt-state", top / "pillar"
+    for path in (conf, state, pillar):
+        path.mkdir(parents=True, exist_ok=True)
+    (pillar / "top.sls").write_text("base: {}\n")
+    (conf / "minion").write_text(yaml.safe_dump(masterless_minion(state, pillar, "vumi-crash-", vumi=settings)))
     # one call first: salt-calls started together would race to create the folders it makes
     warm = finish(salt_call(conf, "test.true"))
     assert warm.returncode == 0, warm.text

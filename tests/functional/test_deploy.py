@@ -20,7 +20,6 @@ import io
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -30,13 +29,11 @@ import types
 import pytest
 import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-from saltfactories.utils import random_string
-from saltfactories.utils.functional import Loaders
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from helpers import current_target, env_root, http_get, release_dirs
+from failure_support import masterless_minion, seed_venv
+from helpers import clone_origin, current_target, env_root, http_get, loaders_for, release_dirs
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 ME = getpass.getuser()
 
 #: env/branch names that must never reach the disk or a shell
@@ -77,29 +74,17 @@ def empty_pillar(tmp_path_factory):
     return path
 
 
-def _make_loaders(minion_opts, settings, pillar_dir, cachedir):
-    """
-    A loader with ``settings`` as its ``vumi`` minion options. Building one
-    costs seconds (saltfactories syncs and refreshes pillar), so the tests
-    share one per module, as saltfactories' own example does, and swap the
-    settings in place per test (see ``loaders``).
-    """
-    opts = dict(
-        minion_opts,
-        vumi=settings,
-        pillar_roots={"base": [str(pillar_dir)]},
-        cachedir=str(cachedir),
-    )
-    return Loaders(opts)
-
-
 @pytest.fixture(scope="module")
 def module_loaders(minion_opts, empty_pillar, tmp_path_factory):
-    loaders = _make_loaders(minion_opts, {}, empty_pillar, tmp_path_factory.mktemp("salt-cache"))
-    try:
+    """
+    A loader with ``{}`` as its ``vumi`` minion options. Building one costs
+    seconds (saltfactories syncs and refreshes pillar), so the tests share one
+    per module, as saltfactories' own example does, and swap the settings in
+    place per test (see ``loaders``).
+    """
+    cachedir = str(tmp_path_factory.mktemp("salt-cache"))
+    with loaders_for(minion_opts, {}, empty_pillar, cachedir=cachedir) as loaders:
         yield loaders, loaders.opts["vumi"]  # the loader's own copy: the one modules read
-    finally:
-        loaders.reset_state()
 
 
 @pytest.fixture
@@ -118,13 +103,6 @@ def loaders(module_loaders, vumi_config):
         settings.clear()
 
 
-def _clone_origin(origin, dest):
-    sample.git(origin.parent, "clone", "--quiet", "--no-hardlinks", str(origin), str(dest))
-    for branch in ("staging", "production"):
-        sample.git(dest, "branch", "--quiet", branch, f"origin/{branch}")
-    return dest
-
-
 @pytest.fixture(scope="module")
 def first(minion_opts, origin, empty_pillar, tmp_path_factory):
     """
@@ -133,7 +111,7 @@ def first(minion_opts, origin, empty_pillar, tmp_path_factory):
     change nothing in it, and its virtualenv seeds the other tests'.
     """
     top = tmp_path_factory.mktemp("first")
-    repo = _clone_origin(origin, top / "upstream")
+    repo = clone_origin(origin, top / "upstream")
     base_dir = top / "srv"
     base_dir.mkdir()
     settings = {
@@ -146,9 +124,8 @@ def first(minion_opts, origin, empty_pillar, tmp_path_factory):
         # argument of every function is already called ``branch``)
         "environments": {f"evil{i}": {"branch": bad} for i, bad in enumerate(BAD_NAMES)},
     }
-    loaders = _make_loaders(minion_opts, settings, empty_pillar, top / "salt-cache")
-    assert loaders.modules.vumi.settings("staging")["base_dir"] == str(base_dir)
-    try:
+    with loaders_for(minion_opts, settings, empty_pillar, cachedir=str(top / "salt-cache")) as loaders:
+        assert loaders.modules.vumi.settings("staging")["base_dir"] == str(base_dir)
         result = loaders.modules.vumi.deploy("staging")
         yield types.SimpleNamespace(
             vumi=loaders.modules.vumi,
@@ -157,8 +134,6 @@ def first(minion_opts, origin, empty_pillar, tmp_path_factory):
             result=result,
             venv=pathlib.Path(os.path.realpath(result["path"] + "/ve")),
         )
-    finally:
-        loaders.reset_state()
 
 
 @pytest.fixture
@@ -166,9 +141,7 @@ def seed(first, base_dir):
     """Copy the module's virtualenv into this test's environment, where a deploy reuses it."""
 
     def seed_env(env="staging"):
-        dest = env_root(base_dir, env) / "shared" / "virtualenvs" / first.venv.name
-        shutil.copytree(first.venv, dest, symlinks=True)
-        return dest
+        return seed_venv(first.venv, base_dir, env)
 
     return seed_env
 
@@ -938,22 +911,7 @@ def salt_call(tmp_path, repo, base_dir):
     (pillar / "vumi.sls").write_text(
         yaml.safe_dump({"vumi": {"base_dir": str(base_dir), "repo_url": str(repo), "user": ME, "ports": []}})
     )
-    minion = {
-        "id": random_string("vumi-call-"),
-        "user": ME,
-        "file_client": "local",
-        "file_roots": {"base": [str(REPO / "salt")]},
-        "pillar_roots": {"base": [str(pillar)]},
-        "module_dirs": [str(REPO / "salt" / "_modules")],
-        "states_dirs": [str(REPO / "salt" / "_states")],
-        "root_dir": str(state),
-        "cachedir": str(state / "cache"),
-        "pki_dir": str(state / "pki"),
-        "sock_dir": str(state / "sock"),
-        "log_file": str(state / "minion.log"),
-        "log_level_logfile": "info",
-    }
-    (conf / "minion").write_text(yaml.safe_dump(minion))
+    (conf / "minion").write_text(yaml.safe_dump(masterless_minion(state, pillar, "vumi-call-")))
     salt_call_bin = pathlib.Path(sys.executable).parent / "salt-call"
 
     def run(*args):

@@ -24,14 +24,12 @@ import socket
 import subprocess
 import threading
 import time
-import types
 import urllib.request
 
 import make_repo as sample
 import pytest
-from helpers import env_root, http_get
+from helpers import alive, http_get, module_env, stop_webapps
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-from saltfactories.utils.functional import Loaders
 
 ENV = "staging"
 NGINX = shutil.which("nginx") or next(
@@ -49,38 +47,20 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.
 @pytest.fixture(scope="module")
 def deployed(minion_opts, origin, tmp_path_factory):
     """``staging`` deployed once from its own upstream clone (a fresh virtualenv costs seconds)."""
-    top = tmp_path_factory.mktemp("nginx")
-    upstream = top / "upstream"
-    sample.git(top, "clone", "--quiet", "--no-hardlinks", str(origin), str(upstream))
-    for branch in ("staging", "production"):
-        sample.git(upstream, "branch", "--quiet", branch, f"origin/{branch}")
-    base_dir = top / "srv"
-    base_dir.mkdir()
-    config = {
-        "base_dir": str(base_dir),
-        "app": "vumi",
-        "repo_url": str(upstream),
-        "user": getpass.getuser(),
-        "ports": [],
-        "start_timeout": 20,
-        "stop_timeout": 8,  # more than the sample app's own grace (5 s)
-    }
     # settings from the minion options alone; the pillar of each state run adds the rest
-    no_pillar = top / "pillar"
-    no_pillar.mkdir()
-    loaders = Loaders(dict(minion_opts, vumi=config, pillar_roots={"base": [str(no_pillar)]}))
-    vumi = loaders.modules.vumi
-    try:
-        assert vumi.settings(ENV)["base_dir"] == str(base_dir)
-        vumi.deploy(ENV)
-        yield types.SimpleNamespace(
-            loaders=loaders, vumi=vumi, repo=upstream, base_dir=base_dir, root=env_root(base_dir, ENV)
-        )
-    finally:
-        for port, info in vumi.webapp_status(ENV).items():
-            if info["running"]:
-                vumi.stop_webapp(ENV, port)
-        loaders.reset_state()
+    with module_env(
+        minion_opts,
+        origin,
+        tmp_path_factory.mktemp("nginx"),
+        user=getpass.getuser(),
+        start_timeout=20,
+        stop_timeout=8,  # more than the sample app's own grace (5 s)
+    ) as env:
+        try:
+            env.vumi.deploy(ENV)
+            yield env
+        finally:
+            stop_webapps(env.vumi, ENV)
 
 
 @pytest.fixture
@@ -219,14 +199,6 @@ def port_open(port):
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
-        return False
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
         return False
 
 

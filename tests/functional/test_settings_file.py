@@ -20,18 +20,15 @@ import datetime
 import getpass
 import json
 import os
-import pathlib
 import pwd
 import stat
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
 import pytest
 from salt.exceptions import SaltInvocationError
-from saltfactories.utils.functional import Loaders
 
-from helpers import env_root, http_get, release_dirs
+from helpers import env_root, http_get, loaders_for, pillar_tree, release_dirs, write_override
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = "staging"
 SETTINGS = {
     "GREETING": "hello from pillar",
@@ -48,13 +45,7 @@ SETTINGS = {
 
 @pytest.fixture
 def pillar_dir(tmp_path):
-    path = tmp_path / "pillar"
-    path.mkdir()
-    (path / "vumi").symlink_to(REPO / "pillar" / "vumi")
-    (path / "top.sls").write_text(
-        "base:\n  '*':\n    - vumi.defaults\n    - vumi.staging\n    - vumi.production\n    - tests\n"
-    )
-    return path
+    return pillar_tree(tmp_path / "pillar")
 
 
 def write_pillar(pillar_dir, vumi_config, settings=None, **env_extra):
@@ -68,21 +59,17 @@ def write_pillar(pillar_dir, vumi_config, settings=None, **env_extra):
         settings_extends="environments.default",  # the repo's defaults under pillar's values
         environments={"staging": staging, "production": {"ports": []}},
     )
-    (pathlib.Path(pillar_dir) / "tests.sls").write_text(json.dumps({"vumi": ours}))  # JSON is YAML
+    write_override(pillar_dir, ours)
 
 
 @pytest.fixture
 def loaders(minion_opts, vumi_config, pillar_dir):
     """Overrides conftest's: the minion with our pillar tree (settings read from it)."""
     write_pillar(pillar_dir, vumi_config, SETTINGS)
-    opts = dict(minion_opts, vumi=vumi_config, pillar_roots={"base": [str(pillar_dir)]})
-    loaders = Loaders(opts)
-    cfg = loaders.modules.vumi.settings(ENV)
-    assert cfg["base_dir"] == vumi_config["base_dir"] and cfg["settings"] == SETTINGS, cfg
-    try:
+    with loaders_for(minion_opts, vumi_config, pillar_dir) as loaders:
+        cfg = loaders.modules.vumi.settings(ENV)
+        assert cfg["base_dir"] == vumi_config["base_dir"] and cfg["settings"] == SETTINGS, cfg
         yield loaders
-    finally:
-        loaders.reset_state()
 
 
 @pytest.fixture

@@ -8,17 +8,14 @@ loader, so ``test=True``, requisites and ``mod_watch`` behave as on a minion.
 """
 
 import getpass
-import json
 import os
 import pathlib
 import socket
 
 import pytest
-from saltfactories.utils.functional import Loaders
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
-from helpers import REPO
-from helpers import current_target, env_root, http_get, release_dirs
+from helpers import current_target, env_root, http_get, loaders_for, pillar_tree, release_dirs
 
 ENV = "staging"
 VAR_PRAEKELT = "/var/praekelt"  # the bundle's default base_dir: never touched by a test
@@ -47,33 +44,22 @@ def pillar_dir(tmp_path, vumi_config):
     minion options ``vumi``: with the bundle's pillar alone every setting would
     be /var/praekelt, github and the ports 8000-8003.
     """
-    path = tmp_path / "pillar"
-    path.mkdir()
-    (path / "vumi").symlink_to(REPO / "pillar" / "vumi")
-    (path / "top.sls").write_text(
-        "base:\n  '*':\n    - vumi.defaults\n    - vumi.staging\n    - vumi.production\n    - tests\n"
-    )
     ours = dict(
         vumi_config,
         user=getpass.getuser(),
         environments={"staging": {"ports": []}, "production": {"ports": []}},
     )
-    (path / "tests.sls").write_text(json.dumps({"vumi": ours}))  # JSON is YAML
-    return path
+    return pillar_tree(tmp_path / "pillar", ours)
 
 
 @pytest.fixture
 def loaders(minion_opts, vumi_config, pillar_dir):
     """Overrides conftest's: the same minion, with the safe pillar tree above."""
-    opts = dict(minion_opts, vumi=vumi_config, pillar_roots={"base": [str(pillar_dir)]})
-    loaders = Loaders(opts)
-    settings = loaders.modules.vumi.settings(ENV)
-    assert settings["base_dir"] == vumi_config["base_dir"], settings
-    assert settings["repo_url"] == vumi_config["repo_url"], settings
-    try:
+    with loaders_for(minion_opts, vumi_config, pillar_dir) as loaders:
+        settings = loaders.modules.vumi.settings(ENV)
+        assert settings["base_dir"] == vumi_config["base_dir"], settings
+        assert settings["repo_url"] == vumi_config["repo_url"], settings
         yield loaders
-    finally:
-        loaders.reset_state()
 
 
 @pytest.fixture

@@ -29,8 +29,7 @@ import types
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 import pytest
-from helpers import current_target, env_root, http_get
-from saltfactories.utils.functional import Loaders
+from helpers import current_target, env_root, http_get, module_env
 
 ENV = "staging"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -144,13 +143,6 @@ def wait_for(predicate, timeout=10.0, interval=0.05):
 # --------------------------------------------------------------------------
 
 
-def _upstream(origin, dest):
-    sample.git(origin.parent, "clone", "--quiet", "--no-hardlinks", str(origin), str(dest))
-    for branch in ("staging", "production"):
-        sample.git(dest, "branch", "--quiet", branch, f"origin/{branch}")
-    return dest
-
-
 @pytest.fixture(scope="module")
 def lifecycle(minion_opts, origin, tmp_path_factory):
     """
@@ -159,17 +151,8 @@ def lifecycle(minion_opts, origin, tmp_path_factory):
     package and r3 builds a second one (B). A is snapshotted around r3.
     """
     top = tmp_path_factory.mktemp("venv-lifecycle")
-    repo = _upstream(origin, top / "upstream")
-    base_dir = top / "srv"
-    base_dir.mkdir()
-    config = {"base_dir": str(base_dir), "app": "vumi", "repo_url": str(repo), "ports": [], "lock_timeout": 60}
-    no_pillar = top / "pillar"
-    no_pillar.mkdir()
-    loaders = Loaders(dict(minion_opts, vumi=config, pillar_roots={"base": [str(no_pillar)]}))
-    vumi = loaders.modules.vumi
-    try:
-        assert vumi.settings(ENV)["base_dir"] == str(base_dir)
-        root = env_root(base_dir, ENV)
+    with module_env(minion_opts, origin, top, lock_timeout=60) as env:
+        vumi, repo, base_dir, root = env.vumi, env.repo, env.base_dir, env.root
         r1 = vumi.deploy(ENV)
         r2 = vumi.deploy(ENV)
         venv_a = root / "shared" / "virtualenvs" / r1["requirements_hash"]
@@ -182,8 +165,6 @@ def lifecycle(minion_opts, origin, tmp_path_factory):
             venv_a=venv_a, venv_b=root / "shared" / "virtualenvs" / r3["requirements_hash"],
             a_before=a_before, a_after=a_after,
         )  # fmt: skip
-    finally:
-        loaders.reset_state()
 
 
 @pytest.fixture

@@ -19,13 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
 import make_repo as sample
 import pytest
-from helpers import env_root, http_get
+from helpers import alive, http_get, module_env, stop_webapps
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-from saltfactories.utils.functional import Loaders
 
 ENV = "staging"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -39,40 +37,18 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def deployed(minion_opts, origin, tmp_path_factory):
     """``staging`` deployed once from its own upstream clone; the module through Salt's loader."""
-    top = tmp_path_factory.mktemp("webapp")
-    upstream = top / "upstream"
-    sample.git(top, "clone", "--quiet", "--no-hardlinks", str(origin), str(upstream))
-    for branch in ("staging", "production"):
-        sample.git(upstream, "branch", "--quiet", branch, f"origin/{branch}")
-    base_dir = top / "srv"
-    base_dir.mkdir()
-    config = {
-        "base_dir": str(base_dir),
-        "app": "vumi",
-        "repo_url": str(upstream),
-        "ports": [],
-        "start_timeout": 20,
-        "stop_timeout": 5,
-    }
     # the settings come from the minion options alone: the repo's pillar (base_dir
     # /var/praekelt, the real repo URL) would win over them, so its roots are empty here
-    no_pillar = top / "pillar"
-    no_pillar.mkdir()
-    loaders = Loaders(dict(minion_opts, vumi=config, pillar_roots={"base": [str(no_pillar)]}))
-    vumi = loaders.modules.vumi
-    try:
-        effective = vumi.settings(ENV)
-        assert (effective["base_dir"], effective["repo_url"]) == (str(base_dir), str(upstream)), effective
-        vumi.deploy(ENV)
-        yield types.SimpleNamespace(
-            vumi=vumi, config=config, repo=upstream, base_dir=base_dir, root=env_root(base_dir, ENV), top=top
-        )
-    finally:
-        # safety net: whatever still has a pid file in this environment is stopped
-        for port, info in vumi.webapp_status(ENV).items():
-            if info["running"]:
-                vumi.stop_webapp(ENV, port)
-        loaders.reset_state()
+    top = tmp_path_factory.mktemp("webapp")
+    with module_env(minion_opts, origin, top, start_timeout=20, stop_timeout=5) as env:
+        try:
+            effective = env.vumi.settings(ENV)
+            assert (effective["base_dir"], effective["repo_url"]) == (str(env.base_dir), str(env.repo)), effective
+            env.vumi.deploy(ENV)
+            yield env
+        finally:
+            # safety net: whatever still has a pid file in this environment is stopped
+            stop_webapps(env.vumi, ENV)
 
 
 @pytest.fixture
@@ -116,16 +92,6 @@ def pidfile(root, port):
 
 def logfile(root, port):
     return root / "shared" / "logs" / f"webapp.{port}.log"
-
-
-def alive(pid):
-    """True if the process exists and has not exited (a zombie has exited)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def port_open(port):

@@ -12,8 +12,7 @@ import contextlib
 
 import pytest
 import salt._logging.impl
-from fleet_support import DEFAULT_BASE_DIR, ENVS, REPO, free_ports, kill_leftover_webapps, make_host, write_pillar
-from saltfactories.utils import random_string
+from fleet_support import DEFAULT_BASE_DIR, ENVS, kill_leftover_webapps, make_hosts, started_master
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,40 +38,15 @@ def _default_base_dir_untouched():
 @pytest.fixture(scope="module")
 def salt_master(salt_factories, tmp_path_factory):
     """A real salt-master serving this repo's ``salt/`` and a pillar tree made per test module."""
-    pillar_dir = tmp_path_factory.mktemp("fleet-pillar")
-    factory = salt_factories.salt_master_daemon(
-        random_string("vumi-master-"),
-        overrides={
-            "file_roots": {"base": [str(REPO / "salt")]},
-            "pillar_roots": {"base": [str(pillar_dir)]},
-        },
-    )
-    factory.pillar_dir = pillar_dir
-    with factory.started():
-        yield factory
+    with started_master(salt_factories, tmp_path_factory.mktemp("fleet-pillar"), "vumi-master-") as master:
+        yield master
 
 
 @pytest.fixture(scope="module")
 def fleet_hosts(salt_master, tmp_path_factory):
     """Two hosts, each with its own base_dir, repository and ports (after the master's)."""
-    taken = {
-        v for k, v in salt_master.config.items()
-        if ("port" in k or k.startswith("tcp_")) and isinstance(v, int)
-    }  # fmt: skip
-    hosts = []
-    for prefix, production_ports in (("web-a-", 1), ("web-b-", 2)):
-        host_id = random_string(prefix, uppercase=False)
-        ports = free_ports(2 + production_ports, taken)
-        taken.update(ports)
-        hosts.append(
-            make_host(
-                tmp_path_factory.mktemp(host_id),
-                host_id,
-                {"staging": ports[:2], "production": ports[2:]},
-            )
-        )
-    write_pillar(salt_master.pillar_dir, hosts)
-    return hosts
+    layouts = [("web-a-", {"staging": 2, "production": 1}), ("web-b-", {"staging": 2, "production": 2})]
+    return make_hosts(salt_master, tmp_path_factory, layouts)
 
 
 @pytest.fixture(scope="module")

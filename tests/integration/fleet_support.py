@@ -14,6 +14,7 @@ import signal
 import socket
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
+from saltfactories.utils import random_string
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
@@ -89,6 +90,44 @@ def write_pillar(pillar_dir, hosts):
         top += [f"  {json.dumps(host.id)}:", f"    - {name}"]
     (pillar_dir / "top.sls").write_text("\n".join(top) + "\n")
     return pillar_dir
+
+
+@contextlib.contextmanager
+def started_master(salt_factories, pillar_dir, id_prefix):
+    """A real salt-master serving this repo's ``salt/`` and the pillar tree ``pillar_dir`` (its ``.pillar_dir``)."""
+    factory = salt_factories.salt_master_daemon(
+        random_string(id_prefix),
+        overrides={
+            "file_roots": {"base": [str(REPO / "salt")]},
+            "pillar_roots": {"base": [str(pillar_dir)]},
+        },
+    )
+    factory.pillar_dir = pillar_dir
+    with factory.started():
+        yield factory
+
+
+def make_hosts(master, tmp_path_factory, layouts):
+    """
+    One host per ``(id prefix, {env: how many ports})`` of ``layouts``, each with its
+    own base_dir, repository and loopback ports (none of the master's), and their
+    pillar written into the master's pillar tree.
+    """
+    taken = {
+        v for k, v in master.config.items()
+        if ("port" in k or k.startswith("tcp_")) and isinstance(v, int)
+    }  # fmt: skip
+    hosts = []
+    for prefix, counts in layouts:
+        host_id = random_string(prefix, uppercase=False)
+        ports = free_ports(sum(counts.values()), taken)
+        taken.update(ports)
+        by_env, start = {}, 0
+        for env, count in counts.items():
+            by_env[env], start = ports[start : start + count], start + count
+        hosts.append(make_host(tmp_path_factory.mktemp(host_id), host_id, by_env))
+    write_pillar(master.pillar_dir, hosts)
+    return hosts
 
 
 def _start_ticks(pid):

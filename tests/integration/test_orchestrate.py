@@ -20,9 +20,8 @@ import time
 import make_repo as sample
 import pytest
 import salt.output
-from fleet_support import REPO, free_ports, kill_leftover_webapps, make_host, write_pillar
+from fleet_support import kill_leftover_webapps, make_hosts, started_master
 from helpers import http_get
-from saltfactories.utils import random_string
 
 pytestmark = pytest.mark.slow
 
@@ -106,34 +105,14 @@ def pillar_override(master, salt_cli, hosts, host, **settings):
 @pytest.fixture(scope="module")
 def orch_master(salt_factories, tmp_path_factory):
     """A salt-master serving this repo's ``salt/`` and a pillar tree made here."""
-    pillar_dir = tmp_path_factory.mktemp("orch-pillar")
-    factory = salt_factories.salt_master_daemon(
-        random_string("vumi-orch-master-"),
-        overrides={
-            "file_roots": {"base": [str(REPO / "salt")]},
-            "pillar_roots": {"base": [str(pillar_dir)]},
-        },
-    )
-    factory.pillar_dir = pillar_dir
-    with factory.started():
-        yield factory
+    with started_master(salt_factories, tmp_path_factory.mktemp("orch-pillar"), "vumi-orch-master-") as master:
+        yield master
 
 
 @pytest.fixture(scope="module")
 def orch_hosts(orch_master, tmp_path_factory):
     """Three hosts, each with its own base_dir, repository and two staging ports."""
-    taken = {
-        v for k, v in orch_master.config.items()
-        if ("port" in k or k.startswith("tcp_")) and isinstance(v, int)
-    }  # fmt: skip
-    hosts = []
-    for prefix in ("web-1-", "web-2-", "web-3-"):
-        host_id = random_string(prefix, uppercase=False)
-        ports = free_ports(2, taken)
-        taken.update(ports)
-        hosts.append(make_host(tmp_path_factory.mktemp(host_id), host_id, {ENV: ports}))
-    write_pillar(orch_master.pillar_dir, hosts)
-    return hosts
+    return make_hosts(orch_master, tmp_path_factory, [(prefix, {ENV: 2}) for prefix in ("web-1-", "web-2-", "web-3-")])
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import textwrap
 
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-from saltfactories.utils.functional import Loaders
+
+from helpers import loaders_for
 
 #: env/branch names that must never reach the disk or a shell
 BAD_NAMES = [
@@ -89,22 +90,15 @@ def unit_pillar(unit_root):
 
 @pytest.fixture(scope="module")
 def vumi(minion_opts, unit_root, unit_pillar):
-    opts = dict(
-        minion_opts,
-        pillar_roots={"base": [str(unit_pillar)]},
-        # minion options are the lowest layer: pillar overrides them
-        vumi={
-            "base_dir": str(unit_root / "from-opts"),
-            "app": "myapp",
-            "keep_failed": 7,
-            "user": getpass.getuser(),
-        },
-    )
-    loaders = Loaders(opts)
-    try:
+    # minion options are the lowest layer: pillar overrides them
+    opts_vumi = {
+        "base_dir": str(unit_root / "from-opts"),
+        "app": "myapp",
+        "keep_failed": 7,
+        "user": getpass.getuser(),
+    }
+    with loaders_for(minion_opts, opts_vumi, unit_pillar) as loaders:
         yield loaders.modules.vumi
-    finally:
-        loaders.reset_state()
 
 
 def test_defaults_opts_pillar_environment_kwargs_precedence(vumi, unit_root):
