@@ -396,6 +396,13 @@ def _tail(text, lines=15):
     return "\n".join((text or "").strip().splitlines()[-lines:])
 
 
+def _output_tail(res):
+    """The last lines of a command's stderr, else its stdout (Salt's cmd/pip result dicts)."""
+    if not isinstance(res, dict):
+        return str(res)
+    return _tail(res.get("stderr")) or _tail(res.get("stdout"))
+
+
 def _run(cmd, what, cwd=None, runas=None, env=None):
     """Run an argument list with Salt's cmd.run_all; raise with its output's tail on failure."""
     env = dict(env or {}, GIT_TERMINAL_PROMPT="0")
@@ -404,8 +411,7 @@ def _run(cmd, what, cwd=None, runas=None, env=None):
         ignore_retcode=True,  # a failure raises below; a probe that fails must not fail the job
     )
     if res["retcode"] != 0:
-        detail = _tail(res.get("stderr")) or _tail(res.get("stdout"))
-        raise CommandExecutionError(f"{what} failed (exit {res['retcode']}): {detail}")
+        raise CommandExecutionError(f"{what} failed (exit {res['retcode']}): {_output_tail(res)}")
     return res["stdout"].strip()
 
 
@@ -741,8 +747,7 @@ def _build_venv(cfg, paths, venv, code, runas):
         shutil.rmtree(venv)  # half-built by an earlier, interrupted deploy
     made = __salt__["virtualenv.create"](venv, venv_bin=_python(cfg), user=runas)
     if isinstance(made, dict) and made.get("retcode"):  # it returns a failure instead of raising
-        detail = _tail(made.get("stderr")) or _tail(made.get("stdout"))
-        raise CommandExecutionError(f"creating the virtualenv {venv} failed: {detail}")
+        raise CommandExecutionError(f"creating the virtualenv {venv} failed: {_output_tail(made)}")
     res = __salt__["pip.install"](
         requirements=os.path.join(code, cfg["requirements"]),
         bin_env=venv,
@@ -752,8 +757,7 @@ def _build_venv(cfg, paths, venv, code, runas):
         env_vars={"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
     if not isinstance(res, dict) or res.get("retcode") != 0:
-        detail = _tail(res.get("stderr")) or _tail(res.get("stdout")) if isinstance(res, dict) else res
-        raise CommandExecutionError(f"pip install -r {cfg['requirements']} failed: {detail}")
+        raise CommandExecutionError(f"pip install -r {cfg['requirements']} failed: {_output_tail(res)}")
     _write_atomic(os.path.join(venv, _VENV_MARKER), _now().isoformat() + "\n", runas)
 
 
@@ -1673,10 +1677,6 @@ def _port_open(host, port, timeout=0.2):
             return True
     except OSError:
         return False
-
-
-def _log_tail(paths, port, lines=20):
-    return _file_tail(paths.logfile(port), lines)
 
 
 def _file_tail(path, lines=20):
