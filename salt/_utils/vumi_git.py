@@ -1,0 +1,113 @@
+"""
+Git: stages ``fetch`` (the cached clone) and ``cut_release`` (a clone sharing its objects); remote revisions.
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+import vumi_files
+import vumi_releases
+import vumi_settings
+
+
+def run(salt, cmd, what, cwd=None, runas=None, env=None):
+    """Run an argument list with Salt's cmd.run_all; raise with its output's tail on failure."""
+    env = dict(env or {}, GIT_TERMINAL_PROMPT="0")
+    res = salt["cmd.run_all"](
+        cmd, cwd=cwd, runas=runas, env=env, python_shell=False, output_loglevel="quiet",
+        ignore_retcode=True,  # a failure raises below; a probe that fails must not fail the job
+    )
+    if res["retcode"] != 0:
+        raise CommandExecutionError(f"{what} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}")
+    return res["stdout"].strip()
+
+
+def git(salt, args, what, cwd=None, runas=None):
+    return run(salt, ["git", *args], what, cwd=cwd, runas=runas)
+
+
+def fetch(d):
+    cfg, repo = d.cfg, d.paths.repo
+    if not os.path.isdir(os.path.join(repo, ".git")):
+        tmp = f"{repo}.clone-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            git(d.salt, ["clone", "--quiet", "--no-checkout", "--", cfg["repo_url"], tmp],
+                 f"git clone {cfg['repo_url']}", runas=d.runas)  # fmt: skip
+        except CommandExecutionError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.rename(tmp, repo)
+    else:
+        git(d.salt, ["remote", "set-url", "origin", cfg["repo_url"]], "git remote set-url", cwd=repo, runas=d.runas)
+        git(d.salt, ["fetch", "--quiet", "--prune", "--force", "origin",
+              "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
+             f"git fetch {cfg['repo_url']}", cwd=repo, runas=d.runas)  # fmt: skip
+    if d.revision is not None:
+        try:
+            # as the clone's owner: git refuses to read a repository another user owns
+            d.sha = git(d.salt, ["rev-parse", "--verify", "--quiet", f"{d.revision}^{{commit}}"], "", cwd=repo, runas=d.runas)
+        except CommandExecutionError:
+            raise CommandExecutionError(
+                f"revision {d.revision!r} is not in {cfg['repo_url']}"
+            ) from None
+        git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=repo, runas=d.runas)
+    else:
+        try:
+            d.sha = git(d.salt, ["rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{cfg['branch']}"], "", cwd=repo,
+                         runas=d.runas)  # fmt: skip
+        except CommandExecutionError:
+            raise CommandExecutionError(
+                f"branch {cfg['branch']!r} not found in {cfg['repo_url']}"
+            ) from None
+        git(d.salt, ["checkout", "--quiet", "--force", "-B", cfg["branch"], d.sha], "git checkout", cwd=repo, runas=d.runas)
+
+
+def cut_release(d):
+    """The release's code: a clone sharing the cache's objects (small .git), at the commit."""
+    if d.release is None:
+        d.release = vumi_releases.new_release_name(d.paths)
+    else:
+        vumi_releases.check_sorts_last(d.paths, d.release)
+    rel = d.paths.release(d.release)
+    if os.path.lexists(rel):
+        raise CommandExecutionError(f"release {d.release} already exists in {d.paths.releases}")
+    vumi_files.makedirs(rel, d.runas)
+    code = d.paths.code(d.release)
+    # no hook samples, no reflogs: the release's .git is a few small files
+    git(d.salt, ["clone", "--quiet", "--shared", "--no-checkout", "--template=", "--config=core.logAllRefUpdates=false",
+          "--", d.paths.repo, code], "git clone --shared", runas=d.runas)  # fmt: skip
+    git(d.salt, ["checkout", "--quiet", "--detach", d.sha], "git checkout", cwd=code, runas=d.runas)
+
+
+def remote_revision(salt, cfg, paths, pin):
+    """
+    The commit to be at, changing nothing: a full commit id pin as it is, else
+    ``git ls-remote`` of the branch (or the pinned tag), else the pin resolved
+    in the cached clone; None when the pin is not known here yet.
+    """
+    if pin is not None:
+        pin = vumi_settings.check_name(str(pin), "revision", vumi_settings.REVISION_RE)
+        if vumi_settings.SHA_RE.match(pin):
+            return pin
+        refs = [f"refs/tags/{pin}^{{}}", f"refs/tags/{pin}", f"refs/heads/{pin}"]
+    else:
+        refs = [f"refs/heads/{cfg['branch']}"]
+    out = git(salt, ["ls-remote", "--", cfg["repo_url"], *refs], f"git ls-remote {cfg['repo_url']}")
+    found = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
+    for ref in refs:
+        if ref in found:
+            return found[ref]
+    if pin is not None and os.path.isdir(paths.repo):
+        with contextlib.suppress(CommandExecutionError):
+            return git(salt, ["rev-parse", "--verify", "--quiet", f"{pin}^{{commit}}"], "rev-parse", cwd=paths.repo,
+                       runas=vumi_files.runas_user(cfg))  # fmt: skip
+        return None  # unknown here yet; a deploy fetches and then decides
+    if pin is not None:
+        return None
+    raise CommandExecutionError(f"branch {cfg['branch']!r} not found in {cfg['repo_url']}")

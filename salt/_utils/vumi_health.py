@@ -1,0 +1,114 @@
+"""
+Stage ``health``: one webapp of the new release on a spare port must answer before the switch.
+"""
+
+import contextlib
+import http.client
+import logging
+import os
+import re
+import socket
+import time
+
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+import vumi_files
+import vumi_webapp
+
+
+def health(d):
+    """
+    Before the release may become current: one webapp of it, on a spare port,
+    must answer (the running webapps and ``current`` are not touched).
+    """
+    if d.cfg["health_check"]:
+        d.health = health_check(d.cfg, d.paths, d.release)
+
+
+def spare_port(host):
+    """A port nobody listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def health_check(cfg, paths, name):
+    """
+    Start one webapp of release ``name`` on a spare port (not through
+    ``current``: its own code folder and virtualenv), ask it ``health_path``
+    (or only connect), stop it. Return the evidence; raise with it on failure.
+    """
+    port = spare_port(cfg["host"])
+    # names of their own: a leftover (its deploy killed) is found and stopped by vumi_layout.recover
+    pidfile = os.path.join(paths.pids, f"webapp.health.{port}.pid")
+    logfile = os.path.join(paths.logs, f"webapp.health.{port}.log")
+    try:
+        proc = vumi_webapp.spawn(cfg, paths, name, port, pidfile, logfile)
+    except CommandExecutionError as exc:
+        raise CommandExecutionError(f"the webapp of release {name} did not start: {exc}") from None
+    started = vumi_webapp.proc_start_time(proc.pid)
+    try:
+        healthy, evidence = probe(cfg, port)
+    finally:
+        if started is not None:
+            vumi_webapp.signal_group(proc.pid, started, cfg["stop_timeout"], cfg["stop_signal"])
+        proc.poll()  # reaped: no zombie left in a long-running minion
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(pidfile)
+    if not healthy:
+        raise CommandExecutionError(
+            f"health check of release {name} failed: {evidence}; last lines of {logfile}:\n{vumi_files.file_tail(logfile)}"
+        )
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(logfile)  # kept only when it failed, as evidence
+    return {"port": port, "path": cfg["health_path"], "evidence": evidence}
+
+
+def probe(cfg, port):
+    """(healthy, evidence): GET ``health_path`` answers 2xx or 3xx; with no path, the port accepts."""
+    host, path = cfg["host"], cfg["health_path"]
+    if path is None:
+        return True, f"port {port} accepts connections"  # vumi_webapp.spawn waited for that
+    deadline = time.monotonic() + cfg["health_timeout"]
+    while True:
+        conn = http.client.HTTPConnection(host, port, timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            conn.request("GET", path, headers={"User-Agent": "vumi-salt health check"})
+            resp = conn.getresponse()
+            body = resp.read(300).decode("utf-8", "replace").strip()
+        except (OSError, http.client.HTTPException) as exc:
+            # not answering yet (or reset while it starts): ask again until the deadline
+            if time.monotonic() + 0.1 >= deadline:
+                return False, f"GET {path} on port {port} got no answer within {cfg['health_timeout']:g}s: {exc}"
+            time.sleep(0.1)
+            continue
+        finally:
+            conn.close()
+        evidence = f"GET {path} on port {port} answered HTTP {resp.status} {resp.reason}"
+        if 200 <= resp.status < 400:
+            return True, evidence
+        return False, f"{evidence}: {body!r}" if body else evidence
+
+
+def stop_leftover_health_checks(paths):
+    """A health-check webapp whose deploy was killed: stop it (if it still is the process we started)."""
+    if not os.path.isdir(paths.pids):
+        return
+    for name in os.listdir(paths.pids):
+        match = re.match(r"^webapp\.health\.(\d+)\.pid$", name)
+        if not match:
+            continue
+        try:
+            with open(os.path.join(paths.pids, name), encoding="utf-8") as fh:
+                pid, started = fh.read().split()[:2]
+            pid = int(pid)
+        except (OSError, ValueError):
+            pid, started = None, None
+        if pid and vumi_webapp.proc_start_time(pid) == started:
+            log.info("stopping the health-check webapp (pid %s) left by an interrupted deploy", pid)
+            vumi_webapp.signal_group(pid, started, 5)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(paths.pids, name))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(paths.logs, f"webapp.health.{match.group(1)}.log"))

@@ -1,0 +1,112 @@
+"""
+The environment's history log, its deploy lock, and a Salt event per stage.
+"""
+
+import contextlib
+import fcntl
+import getpass
+import json
+import logging
+import os
+import time
+
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+import vumi_files
+
+
+def record(paths, action, **fields):
+    """Append one line to the environment's history log."""
+    entry = {"time": vumi_files.now().isoformat(timespec="seconds"), "action": action, **fields}
+    fd = os.open(paths.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    vumi_files.own_like_parent(paths.history, fd)
+    with open(fd, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")  # one write: a crash leaves whole lines
+    return entry
+
+
+def read_history(paths):
+    if not os.path.isfile(paths.history):
+        return []
+    entries = []
+    with open(paths.history, encoding="utf-8") as fh:
+        for line in fh:
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+    return entries
+
+
+@contextlib.contextmanager
+def flock(path, timeout, busy):
+    """
+    Hold an exclusive ``flock`` on ``path``, recording who holds it. The kernel
+    releases it when its holder dies, so a crash never leaves a stale lock.
+    After ``timeout`` seconds of waiting, raise ``busy(holder)``.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        vumi_files.own_like_parent(path, fd)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                    raise busy(holder or "unknown holder") from None
+                time.sleep(0.05)
+        holder = {"pid": os.getpid(), "user": getpass.getuser(), "since": vumi_files.now().isoformat()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def deploy_lock(cfg, paths):
+    """One deploy (or rollback, update, cleanup) at a time per environment."""
+    if not os.path.isdir(paths.root):
+        raise CommandExecutionError(f"{cfg['env']} is not deployed: {paths.root} does not exist")
+    vumi_files.refuse_links(paths)
+    return flock(
+        paths.lock,
+        cfg["lock_timeout"],
+        lambda holder: CommandExecutionError(
+            f"another deploy of {cfg['env']} holds the lock {paths.lock}: {holder}"
+        ),
+    )
+
+
+def event_bus_up(opts):
+    """
+    Whether an event would reach anyone: under a master, yes; masterless only
+    when a minion daemon's event bus runs (otherwise each event waits a second
+    for a socket that is not there).
+    """
+    local = opts.get("local") or opts.get("file_client") == "local"
+    if not local or opts.get("use_master_when_local") or opts.get("ipc_mode") == "tcp":
+        return True
+    sock_dir = opts.get("sock_dir") or ""
+    return os.path.isdir(sock_dir) and any(
+        n.startswith("minion_event_") and n.endswith("_pull.ipc") for n in os.listdir(sock_dir)
+    )
+
+
+def event(d, stage, started, outcome, **extra):
+    """Live progress: ``salt-run state.event`` (or the minion's bus, masterless) shows each stage."""
+    if d.events is None:
+        d.events = d.cfg["events"] and event_bus_up(d.opts)
+    if not d.events:
+        return
+    data = {"env": d.cfg["env"], "stage": stage, "release": d.release, "revision": d.sha,
+            "elapsed": round(time.monotonic() - started, 3), "outcome": outcome, **extra}  # fmt: skip
+    try:
+        d.salt["event.send"](f"vumi/deploy/{d.cfg['env']}/{stage}", data)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.debug("could not fire the %s event: %s", stage, exc)  # progress is best effort

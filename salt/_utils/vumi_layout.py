@@ -1,0 +1,68 @@
+"""
+Stage ``layout``: the environment's folders, and the recovery of what a killed deploy left.
+"""
+
+import logging
+import os
+import shutil
+
+log = logging.getLogger(__name__)
+import vumi_files
+import vumi_health
+import vumi_history
+import vumi_releases
+
+
+def layout(d):
+    for path in d.paths.tree():
+        vumi_files.makedirs(path, d.runas)
+    d.previous = vumi_releases.current_release(d.paths)
+    recover(d.paths, d.runas)
+
+
+def recover(paths, runas=None):
+    """
+    After a crash (under the deploy lock: no deploy of ours is at work here):
+    drop leftover temporary links, half-made clones, git's lock files in the
+    cache and health-check webapps; set incomplete releases aside.
+    """
+    for name in os.listdir(paths.root):
+        if name.startswith("current.tmp-"):
+            os.remove(os.path.join(paths.root, name))
+    for name in os.listdir(paths.repositories):
+        if name.startswith(f"{paths.app}.clone-"):
+            shutil.rmtree(os.path.join(paths.repositories, name), ignore_errors=True)
+    for name in os.listdir(paths.releases):
+        if name.startswith(".removing-"):  # a prune killed mid-way
+            vumi_files.remove_tree(os.path.join(paths.releases, name))
+    # a git killed mid-fetch or mid-checkout leaves index.lock, refs/...lock: every later git fails
+    for top, dirs, files in os.walk(os.path.join(paths.repo, ".git")):
+        dirs[:] = [n for n in dirs if n != "objects"]
+        for name in files:
+            if name.endswith(".lock"):
+                os.remove(os.path.join(top, name))
+    vumi_health.stop_leftover_health_checks(paths)
+    current_name = vumi_releases.current_release(paths)
+    # complete but never recorded, and newer than current: killed after its manifest,
+    # before or during its health check (older unrecorded ones are left alone)
+    recorded = {e.get("release") for e in vumi_history.read_history(paths) if e.get("action") in ("prepare", "deploy", "rollback")}
+    for name in vumi_releases.release_names(paths):
+        interrupted = name not in recorded and (current_name is None or name > current_name)
+        if name != current_name and (not vumi_releases.read_manifest(paths, name) or interrupted):
+            vumi_files.makedirs(paths.failed, runas)
+            os.rename(paths.release(name), os.path.join(paths.failed, name))
+            vumi_history.record(paths, "failed", stage="recover", release=name,
+                    reason="left by an interrupted deploy (incomplete, or never recorded as prepared or deployed)")
+
+
+def ensure_tree(cfg, paths, test=False):
+    """
+    The environment's folders, made as its user where missing (``test``: only
+    named); a symlink planted where a folder belongs is refused before anything.
+    """
+    vumi_files.refuse_links(paths)
+    vumi_releases.current_release(paths)  # a current that is a folder, or points outside, is refused here too
+    if test:
+        return {"path": paths.root, "created": [p for p in paths.tree() if not os.path.isdir(p)]}
+    runas = vumi_files.runas_user(cfg)
+    return {"path": paths.root, "created": [p for p in paths.tree() if vumi_files.makedirs(p, runas)]}

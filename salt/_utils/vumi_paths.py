@@ -1,0 +1,60 @@
+"""
+Every path of one environment, computed here and nowhere else.
+"""
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+import vumi_settings
+
+MANIFEST = "release.json"
+
+
+class Paths:
+    """Every path of one environment, computed here and nowhere else."""
+
+    def __init__(self, cfg):
+        self.app = cfg["app"]
+        self.app_dir = os.path.join(cfg["base_dir"], cfg["app"])
+        self.root = os.path.join(self.app_dir, vumi_settings.env_dirname(cfg["env"]))
+        self.releases = os.path.join(self.root, "releases")
+        self.failed = os.path.join(self.root, "failed")
+        self.shared = os.path.join(self.root, "shared")
+        self.logs = os.path.join(self.shared, "logs")
+        self.tmp = os.path.join(self.shared, "tmp")
+        self.pip_cache = os.path.join(self.tmp, "cache", "pip")
+        self.pids = os.path.join(self.tmp, "pids")
+        self.repositories = os.path.join(self.shared, "repositories")
+        self.repo = os.path.join(self.repositories, cfg["app"])
+        self.virtualenvs = os.path.join(self.shared, "virtualenvs")
+        self.current = os.path.join(self.root, "current")
+        self.history = os.path.join(self.root, "history.log")
+        self.lock = os.path.join(self.root, ".deploy.lock")
+
+    def tree(self):
+        """The folders ``layout`` makes, parents first."""
+        return [
+            self.root, self.releases, self.shared, self.logs, self.repositories,
+            self.tmp, os.path.join(self.tmp, "cache"), self.pip_cache, self.pids,
+            self.virtualenvs,
+        ]  # fmt: skip
+
+    def release(self, name):
+        vumi_settings.check_name(name, "release", vumi_settings.RELEASE_RE)
+        return os.path.join(self.releases, name)
+
+    def code(self, name):
+        return os.path.join(self.release(name), self.app)
+
+    def venv(self, name):
+        return os.path.join(self.release(name), "ve")
+
+    def manifest(self, name):
+        return os.path.join(self.release(name), MANIFEST)
+
+    def pidfile(self, port):
+        return os.path.join(self.pids, f"webapp.{port}.pid")
+
+    def logfile(self, port):
+        return os.path.join(self.logs, f"webapp.{port}.log")

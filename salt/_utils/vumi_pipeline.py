@@ -1,0 +1,191 @@
+"""
+The deploy as a pipeline of named stages over one context (``Deploy``).
+
+PREPARE and PUBLISH list the stages in order; each stage is a function in the
+helper named after it. A failure at any stage before ``publish`` leaves
+``current`` alone and moves the half-built release to ``failed/``.
+"""
+
+import logging
+import os
+import time
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+import vumi_files
+import vumi_git
+import vumi_health
+import vumi_history
+import vumi_layout
+import vumi_releases
+import vumi_settings
+import vumi_settings_file
+import vumi_shared
+import vumi_virtualenv
+
+
+class Deploy:
+    """What the steps of one deploy share."""
+
+    def __init__(self, salt, opts, cfg, paths, revision=None, release=None):
+        self.salt = salt  # Salt's functions (cmd.run_all, virtualenv.create, pip.install, event.send)
+        self.opts = opts
+        self.cfg = cfg
+        self.paths = paths
+        self.runas = vumi_files.runas_user(cfg)
+        if revision is not None:  # an argument, not a setting: validate it like the pin
+            revision = vumi_settings.check_name(str(revision), "revision", vumi_settings.REVISION_RE)
+        self.revision = revision if revision is not None else cfg["revision"]
+        self.release = release
+        self.sha = None
+        self.req_hash = None
+        self.settings_hash = None
+        self.events = None  # decided at the first stage: is anyone listening?
+        self.venv_built = None
+        self.previous = None
+        self.health = None
+        self.timings = {}
+
+
+PREPARE = [
+    ("layout", vumi_layout.layout),
+    ("fetch", vumi_git.fetch),
+    ("cut_release", vumi_git.cut_release),
+    ("link_shared", vumi_shared.link_shared),
+    ("settings", vumi_settings_file.write_settings),
+    ("virtualenv", vumi_virtualenv.virtualenv),
+    ("manifest", vumi_releases.write_release_manifest),
+    ("health", vumi_health.health),
+]
+
+
+PUBLISH = [
+    ("publish", vumi_releases.publish_step),
+    ("prune", vumi_releases.prune_step),
+]
+
+
+def run_steps(d, steps):
+    for stage, step in steps:
+        started = time.monotonic()
+        try:
+            step(d)
+        except (CommandExecutionError, SaltInvocationError, OSError) as exc:
+            vumi_history.event(d, stage, started, "failed", error=str(exc))
+            fail(d, stage, exc)
+        d.timings[stage] = round(time.monotonic() - started, 3)
+        vumi_history.event(d, stage, started, "done")
+
+
+def fail(d, stage, exc):
+    """Move a half-built release aside, record why, and raise."""
+    moved = None
+    if d.release and stage in dict(PREPARE) and d.release != vumi_releases.current_release_safe(d.paths):
+        rel = os.path.join(d.paths.releases, d.release)
+        if os.path.lexists(rel):
+            try:
+                vumi_files.makedirs(d.paths.failed, d.runas)
+                moved = os.path.join(d.paths.failed, d.release)
+                os.rename(rel, moved)
+            except (OSError, CommandExecutionError) as problem:  # the next deploy's vumi_layout.recover retries
+                log.warning("could not move %s to %s: %s", rel, d.paths.failed, problem)
+                moved = None
+    if os.path.isdir(d.paths.root):
+        vumi_history.record(d.paths, "failed", stage=stage, release=d.release, revision=d.sha,
+                reason=str(exc), previous=d.previous)  # fmt: skip
+    kind = SaltInvocationError if isinstance(exc, SaltInvocationError) else CommandExecutionError
+    where = f"; the half-built release is kept in {moved}" if moved else ""
+    raise kind(f"deploy of {d.cfg['env']} failed at stage {stage!r}: {exc}{where}") from exc
+
+
+def summary(d, action):
+    return {
+        "env": d.cfg["env"],
+        "release": d.release,
+        "revision": d.sha,
+        "previous": d.previous,
+        "path": d.paths.release(d.release),
+        "current": d.paths.current,
+        "requirements_hash": d.req_hash,
+        "virtualenv_built": d.venv_built,
+        "health": d.health,
+        "timings": d.timings,
+        "action": action,
+    }
+
+
+def prepare(d):
+    """Every stage up to the health gate: a complete release, not current."""
+    if d.release is not None:
+        d.paths.release(d.release)
+    vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
+    with vumi_history.deploy_lock(d.cfg, d.paths):
+        run_steps(d, PREPARE)
+        vumi_history.record(d.paths, "prepare", release=d.release, revision=d.sha, timings=d.timings)
+    return summary(d, "prepare")
+
+
+def publish(d):
+    """Make the prepared release ``d.release`` current, then prune."""
+    paths = d.paths
+    paths.release(d.release)  # a bad name fails before anything else
+    with vumi_history.deploy_lock(d.cfg, paths):
+        if not os.path.isdir(paths.release(d.release)):
+            raise SaltInvocationError(f"unknown release {d.release!r} in {paths.releases}")
+        d.previous = vumi_releases.current_release(paths)
+        d.sha = (vumi_releases.read_manifest(paths, d.release) or {}).get("revision")
+        run_steps(d, PUBLISH)
+        vumi_history.record(paths, "deploy", release=d.release, revision=d.sha, previous=d.previous)
+    return summary(d, "publish")
+
+
+def deploy(d):
+    """Every stage: prepare, then publish and prune."""
+    vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
+    with vumi_history.deploy_lock(d.cfg, d.paths):
+        run_steps(d, PREPARE + PUBLISH)
+        vumi_history.record(d.paths, "deploy", release=d.release, revision=d.sha, previous=d.previous,
+                            timings=d.timings)  # fmt: skip
+    return summary(d, "deploy")
+
+
+def update(d):
+    """Pull the branch's latest commit into the current release in place; see ``vumi.update``."""
+    cfg, paths = d.cfg, d.paths
+    if cfg["revision"] is not None:
+        raise SaltInvocationError(
+            f"{cfg['env']} is pinned to revision {cfg['revision']}; change the pin and deploy"
+        )
+    with vumi_history.deploy_lock(cfg, paths):
+        name = vumi_releases.current_release(paths)
+        if name is None:
+            raise CommandExecutionError(f"{cfg['env']} has no current release to update; deploy first")
+        manifest = vumi_releases.read_manifest(paths, name) or {}
+        run_steps(d, [("fetch", vumi_git.fetch)])
+        code = paths.code(name)
+        vumi_git.git(d.salt, ["fetch", "--quiet", "origin"], "git fetch", cwd=code, runas=d.runas)
+        # --force: the settings file rendered over a tracked file is the one local change a
+        # release has; git would refuse to check out a commit that changes that file
+        vumi_git.git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=code,
+                     runas=d.runas)  # fmt: skip
+        d.release = name
+        vumi_settings_file.write_settings(d)  # pillar's settings again, over what the commit brought
+        old = manifest.get("revision")
+        manifest.update(revision=d.sha, settings_hash=d.settings_hash,
+                        updated_at=vumi_files.now().isoformat(timespec="seconds"))  # fmt: skip
+        vumi_files.write_atomic(os.path.join(paths.release(name), "REVISION"), d.sha + "\n", d.runas)
+        vumi_releases.write_manifest(paths, name, d.runas, manifest)
+        if old != d.sha:
+            vumi_history.record(paths, "update", release=name, revision=d.sha, previous_revision=old)
+        try:
+            requirements_changed = vumi_virtualenv.requirements_hash(cfg, code) != manifest.get("requirements_hash")
+        except CommandExecutionError:
+            requirements_changed = True
+    return {
+        "release": name,
+        "old_revision": old,
+        "new_revision": d.sha,
+        "changed": old != d.sha,
+        "requirements_changed": requirements_changed,
+    }

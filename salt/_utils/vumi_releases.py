@@ -1,0 +1,305 @@
+"""
+Releases: manifests (stage ``manifest``), the switch of ``current`` (stage ``publish``), pruning
+(stage ``prune``), rollback, cleanup and discard.
+"""
+
+import contextlib
+import datetime
+import getpass
+import json
+import logging
+import os
+import shutil
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+import vumi_files
+import vumi_history
+import vumi_settings
+import vumi_settings_file
+import vumi_virtualenv
+
+
+def read_manifest(paths, name):
+    try:
+        with open(paths.manifest(name), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def current_release(paths):
+    if os.path.isdir(paths.current) and not os.path.islink(paths.current):
+        raise CommandExecutionError(f"{paths.current} is a directory, not a symlink; refusing")
+    if not os.path.islink(paths.current):
+        return None
+    target = os.readlink(paths.current)
+    name = os.path.basename(target.rstrip("/"))
+    expected = os.path.join("releases", name)
+    if target not in (expected, os.path.join(paths.root, expected)) or not vumi_settings.RELEASE_RE.match(name):
+        raise CommandExecutionError(f"{paths.current} points outside the releases: {target}")
+    return name
+
+
+def release_names(paths):
+    if not os.path.isdir(paths.releases):
+        return []
+    return sorted(n for n in os.listdir(paths.releases) if vumi_settings.RELEASE_RE.match(n))
+
+
+def release_info(paths, name, current_name):
+    manifest = read_manifest(paths, name)
+    info = {
+        "release": name,
+        "path": paths.release(name),
+        "current": name == current_name,
+        "state": "complete" if manifest else "incomplete",
+    }
+    if manifest:
+        info.update({k: manifest.get(k) for k in ("revision", "branch", "deployed_at", "requirements_hash")})
+    return info
+
+
+def used_release_names(paths):
+    """Every release name this environment has used: history, releases/, failed/."""
+    used = [e.get("release") for e in vumi_history.read_history(paths)]
+    for folder in (paths.releases, paths.failed):
+        used += os.listdir(folder) if os.path.isdir(folder) else []
+    return [n for n in used if isinstance(n, str) and vumi_settings.RELEASE_RE.match(n)]
+
+
+def check_sorts_last(paths, name):
+    """
+    A name given by the caller (one for a whole fleet) must sort after every name
+    used here: pruning keeps the newest by name, and an older-sorting release
+    would make it drop the wrong ones.
+    """
+    last = max(used_release_names(paths), default=None)
+    if last is not None and name <= last:
+        raise CommandExecutionError(
+            f"release name {name} does not sort after {last}, already used in {paths.root} "
+            "(a clock ahead of this one?); give a later release name"
+        )
+
+
+def new_release_name(paths):
+    """
+    A UTC timestamp, later than any release name used before: names sort in
+    deploy order even when pruning frees a name or the clock steps back.
+    """
+    when = vumi_files.now().replace(microsecond=0)
+    used = used_release_names(paths)
+    if used:
+        last = datetime.datetime.strptime(max(used), vumi_settings.RELEASE_FORMAT)
+        when = max(when, last.replace(tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=1))
+    while True:
+        name = when.strftime(vumi_settings.RELEASE_FORMAT)
+        if not any(os.path.lexists(os.path.join(p, name)) for p in (paths.releases, paths.failed)):
+            return name
+        when += datetime.timedelta(seconds=1)
+
+
+def write_release_manifest(d):
+    """Written last: a release with a manifest is complete."""
+    vumi_files.write_atomic(os.path.join(d.paths.release(d.release), "REVISION"), d.sha + "\n", d.runas)
+    write_manifest(d.paths, d.release, d.runas, {
+        "release": d.release,
+        "env": d.cfg["env"],
+        "branch": d.cfg["branch"],
+        "revision": d.sha,
+        "pinned": d.revision,
+        "repo_url": d.cfg["repo_url"],
+        "requirements_hash": d.req_hash,
+        "settings_hash": d.settings_hash,
+        "virtualenv": os.path.realpath(d.paths.venv(d.release)),
+        "deployed_at": vumi_files.now().isoformat(timespec="seconds"),
+        "deployed_by": getpass.getuser(),
+    })  # fmt: skip
+
+
+def write_manifest(paths, name, runas, manifest):
+    vumi_files.write_atomic(paths.manifest(name), json.dumps(manifest, indent=2, sort_keys=True) + "\n", runas)
+
+
+def publish_step(d):
+    publish(d.paths, d.release)
+
+
+def publish(paths, name):
+    if not read_manifest(paths, name):
+        raise CommandExecutionError(f"release {name} is not complete; refusing to publish it")
+    vumi_files.symlink_atomic(os.path.join("releases", name), paths.current)
+
+
+def prune_step(d):
+    prune(d.cfg, d.paths, d.cfg["keep_releases"])
+
+
+def current_release_safe(paths):
+    with contextlib.suppress(CommandExecutionError):
+        return current_release(paths)
+    return None
+
+
+def resolve_release(paths, release):
+    if release is None:
+        name = current_release(paths)
+        if name is None:
+            raise CommandExecutionError(f"{paths.root} has no current release; deploy first")
+        return name
+    if not os.path.isdir(paths.release(release)):
+        raise SaltInvocationError(f"unknown release {release!r} in {paths.releases}")
+    return release
+
+
+def rollback_target(paths):
+    """Replay the history as a stack: deploys push, rollbacks pop."""
+    stack = []
+    for entry in vumi_history.read_history(paths):
+        if entry.get("action") == "deploy":
+            stack.append(entry.get("release"))
+        elif entry.get("action") == "rollback":
+            if entry.get("named"):
+                stack.append(entry.get("release"))
+            else:
+                while stack and stack[-1] != entry.get("release"):
+                    stack.pop()
+    current_name = current_release(paths)
+    while stack and stack[-1] == current_name:
+        stack.pop()
+    for name in reversed(stack):
+        if name != current_name and read_manifest(paths, name):
+            return name
+    return None
+
+
+def unpublished_releases(paths):
+    """Releases the history says were prepared and never made current (publish, rollback)."""
+    prepared, published = set(), set()
+    for entry in vumi_history.read_history(paths):
+        if entry.get("action") == "prepare":
+            prepared.add(entry.get("release"))
+        elif entry.get("action") in ("deploy", "rollback"):
+            published.add(entry.get("release"))
+    return prepared - published
+
+
+def prune(cfg, paths, limit, unpublished=False):
+    """
+    Remove all but the newest ``limit`` complete releases (never current), then
+    orphans. With ``unpublished``, first the releases prepared but never published
+    (not in a deploy's own prune: a fleet deploy may be about to publish them).
+    """
+    current_name = current_release(paths)
+    removed = []
+    if unpublished:
+        for name in sorted((unpublished_releases(paths) & set(release_names(paths))) - {current_name}):
+            vumi_files.remove_tree(paths.release(name))
+            removed.append(name)
+    complete = [n for n in release_names(paths) if read_manifest(paths, n)]
+    keep = set(complete[-limit:]) | {current_name}
+    for name in release_names(paths):
+        if name not in keep and (name in complete or name != current_name):
+            vumi_files.remove_tree(paths.release(name))
+            removed.append(name)
+    failed = sorted(os.listdir(paths.failed)) if os.path.isdir(paths.failed) else []
+    for name in failed[: max(0, len(failed) - cfg["keep_failed"])]:
+        shutil.rmtree(os.path.join(paths.failed, name), ignore_errors=True)
+    in_use = {
+        os.path.realpath(paths.venv(n))
+        for n in release_names(paths)
+    }
+    venvs_removed = []
+    if os.path.isdir(paths.virtualenvs):
+        for name in sorted(os.listdir(paths.virtualenvs)):
+            path = os.path.join(paths.virtualenvs, name)
+            if os.path.realpath(path) not in in_use:
+                vumi_files.remove_tree(path)
+                venvs_removed.append(name)
+    return {
+        "removed": removed,
+        "kept": [n for n in release_names(paths)],
+        "virtualenvs_removed": venvs_removed,
+    }
+
+
+def list_releases(paths):
+    """Every release, oldest first, with its revision, time and state."""
+    current_name = current_release(paths)
+    return [release_info(paths, name, current_name) for name in release_names(paths)]
+
+
+def describe_current(cfg, paths):
+    """The current release's manifest and what a redeploy would change, or None."""
+    name = current_release(paths)
+    if name is None:
+        return None
+    manifest = read_manifest(paths, name) or {}
+    code = paths.code(name)
+    try:
+        requirements_changed = vumi_virtualenv.requirements_hash(cfg, code) != manifest.get("requirements_hash")
+    except CommandExecutionError:
+        requirements_changed = True
+    return dict(
+        manifest,
+        release=name,
+        path=paths.release(name),
+        code=code,
+        virtualenv_ok=vumi_virtualenv.venv_ok(paths.venv(name)),
+        requirements_changed=requirements_changed,
+        settings_changed=vumi_settings_file.settings_file(cfg)[1] != manifest.get("settings_hash"),
+    )
+
+
+def rollback(cfg, paths, release=None):
+    """Make the previous (or the named) release current again; see ``vumi.rollback``."""
+    if release is not None:
+        paths.release(release)  # a bad name fails before anything else
+    with vumi_history.deploy_lock(cfg, paths):
+        previous = current_release(paths)
+        if release is None:
+            target = rollback_target(paths)
+            if target is None:
+                raise CommandExecutionError(f"{cfg['env']} has no earlier release to roll back to")
+        else:
+            target = resolve_release(paths, release)
+        if not vumi_virtualenv.venv_ok(paths.venv(target)):
+            raise CommandExecutionError(f"release {target} has no intact virtualenv; run vumi.create_virtualenv")
+        publish(paths, target)
+        manifest = read_manifest(paths, target) or {}
+        vumi_history.record(paths, "rollback", release=target, previous=previous,
+                            revision=manifest.get("revision"), named=release is not None)  # fmt: skip
+    return {"release": target, "previous": previous, "revision": manifest.get("revision")}
+
+
+def cleanup(cfg, paths, limit=None):
+    """Prune to ``limit`` releases (default ``keep_releases``), unpublished ones first; see ``vumi.cleanup``."""
+    limit = cfg["keep_releases"] if limit is None else limit
+    if isinstance(limit, bool) or not str(limit).isdigit() or int(limit) < 1:
+        raise SaltInvocationError(f"invalid limit {limit!r}: must be an integer >= 1")
+    if not os.path.isdir(paths.root):
+        return {"removed": [], "kept": [], "virtualenvs_removed": []}
+    with vumi_history.deploy_lock(cfg, paths):
+        return prune(cfg, paths, int(limit), unpublished=True)
+
+
+def discard(cfg, paths, release):
+    """Remove one prepared, never published release; see ``vumi.discard``."""
+    path = paths.release(release)  # a bad name fails before anything else
+    if not os.path.isdir(paths.root):
+        return {"release": release, "discarded": False, "comment": f"{cfg['env']} is not deployed here"}
+    with vumi_history.deploy_lock(cfg, paths):
+        if not os.path.isdir(path):
+            return {"release": release, "discarded": False, "comment": f"no release {release} here"}
+        if release == current_release(paths):
+            raise CommandExecutionError(f"release {release} is current; refusing to discard it")
+        if release not in unpublished_releases(paths) and read_manifest(paths, release):
+            raise CommandExecutionError(
+                f"release {release} has been published before; refusing to discard it (see vumi.cleanup)"
+            )
+        revision = (read_manifest(paths, release) or {}).get("revision")
+        shutil.rmtree(path)
+        vumi_history.record(paths, "discard", release=release, revision=revision)
+    return {"release": release, "discarded": True, "revision": revision,
+            "comment": f"release {release} discarded"}  # fmt: skip

@@ -1,0 +1,265 @@
+"""
+Settings: the defaults, the merge of pillar onto them, and the validation of every value.
+
+Read in one place: ``merge`` is what ``vumi.settings`` returns.
+"""
+
+import copy
+import logging
+import os
+import re
+import signal
+
+from salt.exceptions import SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+
+DEFAULTS = {
+    "base_dir": "/var/praekelt",
+    "app": "vumi",
+    "repo_url": "http://github.com/praekelt/vumi.git",
+    "branch": None,  # the environment's name
+    "revision": None,  # optional pin: commit, tag
+    "requirements": "config/requirements.pip",
+    "user": "root",
+    "keep_releases": 5,
+    "keep_failed": 3,
+    "ports": [8000],
+    "host": "127.0.0.1",
+    "python": None,  # interpreter for virtualenvs; None: the one running Salt
+    "reuse_virtualenvs": True,
+    "shared_dirs": ["logs", "tmp"],
+    "settings_module": "environments.{env}",
+    "webapp_command": (
+        "{venv}/bin/python manage.py runserver {host}:{port} --settings={settings}"
+    ),
+    "start_timeout": 30,
+    "stop_timeout": 10,
+    "stop_signal": "SIGTERM",  # asks the webapp to stop; SIGKILL follows after stop_timeout
+    "lock_timeout": 300,
+    # the switch to a new release waits for one webapp of it, on a spare port, to answer;
+    # None: off here, and on in the SLS when the environment has ports
+    "health_check": None,
+    "health_path": "/health",  # answers 2xx/3xx to GET; None: a TCP connect is enough
+    "health_timeout": 10,  # seconds the health request may take
+    "settings": None,  # a mapping rendered into every release as a Python settings file
+    "settings_path": "environments/{env}.py",  # where, in the code folder
+    "settings_extends": None,  # a module the rendered file imports first, e.g. environments.default
+    "events": True,  # fire a Salt event per deploy stage: vumi/deploy/<env>/<stage>
+    "environments": {},
+}
+
+
+NAME_PART = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+
+
+BRANCH_RE = re.compile(rf"^{NAME_PART}(/{NAME_PART})*$")
+
+
+APP_RE = re.compile(rf"^{NAME_PART}$")
+
+
+RELEASE_RE = re.compile(r"^\d{8}_\d{6}$")
+
+
+REVISION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
+
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+RELEASE_FORMAT = "%Y%m%d_%H%M%S"
+
+
+MAX_PORTS = 64
+
+
+def check_name(value, what, pattern=BRANCH_RE):
+    if not isinstance(value, str) or not value:
+        raise SaltInvocationError(f"{what} must be a non-empty string, not {value!r}")
+    if (
+        len(value) > 200
+        or ".." in value
+        or value.endswith((".lock", "."))
+        or not pattern.match(value)
+    ):
+        raise SaltInvocationError(
+            f"invalid {what} {value!r}: use letters, digits, '.', '_', '-' and '/' "
+            "between parts; no '..', no leading '/' or '-', no spaces or shell characters"
+        )
+    return value
+
+
+def env_dirname(env):
+    """
+    The folder name of an environment: ``/`` becomes ``~`` (reversible, since
+    git forbids ``~`` in branch names).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vumi.env_dirname topics/foo
+    """
+    return check_name(env, "environment").replace("/", "~")
+
+
+def parse_port(value):
+    if isinstance(value, bool):
+        raise SaltInvocationError(f"invalid port {value!r}: must be an integer 1-65535")
+    try:
+        port = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise SaltInvocationError(
+            f"invalid port {value!r}: must be an integer 1-65535"
+        ) from None
+    if not 1 <= port <= 65535 or (isinstance(value, str) and not value.strip().isdigit()):
+        raise SaltInvocationError(f"invalid port {value!r}: must be an integer 1-65535")
+    return port
+
+
+def parse_ports(values):
+    """Ports as given on the CLI: ints, numeric strings, lists, or '8000,8001'."""
+    flat = []
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            flat.extend(value)
+        elif isinstance(value, str) and "," in value:
+            flat.extend(value.split(","))
+        else:
+            flat.append(value)
+    if len(flat) > MAX_PORTS:
+        raise SaltInvocationError(f"too many ports ({len(flat)}); at most {MAX_PORTS}")
+    ports = []
+    for value in flat:
+        port = parse_port(value)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def relpath(value, what):
+    if (
+        not isinstance(value, str)
+        or not value
+        or value.startswith("/")
+        or ".." in value.split("/")
+        or "\0" in value
+    ):
+        raise SaltInvocationError(f"invalid {what} {value!r}: must be a relative path inside the code")
+    return value
+
+
+def validate(cfg):
+    base = cfg["base_dir"]
+    if not isinstance(base, str) or not os.path.isabs(base) or os.path.normpath(base) in ("/",):
+        raise SaltInvocationError(f"invalid base_dir {base!r}: must be an absolute path other than /")
+    if "\0" in base or ".." in base.split("/"):
+        raise SaltInvocationError(f"invalid base_dir {base!r}")
+    cfg["base_dir"] = os.path.normpath(base)
+    check_name(cfg["app"], "app", APP_RE)
+    check_name(cfg["branch"], "branch")
+    if cfg["revision"] is not None:
+        cfg["revision"] = check_name(str(cfg["revision"]), "revision", REVISION_RE)
+    if not isinstance(cfg["repo_url"], str) or not cfg["repo_url"] or cfg["repo_url"].startswith("-"):
+        raise SaltInvocationError(f"invalid repo_url {cfg['repo_url']!r}")
+    relpath(cfg["requirements"], "requirements")
+    if cfg["settings"] is not None and not isinstance(cfg["settings"], dict):
+        raise SaltInvocationError(f"invalid settings {cfg['settings']!r}: must be a mapping")
+    for key in cfg["settings"] or {}:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise SaltInvocationError(f"invalid settings key {key!r}: must be a Python identifier")
+        py_literal(cfg["settings"][key], key)  # a value the file cannot hold fails before any deploy
+    if cfg["settings_extends"] is not None and not re.match(r"^[A-Za-z_][\w.]*$", str(cfg["settings_extends"])):
+        raise SaltInvocationError(f"invalid settings_extends {cfg['settings_extends']!r}: must be a module name")
+    relpath(cfg["settings_path"].format(env=env_module(cfg["env"])), "settings_path")
+    for name in cfg["shared_dirs"]:
+        check_name(name, "shared dir", APP_RE)
+    for key in ("keep_releases", "keep_failed"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be an integer >= 1")
+    for key in ("start_timeout", "stop_timeout", "lock_timeout", "health_timeout"):
+        try:
+            cfg[key] = float(cfg[key])
+        except (TypeError, ValueError):
+            raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be a number") from None
+        if not 0 <= cfg[key] < float("inf"):  # nan too: a deadline that never comes
+            raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be a number of seconds >= 0")
+    if cfg["health_check"] is not None and not isinstance(cfg["health_check"], bool):
+        raise SaltInvocationError(f"invalid health_check {cfg['health_check']!r}: must be true, false or null")
+    path = cfg["health_path"]
+    if path is not None and (not isinstance(path, str) or not re.match(r"^/[\x21-\x7e]{0,1000}$", path)):
+        raise SaltInvocationError(
+            f"invalid health_path {path!r}: must be a URL path starting with '/' (no spaces), or null"
+        )
+    ports = cfg["ports"]
+    cfg["ports"] = parse_ports(ports if isinstance(ports, (list, tuple)) else [ports])
+    cfg["stop_signal"] = signal_name(cfg["stop_signal"])
+    return cfg
+
+
+def signal_name(value):
+    """A signal's canonical name ('SIGTERM') from 'SIGTERM', 'term' or 15."""
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return signal.Signals(value).name
+        name = value.strip().upper()
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"].name
+    except (AttributeError, KeyError, ValueError):
+        raise SaltInvocationError(
+            f"invalid stop_signal {value!r}: must name a signal, like SIGTERM or SIGINT"
+        ) from None
+
+
+def env_module(env):
+    """An environment's name as a Python module name: topics/foo -> topics_foo."""
+    return re.sub(r"\W", "_", env)
+
+
+def py_literal(value, key):
+    """
+    A pillar value as plain Python whose repr is valid source: pillar gives
+    OrderedDicts (their repr needs an import) and YAML may give dates. Nested
+    keys are sorted so that the file, and its hash, do not depend on pillar's order.
+    """
+    if isinstance(value, dict):
+        return {k: py_literal(v, f"{key}[{k!r}]") for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [py_literal(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return value
+    raise SaltInvocationError(
+        f"invalid settings value {key} = {value!r}: use strings, numbers, booleans, null, lists and mappings"
+    )
+
+
+def settings_module(cfg):
+    return cfg["settings_module"].format(env=env_module(cfg["env"]))
+
+
+def merge(branch, pillar, opts_vumi, overrides):
+    """
+    The settings of environment ``branch``: ``DEFAULTS``, then the minion's
+    ``vumi`` options, then the ``vumi`` pillar, then its
+    ``environments:<branch>``, then ``overrides`` (keyword arguments); validated.
+    """
+    env = check_name(branch, "environment")
+    overrides = {k: v for k, v in overrides.items() if not k.startswith("__")}
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise SaltInvocationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    cfg = copy.deepcopy({k: v for k, v in DEFAULTS.items() if k != "environments"})
+    environments = {}
+    for source in (opts_vumi, pillar):  # pillar wins
+        if isinstance(source, dict):
+            environments.update(source.get("environments") or {})
+            cfg.update({k: v for k, v in source.items() if k in DEFAULTS and k != "environments"})
+    own = environments.get(env) or {}
+    cfg.update({k: v for k, v in own.items() if k in DEFAULTS and k != "environments"})
+    cfg.update({k: v for k, v in overrides.items() if k != "environments"})
+    cfg["env"] = env
+    cfg["branch"] = cfg["branch"] or env
+    return validate(cfg)

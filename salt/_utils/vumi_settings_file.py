@@ -1,0 +1,39 @@
+"""
+Stage ``settings``: pillar's ``settings`` rendered into the release as a Python module.
+"""
+
+import hashlib
+import logging
+import os
+
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+import vumi_files
+import vumi_settings
+
+
+def settings_file(cfg):
+    """The settings file pillar asks for: (path in the code folder, hash, text), or Nones."""
+    if not cfg["settings"]:
+        return None, None, None
+    lines = ["# Written by vumi-salt from pillar vumi:settings at each deploy: edit pillar, not this file.\n"]
+    if cfg["settings_extends"]:
+        lines.append(f"from {cfg['settings_extends']} import *  # noqa: F401,F403\n")
+    lines.extend(f"{key} = {vumi_settings.py_literal(value, key)!r}\n" for key, value in sorted(cfg["settings"].items()))
+    text = "".join(lines)
+    relpath = cfg["settings_path"].format(env=vumi_settings.env_module(cfg["env"]))
+    # where the file goes is part of it: a new settings_path must reach the releases too
+    return relpath, hashlib.sha256(f"{relpath}\0{text}".encode()).hexdigest()[:16], text
+
+
+def write_settings(d):
+    """Render pillar's settings into the release: secrets stay out of the repo and away from other users."""
+    relpath, d.settings_hash, text = settings_file(d.cfg)
+    if relpath is None:
+        return
+    path = os.path.join(d.paths.code(d.release), relpath)
+    if os.path.islink(path) or os.path.islink(os.path.dirname(path)):
+        raise CommandExecutionError(f"{path} is a symlink; refusing to write settings through it")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    vumi_files.write_atomic(path, text, d.runas, mode=0o640)
