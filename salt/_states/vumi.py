@@ -33,6 +33,29 @@ def _ret(name):
     return {"name": name, "result": True, "changes": {}, "comment": ""}
 
 
+def tree(name, **kwargs):
+    """
+    The folders of environment ``name`` (``vumi.layout``): made where missing,
+    as the environment's user. A symlink planted where a folder belongs, or a
+    ``current`` that is not a link into ``releases/``, fails the state before
+    anything is touched (whoever planted it would have root follow it).
+
+    name
+        The environment.
+    """
+    ret = _ret(name)
+    try:
+        res = __salt__["vumi.layout"](name, test=__opts__["test"], **kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    if not res["created"]:
+        return dict(ret, comment=f"the folders of {name} are in place in {res['path']}")
+    ret["changes"] = {"created": res["created"]}
+    if __opts__["test"]:
+        return dict(ret, result=None, comment=f"{len(res['created'])} folders of {name} would be created")
+    return dict(ret, comment=f"{len(res['created'])} folders of {name} created in {res['path']}")
+
+
 def deployed(name, revision=None, **kwargs):
     """
     Make environment ``name`` current at the wanted revision: the branch's
@@ -51,6 +74,10 @@ def deployed(name, revision=None, **kwargs):
     """
     ret = _ret(name)
     try:
+        cfg = __salt__["vumi.settings"](name, **kwargs)
+        if cfg["health_check"] is None:
+            # webapps to protect: by default the switch waits for the new release to answer
+            kwargs["health_check"] = bool(cfg["ports"])
         have = __salt__["vumi.current"](name, **kwargs)
         want = __salt__["vumi.remote_revision"](name, revision=revision, **kwargs)
     except _ERRORS as exc:
@@ -91,6 +118,8 @@ def deployed(name, revision=None, **kwargs):
         f"{name} deployed release {res['release']} at {res['revision'][:12]} "
         f"({'; '.join(problems)})"
     )
+    if res.get("health"):
+        ret["comment"] += f"; health check passed: {res['health']['evidence']}"
     return ret
 
 
@@ -156,6 +185,9 @@ def webapp_running(name, ports=None, **kwargs):
         comments.append(_act(ret, todo, action, kwargs, verb))
         if ret["result"] is False:
             break
+    if not status:
+        ret["comment"] = f"{name} has no webapp ports configured (pillar ports): nothing to run"
+        return ret
     ret["comment"] = "; ".join(c for c in comments if c) or (
         f"webapp of {name} runs the current release on ports {', '.join(map(str, status))}"
     )

@@ -1,10 +1,19 @@
-{#- Deploy the environment named by pillar `branch` and keep its webapp running:
-      salt 'web*' state.apply vumi pillar='{"branch": "staging"}'        -#}
+{#- Deploy environments and keep their webapps running:
+      salt 'web*' state.apply vumi pillar='{"branch": "staging"}'    one environment
+      salt 'web*' state.highstate                                    every one in pillar vumi:deploy
+    Renders from pillar alone (map.jinja); the states read the settings when they run. -#}
 {%- from "vumi/map.jinja" import vumi with context %}
-{%- if not vumi.env %}
+{%- if vumi.problem %}
+
+vumi-deploy-invalid:
+  test.fail_without_changes:
+    - name: {{ vumi.problem | json }}
+    - comment: {{ vumi.problem | json }}
+
+{%- elif not vumi.envs %}
 
 {#- the hint is both the name (shown even under test=True) and the comment #}
-{%-   set hint = "Name the environment to deploy: state.apply vumi pillar='" ~ '{"branch": "staging"}' ~ "'" %}
+{%-   set hint = "Name the environment to deploy: state.apply vumi pillar='" ~ '{"branch": "staging"}' ~ "', or list this host's environments in pillar vumi:deploy" %}
 
 vumi-environment-missing:
   test.fail_without_changes:
@@ -12,58 +21,43 @@ vumi-environment-missing:
     - comment: {{ hint | json }}
 
 {%- else %}
-{%-   set env = vumi.env %}
-{%-   if vumi.nginx.enabled %}
+{%-   set with_nginx = [] %}
+{%-   for env in vumi.envs if vumi.of[env].nginx.enabled %}{% do with_nginx.append(env) %}{% endfor %}
+{%-   if with_nginx %}
 
 include:
   - vumi.nginx
 {%-   endif %}
-{%-   if vumi.sls.layout %}
-{#-     a symlink planted in the tree (e.g. by its user) would have file.directory
-        chown and chmod wherever it points, as root: refuse before touching anything #}
-{%-     set planted = vumi.paths.planted %}
-{%-     if planted %}
+{%-   for env in vumi.envs %}
+{%-     set sls = vumi.of[env].sls %}
+{%-     if sls.layout %}
 
-vumi-{{ env }}-layout-symlinks:
-  test.fail_without_changes:
-    - comment: {{ ("symlinks where the layout needs folders; refusing to use them: " ~ planted | join(", ")) | json }}
-{%-     endif %}
-
+{#- the environment's folders, made as its user; a symlink planted where a folder
+    belongs (e.g. by that user) is refused before anything is touched #}
 vumi-{{ env }}-layout:
-  file.directory:
-    - names: {{ vumi.paths.tree | json }}
-    - user: {{ vumi.settings.user | json }}
-    - mode: "0755"
-    - makedirs: True
-    - allow_symlink: False
-{%-     if planted %}
-    - require:
-      - test: vumi-{{ env }}-layout-symlinks
+  vumi.tree:
+    - name: {{ env | json }}
 {%-     endif %}
-{%-   endif %}
-{%-   if vumi.sls.deploy %}
+{%-     if sls.deploy %}
 
 vumi-{{ env }}-deployed:
   vumi.deployed:
     - name: {{ env | json }}
-{%-     if vumi.settings.health_check is none and vumi.settings.ports %}
-{#-     webapps to protect: the switch waits for the new release to answer (pillar health_check decides otherwise) #}
-    - health_check: True
-{%-     endif %}
-{%-     if vumi.sls.layout %}
+{%-       if sls.layout %}
     - require:
-      - file: vumi-{{ env }}-layout
+      - vumi: vumi-{{ env }}-layout
+{%-       endif %}
 {%-     endif %}
-{%-   endif %}
-{%-   if vumi.sls.webapp and vumi.settings.ports %}
+{%-     if sls.webapp %}
 
+{#- the environment's configured ports (none: nothing to run) #}
 vumi-{{ env }}-webapp:
   vumi.webapp_running:
     - name: {{ env | json }}
-    - ports: {{ vumi.settings.ports | json }}
-{%-     if vumi.sls.deploy %}
+{%-       if sls.deploy %}
     - watch:
       - vumi: vumi-{{ env }}-deployed
+{%-       endif %}
 {%-     endif %}
-{%-   endif %}
+{%-   endfor %}
 {%- endif %}

@@ -1,19 +1,23 @@
-{#- nginx in front of the webapp ports of the environment named by pillar `branch`:
+{#- nginx in front of the webapp ports of an environment:
       salt 'web*' state.apply vumi.nginx pillar='{"branch": "staging"}'
-    (`vumi` includes it when pillar vumi:nginx:enabled is true). The site points
-    at the `current` link, so a deploy changes nothing here; only other ports,
-    names or timeouts do, and then nginx is reloaded. Settings: defaults.yaml. -#}
+    (`vumi` includes it for the environments whose vumi:nginx:enabled is true). The
+    site points at the `current` link, so a deploy changes nothing here; only other
+    ports, names or timeouts do, and then nginx is reloaded. Settings: defaults.yaml.
+    The site needs the environment's merged settings (app, host, ports), so unlike
+    init.sls this file asks the host for them (vumi.settings) while it renders. -#}
 {%- from "vumi/map.jinja" import vumi with context %}
-{%- if vumi.env %}
-{%-   set env = vumi.env %}
-{%-   set nginx = vumi.nginx %}
-{%-   set name = vumi.settings.app ~ "-" ~ salt["vumi.env_dirname"](env) %}
+{%- set sites = [] %}
+{%- for env in vumi.envs if vumi.env or vumi.of[env].nginx.enabled %}
+{%-   set nginx = vumi.of[env].nginx %}
+{%-   set settings = salt["vumi.settings"](env) %}
+{%-   set name = settings.app ~ "-" ~ salt["vumi.env_dirname"](env) %}
 {%-   set site = nginx.conf_dir.rstrip("/") ~ "/" ~ name ~ ".conf" %}
+{%-   set current = salt["vumi.paths"](env).current %}
 {#-   a wildcard listen address is reached on loopback #}
-{%-   set host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(vumi.settings.host, vumi.settings.host) %}
+{%-   set host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host) %}
 {%-   set host = "[" ~ host ~ "]" if ":" in host and not host.startswith("[") else host %}
 {%-   set servers = [] %}
-{%-   for port in vumi.settings.ports %}
+{%-   for port in settings.ports %}
 {%-     do servers.append(host ~ ":" ~ port) %}
 {%-   endfor %}
 {%-   set static = nginx.static %}
@@ -25,7 +29,7 @@
 {%-   set check = "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; "
                   ~ "printf 'pid %s/nginx.pid;\\nevents {}\\nhttp {\\n    include \"%s\";\\n}\\n' \"$d\" \"$1\" >\"$d/nginx.conf\"; "
                   ~ nginx.test_cmd ~ " -p \"$d/\" -c \"$d/nginx.conf\"" %}
-{%-   if not vumi.settings.ports %}
+{%-   if not settings.ports %}
 
 vumi-{{ env }}-nginx-site:
   test.fail_without_changes:
@@ -38,12 +42,6 @@ vumi-{{ env }}-nginx-site:
     - name: {{ site | json }}
     - comment: {{ ("invalid vumi:nginx:static " ~ nginx.static ~ ": must be a folder inside the code") | json }}
 {%-   else %}
-{%-     if nginx.manage_package %}
-
-vumi-nginx-installed:
-  pkg.installed:
-    - name: {{ nginx.package | json }}
-{%-     endif %}
 
 vumi-{{ env }}-nginx-site:
   file.managed:
@@ -59,26 +57,36 @@ vumi-{{ env }}-nginx-site:
         server_name: {{ nginx.server_name | string | json }}
         connect_timeout: {{ nginx.connect_timeout | string | json }}
         static_url: {{ nginx.static_url | json }}
-        static_dir: {{ ((vumi.paths.current ~ "/" ~ vumi.settings.app ~ "/" ~ static ~ "/") if static else none) | json }}
+        static_dir: {{ ((current ~ "/" ~ settings.app ~ "/" ~ static ~ "/") if static else none) | json }}
 {%-     if nginx.test_cmd %}
     - check_cmd: {{ ("/bin/sh -c " ~ (check | quote) ~ " vumi-nginx-check") | json }}
 {%-     endif %}
-{%-     if nginx.manage_package %}
+{%-     if vumi.nginx.manage_package %}
     - require:
       - pkg: vumi-nginx-installed
 {%-     endif %}
-{%-     if nginx.manage_service %}
+{%-     do sites.append("vumi-" ~ env ~ "-nginx-site") %}
+{%-   endif %}
+{%- endfor %}
+{%- if sites and vumi.nginx.manage_package %}
+
+vumi-nginx-installed:
+  pkg.installed:
+    - name: {{ vumi.nginx.package | json }}
+{%- endif %}
+{%- if sites and vumi.nginx.manage_service %}
 
 vumi-nginx-running:
   service.running:
-    - name: {{ nginx.service | json }}
+    - name: {{ vumi.nginx.service | json }}
     - enable: True
     - reload: True
     - watch:
-      - file: vumi-{{ env }}-nginx-site
-{%-     endif %}
-{%-   endif %}
-{%- else %}
+{%-   for site in sites %}
+      - file: {{ site | json }}
+{%-   endfor %}
+{%- endif %}
+{%- if not vumi.envs %}
 
 vumi-nginx-environment-missing:
   test.fail_without_changes:

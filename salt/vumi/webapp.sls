@@ -16,5 +16,4 @@ vumi-environment-missing:
 vumi-{{ vumi.env }}-webapp:
   vumi.webapp_running:
     - name: {{ vumi.env | json }}
-    - ports: {{ vumi.settings.ports | json }}
 {%- endif %}

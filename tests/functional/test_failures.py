@@ -187,20 +187,21 @@ def test_health_gate_checks_the_new_release_on_a_spare_port_and_leaves_nothing_r
     TALLY.add("health gate", current_problem(env.root) is None, "TCP connect: switched")
 
 
-def test_the_sls_turns_the_health_check_on_when_there_are_ports(env):
-    state = env.loaders.loaders.modules.state
+def test_the_state_turns_the_health_check_on_when_there_are_ports(env):
+    states = env.loaders.loaders.states
 
-    def deployed_args(**settings):
+    def deploy_comment(**settings):
         env.use(**settings)
-        rendered = state.show_sls("vumi", pillar={"branch": ENV})
-        assert isinstance(rendered, dict), rendered
-        args = rendered[f"vumi-{ENV}-deployed"]["vumi"]
-        return {k: v for arg in args if isinstance(arg, dict) for k, v in arg.items()}
+        sample.commit_file(env.repo, ENV, "sampleapp/note.py", f"NOTE = {settings!r}\n", "a change to deploy")
+        ret = states.vumi.deployed(ENV)
+        assert ret["result"] is True, ret
+        return ret["comment"]
 
-    assert deployed_args(ports=[8000], health_check=None)["health_check"] is True
-    assert "health_check" not in deployed_args(ports=[], health_check=None)  # nothing to protect
-    assert "health_check" not in deployed_args(ports=[8000], health_check=False)  # pillar says no
-    assert "health_check" not in deployed_args(ports=[8000], health_check=True)  # already on
+    port = _free_port()  # not running: the gate starts its own webapp on a spare port
+    assert "health check passed" in deploy_comment(ports=[port], health_check=None)
+    assert "health check passed" not in deploy_comment(ports=[], health_check=None)  # nothing to protect
+    assert "health check passed" not in deploy_comment(ports=[port], health_check=False)  # pillar says no
+    assert "health check passed" in deploy_comment(ports=[port], health_check=True)
 
 
 def test_the_sls_keeps_the_old_webapp_serving_when_the_new_release_is_unhealthy(env):

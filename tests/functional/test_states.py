@@ -490,7 +490,39 @@ def test_sls_without_a_usable_branch_says_so(loaders, vumi_config, base_dir):
         if not test:
             assert "Name the environment" in state.comment and hint in state.comment, state.raw
 
-    # a branch that would escape the base dir: the SLS does not render, and says why
+    # a branch that would escape the base dir: every state fails, the first says why
+    # (the SLS renders from pillar alone; the module validates when the states run)
     ret = loaders.modules.state.apply("vumi", pillar=sls_pillar(vumi_config, [], branch="../etc"))
-    assert ret.errors and "invalid environment '../etc'" in ret.errors[0], ret.raw
+    assert not ret.errors and all(state.result is False for state in ret), ret.raw
+    assert "invalid environment '../etc'" in list(ret)[0].comment, ret.raw
     assert snapshot(base_dir) == ({}, None)
+
+
+def test_without_branch_every_environment_in_vumi_deploy_converges(loaders, repo, base_dir, vumi_config):
+    """state.highstate's case: no pillar branch; the host's vumi:deploy names its environments."""
+    pillar = sls_pillar(vumi_config, [], branch=None)
+    pillar["vumi"]["deploy"] = [ENV, "production"]
+    for test in (True, False):
+        ret = loaders.modules.state.apply("vumi", pillar=pillar, test=test)
+        assert not ret.errors, ret.errors
+        ids = {state.full_return["__id__"]: state for state in ret}
+        assert {f"vumi-{env}-{kind}" for env in (ENV, "production") for kind in ("layout", "deployed", "webapp")} == set(ids)
+        assert all(state.result is not False for state in ids.values()), ret.raw
+        if test:
+            assert ids[f"vumi-{ENV}-deployed"].result is None and ids["vumi-production-deployed"].result is None
+            assert snapshot(base_dir) == ({}, None)  # predicted, nothing made
+    for env in (ENV, "production"):
+        assert current_target(base_dir, env) == f"releases/{release_dirs(base_dir, env)[-1]}"
+        assert loaders.modules.vumi.current(env)["revision"] == tip(repo, env)
+    # again: nothing to do in either
+    for state in loaders.modules.state.apply("vumi", pillar=pillar):
+        assert_unchanged(state)
+
+
+@pytest.mark.parametrize("deploy", ["staging", {"staging": True}, 5])
+def test_a_vumi_deploy_that_is_not_a_list_is_refused_whole(loaders, vumi_config, base_dir, deploy):
+    pillar = sls_pillar(vumi_config, [], branch=None)
+    pillar["vumi"]["deploy"] = deploy
+    (state,) = list(loaders.modules.state.apply("vumi", pillar=pillar))
+    assert state.result is False and "must be a list of environment names" in state.comment, state.raw
+    assert snapshot(base_dir) == ({}, None)  # a string is not split into s, t, a, ...
