@@ -9,10 +9,11 @@ import shutil
 
 from salt.exceptions import CommandExecutionError
 
-log = logging.getLogger(__name__)
 import vumi_files
 import vumi_releases
 import vumi_settings
+
+log = logging.getLogger(__name__)
 
 
 def run(salt, cmd, what, cwd=None, runas=None, env=None):

@@ -12,9 +12,10 @@ import time
 
 from salt.exceptions import CommandExecutionError
 
-log = logging.getLogger(__name__)
 import vumi_files
 import vumi_webapp
+
+log = logging.getLogger(__name__)
 
 
 def health(d):

@@ -12,8 +12,9 @@ import time
 
 from salt.exceptions import CommandExecutionError
 
-log = logging.getLogger(__name__)
 import vumi_files
+
+log = logging.getLogger(__name__)
 
 
 def record(paths, action, **fields):

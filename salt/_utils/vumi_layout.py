@@ -6,11 +6,12 @@ import logging
 import os
 import shutil
 
-log = logging.getLogger(__name__)
 import vumi_files
 import vumi_health
 import vumi_history
 import vumi_releases
+
+log = logging.getLogger(__name__)
 
 
 def layout(d):

@@ -5,8 +5,9 @@ Every path of one environment, computed here and nowhere else.
 import logging
 import os
 
-log = logging.getLogger(__name__)
 import vumi_settings
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "release.json"
 
@@ -24,6 +25,7 @@ class Paths:
         self.logs = os.path.join(self.shared, "logs")
         self.tmp = os.path.join(self.shared, "tmp")
         self.pip_cache = os.path.join(self.tmp, "cache", "pip")
+        self.uv_cache = os.path.join(self.tmp, "cache", "uv")
         self.pids = os.path.join(self.tmp, "pids")
         self.repositories = os.path.join(self.shared, "repositories")
         self.repo = os.path.join(self.repositories, cfg["app"])
@@ -36,7 +38,7 @@ class Paths:
         """The folders ``layout`` makes, parents first."""
         return [
             self.root, self.releases, self.shared, self.logs, self.repositories,
-            self.tmp, os.path.join(self.tmp, "cache"), self.pip_cache, self.pids,
+            self.tmp, os.path.join(self.tmp, "cache"), self.pip_cache, self.uv_cache, self.pids,
             self.virtualenvs,
         ]  # fmt: skip
 

@@ -12,7 +12,6 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-log = logging.getLogger(__name__)
 import vumi_files
 import vumi_git
 import vumi_health
@@ -23,6 +22,8 @@ import vumi_settings
 import vumi_settings_file
 import vumi_shared
 import vumi_virtualenv
+
+log = logging.getLogger(__name__)
 
 
 class Deploy:
@@ -109,6 +110,7 @@ def summary(d, action):
         "current": d.paths.current,
         "requirements_hash": d.req_hash,
         "virtualenv_built": d.venv_built,
+        "installer": vumi_virtualenv.built_with(d.paths.venv(d.release)) if d.release else None,
         "health": d.health,
         "timings": d.timings,
         "action": action,

@@ -13,12 +13,13 @@ import shutil
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-log = logging.getLogger(__name__)
 import vumi_files
 import vumi_history
 import vumi_settings
 import vumi_settings_file
 import vumi_virtualenv
+
+log = logging.getLogger(__name__)
 
 
 def read_manifest(paths, name):
@@ -113,6 +114,7 @@ def write_release_manifest(d):
         "requirements_hash": d.req_hash,
         "settings_hash": d.settings_hash,
         "virtualenv": os.path.realpath(d.paths.venv(d.release)),
+        "installer": vumi_virtualenv.built_with(d.paths.venv(d.release)),
         "deployed_at": vumi_files.now().isoformat(timespec="seconds"),
         "deployed_by": getpass.getuser(),
     })  # fmt: skip

@@ -29,6 +29,7 @@ DEFAULTS = {
     "host": "127.0.0.1",
     "python": None,  # interpreter for virtualenvs; None: the one running Salt
     "reuse_virtualenvs": True,
+    "installer": "uv",  # uv where the deploy user can run it, else pip; "pip": always pip
     "shared_dirs": ["logs", "tmp"],
     "settings_module": "environments.{env}",
     "webapp_command": (
@@ -193,6 +194,8 @@ def validate(cfg):
         raise SaltInvocationError(
             f"invalid health_path {path!r}: must be a URL path starting with '/' (no spaces), or null"
         )
+    if cfg["installer"] not in ("uv", "pip"):
+        raise SaltInvocationError(f"invalid installer {cfg['installer']!r}: must be uv or pip")
     ports = cfg["ports"]
     cfg["ports"] = parse_ports(ports if isinstance(ports, (list, tuple)) else [ports])
     cfg["stop_signal"] = signal_name(cfg["stop_signal"])

@@ -8,9 +8,10 @@ import os
 
 from salt.exceptions import CommandExecutionError
 
-log = logging.getLogger(__name__)
 import vumi_files
 import vumi_settings
+
+log = logging.getLogger(__name__)
 
 
 def settings_file(cfg):

@@ -6,8 +6,9 @@ import logging
 import os
 import shutil
 
-log = logging.getLogger(__name__)
 import vumi_files
+
+log = logging.getLogger(__name__)
 
 
 def link_shared(d):

@@ -2,6 +2,7 @@
 Stage ``virtualenv``: requirements hashing, and virtualenvs built once per hash and shared by releases.
 """
 
+import glob
 import hashlib
 import logging
 import os
@@ -10,12 +11,24 @@ import sys
 
 from salt.exceptions import CommandExecutionError
 
-log = logging.getLogger(__name__)
 import vumi_files
+import vumi_git
 import vumi_history
 import vumi_releases
 
+log = logging.getLogger(__name__)
+
 VENV_MARKER = ".vumi-complete"
+
+
+def built_with(venv):
+    """The installer that built a virtualenv (``uv``, ``pip``), from its marker; None if unknown."""
+    try:
+        with open(os.path.join(venv, VENV_MARKER), encoding="utf-8") as fh:
+            words = fh.read().split()
+    except OSError:
+        return None
+    return words[1] if len(words) > 1 else "pip"
 
 
 def venv_ok(venv):
@@ -25,8 +38,6 @@ def venv_ok(venv):
 
 
 INCLUDE_OPTS = ("-r", "--requirement", "-c", "--constraint")
-
-
 PATH_OPTS = ("-f", "--find-links", "-e", "--editable")
 
 
@@ -42,6 +53,53 @@ def hash_path(digest, path):
                 hash_path(digest, os.path.join(top, name))
 
 
+def _local(path, value, code):
+    """A local path named in requirements file ``path``, resolved as pip does: near the file, else in ``code``."""
+    value = value[5:] if value.startswith("file:") else value
+    near = os.path.join(os.path.dirname(path), value)
+    return near if os.path.exists(near) else os.path.join(code, value)
+
+
+def walk_requirements(code, top, visit):
+    """
+    Read requirements file ``top`` (relative to ``code``) and the files it
+    includes (-r/-c), each once, and call ``visit(path, text, refs)``, where
+    ``refs`` lists (line number, word index, option, local path) for every
+    include and every local path installed from (-f, -e, ./pkg, /pkg, file:).
+    """
+    seen = set()
+
+    def read(path):
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        if not os.path.isfile(path):
+            raise CommandExecutionError(f"requirements file {os.path.relpath(path, code)} not found in {code}")
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        refs = []
+        for number, line in enumerate(text.splitlines()):
+            words = line.split("#", 1)[0].split()
+            for i, word in enumerate(words):
+                opt, eq, value = word.partition("=")
+                if opt in INCLUDE_OPTS + PATH_OPTS:
+                    if not eq:
+                        i, value = i + 1, words[i + 1] if i + 1 < len(words) else ""
+                elif i == 0 and word.startswith((".", "/", "file:")):
+                    opt, value = None, word
+                else:
+                    continue
+                if value and "://" not in value:
+                    refs.append((number, i, opt, _local(path, value, code)))
+        visit(path, text, refs)
+        for _, _, opt, target in refs:
+            if opt in INCLUDE_OPTS:
+                read(target)
+
+    read(os.path.join(code, top))
+
+
 def requirements_hash(cfg, code):
     """
     What a virtualenv is built from: the requirements file, the files it
@@ -50,40 +108,14 @@ def requirements_hash(cfg, code):
     # the interpreter itself, not the name it was reached by: salt-call (python3) and
     # the minion (python) must key one interpreter's virtualenvs alike
     digest = hashlib.sha256(os.path.realpath(interpreter(cfg)).encode() + sys.version.encode())
-    seen = set()
 
-    def add_file(path):
-        real = os.path.realpath(path)
-        if real in seen:
-            return
-        seen.add(real)
-        if not os.path.isfile(path):
-            raise CommandExecutionError(
-                f"requirements file {os.path.relpath(path, code)} not found in {code}"
-            )
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+    def visit(path, text, refs):
         digest.update(text.encode())
-        for line in text.splitlines():
-            words = line.split("#", 1)[0].split()
-            for i, word in enumerate(words):
-                opt, _, value = word.partition("=")
-                if opt in INCLUDE_OPTS + PATH_OPTS:
-                    value = value or (words[i + 1] if i + 1 < len(words) else "")
-                elif i == 0 and word.startswith((".", "/", "file:")):
-                    value = word
-                else:
-                    continue
-                value = value[5:] if value.startswith("file:") else value
-                # pip resolves relative paths against the file, else the working folder
-                near = os.path.join(os.path.dirname(path), value)
-                target = near if os.path.exists(near) else os.path.join(code, value)
-                if opt in INCLUDE_OPTS:
-                    add_file(target)
-                else:
-                    hash_path(digest, target)
+        for _, _, opt, target in refs:
+            if opt not in INCLUDE_OPTS:
+                hash_path(digest, target)
 
-    add_file(os.path.join(code, cfg["requirements"]))
+    walk_requirements(code, cfg["requirements"], visit)
     return digest.hexdigest()[:16]
 
 
@@ -91,10 +123,67 @@ def interpreter(cfg):
     return cfg["python"] or sys.executable
 
 
+def uv_binary(salt, cfg, runas):
+    """uv, when ``installer: uv`` and the deploy user can run it (beside the interpreter, or on PATH); else None."""
+    if cfg["installer"] != "uv":
+        return None
+    for candidate in (os.path.join(os.path.dirname(interpreter(cfg)), "uv"), shutil.which("uv")):
+        if candidate and os.access(candidate, os.X_OK):
+            res = salt["cmd.run_all"]([candidate, "--version"], runas=runas, python_shell=False,
+                                      output_loglevel="quiet", ignore_retcode=True)  # fmt: skip
+            if res["retcode"] == 0:
+                return candidate
+    return None
+
+
+def uv_requirements(code, top, dest):
+    """
+    The requirements for uv, which takes no relative local paths in a file: a
+    copy of each file under ``dest`` with every local path made absolute as pip
+    would resolve it, includes pointing at their copies. Returns the top copy.
+    """
+    copies = {}
+
+    def visit(path, text, refs):
+        lines = text.splitlines()
+        for number, i, opt, target in refs:
+            words = lines[number].split("#", 1)[0].split()
+            absolute = os.path.abspath(target)
+            if opt in INCLUDE_OPTS:
+                absolute = copy_of(target)
+            words[i] = f"{opt}={absolute}" if opt and words[i].startswith(opt + "=") else absolute
+            lines[number] = " ".join(words)
+        copies[os.path.realpath(path)] = "\n".join(lines) + "\n"
+
+    def copy_of(path):
+        return os.path.join(dest, hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:12] + ".txt")
+
+    walk_requirements(code, top, visit)
+    os.makedirs(dest, exist_ok=True)
+    for real, text in copies.items():
+        with open(copy_of(real), "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return copy_of(os.path.join(code, top))
+
+
 def build_venv(salt, cfg, paths, venv, code, runas):
-    """Create a virtualenv at ``venv`` and install the requirements; mark it complete last."""
+    """
+    Create a virtualenv at ``venv`` and install the requirements, with uv where
+    it can run, else pip; mark it complete last. Returns the installer used.
+    """
     if os.path.lexists(venv):
         shutil.rmtree(venv)  # half-built by an earlier, interrupted deploy
+    uv = uv_binary(salt, cfg, runas)
+    if uv is not None:
+        _build_with_uv(salt, cfg, paths, venv, code, runas, uv)
+    else:
+        _build_with_pip(salt, cfg, paths, venv, code, runas)
+    installer = "uv" if uv else "pip"
+    vumi_files.write_atomic(os.path.join(venv, VENV_MARKER), f"{vumi_files.now().isoformat()} {installer}\n", runas)
+    return installer
+
+
+def _build_with_pip(salt, cfg, paths, venv, code, runas):
     made = salt["virtualenv.create"](venv, venv_bin=interpreter(cfg), user=runas)
     if isinstance(made, dict) and made.get("retcode"):  # it returns a failure instead of raising
         raise CommandExecutionError(f"creating the virtualenv {venv} failed: {vumi_files.output_tail(made)}")
@@ -108,7 +197,19 @@ def build_venv(salt, cfg, paths, venv, code, runas):
     )
     if not isinstance(res, dict) or res.get("retcode") != 0:
         raise CommandExecutionError(f"pip install -r {cfg['requirements']} failed: {vumi_files.output_tail(res)}")
-    vumi_files.write_atomic(os.path.join(venv, VENV_MARKER), vumi_files.now().isoformat() + "\n", runas)
+
+
+def _build_with_uv(salt, cfg, paths, venv, code, runas, uv):
+    # uv keeps its own settings out: no Python downloads, no progress bars in the log
+    env = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "UV_CACHE_DIR": paths.uv_cache}
+    vumi_git.run(salt, [uv, "venv", "--quiet", "--python", interpreter(cfg), venv],
+                 f"creating the virtualenv {venv} with uv", cwd=code, runas=runas, env=env)  # fmt: skip
+    requirements = uv_requirements(code, cfg["requirements"], os.path.join(venv, ".vumi-requirements"))
+    for path in (os.path.dirname(requirements), *glob.glob(os.path.join(os.path.dirname(requirements), "*"))):
+        vumi_files.chown(path, runas)
+    vumi_git.run(salt, [uv, "pip", "install", "--quiet", "--python", os.path.join(venv, "bin", "python"),
+                        "--requirement", requirements],
+                 f"uv pip install -r {cfg['requirements']}", cwd=code, runas=runas, env=env)  # fmt: skip
 
 
 def ensure_venv(salt, cfg, paths, name, runas):

@@ -16,12 +16,13 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-log = logging.getLogger(__name__)
 import vumi_files
 import vumi_history
 import vumi_releases
 import vumi_settings
 import vumi_virtualenv
+
+log = logging.getLogger(__name__)
 
 
 def proc_start_time(pid):

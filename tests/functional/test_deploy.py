@@ -490,8 +490,9 @@ def test_execute_in_a_named_older_release(vumi, repo, base_dir, deployed):
     assert out["stdout"].strip() == deployed["revision"]
 
 
+@pytest.mark.parametrize("installer", ["uv", "pip"])
 def test_requirements_change_builds_a_new_virtualenv_and_cleanup_drops_the_old(
-    vumi, repo, base_dir, deployed
+    vumi, repo, base_dir, deployed, installer
 ):
     root = env_root(base_dir)
     name = deployed["release"]
@@ -511,14 +512,20 @@ def test_requirements_change_builds_a_new_virtualenv_and_cleanup_drops_the_old(
     assert updated["requirements_changed"] is True
     assert vumi.current("staging")["requirements_changed"] is True
 
-    rebuilt = vumi.create_virtualenv("staging")
+    rebuilt = vumi.create_virtualenv("staging", installer=installer)
     assert rebuilt["built"] is True
     assert rebuilt["release"] == name
     assert rebuilt["virtualenv"] != old_venv
     assert os.path.realpath(root / "releases" / name / "ve") == rebuilt["virtualenv"]
     assert run_python(venv_python(base_dir, name), "import vumi_extra, vumi_sample_lib; print(vumi_extra.VERSION)") == "1.0"
-    cached = [p.name for p in (root / "shared" / "tmp" / "cache" / "pip").rglob("*.whl")]
-    assert cached == ["vumi_extra-1.0-py3-none-any.whl"]  # pip's cache is the shared one
+    cache = root / "shared" / "tmp" / "cache"
+    if installer == "pip":
+        cached = [p.name for p in (cache / "pip").rglob("*.whl")]
+        assert cached == ["vumi_extra-1.0-py3-none-any.whl"]  # pip's cache is the shared one
+        assert (pathlib.Path(rebuilt["virtualenv"]) / "bin" / "pip").exists()
+    else:  # uv's cache is the shared one, and uv built the virtualenv (it gives it no pip)
+        assert any((cache / "uv").rglob("vumi_extra*")), sorted(p.name for p in (cache / "uv").rglob("*"))[:20]
+        assert not (pathlib.Path(rebuilt["virtualenv"]) / "bin" / "pip").exists()
     man = manifest(base_dir, name)
     assert man["requirements_hash"] == rebuilt["requirements_hash"]
     assert man["virtualenv"] == rebuilt["virtualenv"]
