@@ -13,7 +13,14 @@ built here; a masterless Salt config like scripts/demo's; and measures with
 1. a fresh deploy (new requirements: a new virtualenv is built);
 2. a code-only redeploy (new commit, same requirements), and its ratio to (1);
 3. a no-op ``state.apply vumi`` against ``test.ping``, and their ratio;
-4. the disk a code-only release adds, against the checkout's size.
+4. the disk a code-only release adds, against the checkout's size;
+5. against plain Salt (``git.latest`` + ``virtualenv.managed`` + ``file.symlink``,
+   the same app, paired runs): a fresh ``state.apply vumi`` with uv, and with pip;
+6. a no-op ``state.apply vumi`` against a one-state SLS (``test.succeed_without_changes``),
+   Salt's own floor for any state run;
+7. a code-only ``state.apply vumi`` against its floor: the one-state SLS plus the raw
+   git work (fetch, ``clone --shared``, checkout, switch by rename);
+8. deploy #50 of an environment against deploy #1 (time in the module).
 
 Medians of ``--runs`` runs. A benchmark, not a test: it prints, it asserts nothing.
 """
@@ -97,14 +104,19 @@ class Bench:
                 "base_dir": str(work / "srv"),
                 "repo_url": str(self.upstream),
                 "user": os.environ.get("USER") or subprocess.check_output(["id", "-un"], text=True).strip(),
-                "environments": {"staging": {"ports": [self.port]}},
+                # bench: the same branch without webapps, for the state runs compared with plain Salt
+                "environments": {"staging": {"ports": [self.port]}, "bench": {"branch": "staging", "ports": []}},
             }})  # fmt: skip
         )
+        sls = work / "sls"
+        sls.mkdir()
+        (sls / "one.sls").write_text("one:\n  test.succeed_without_changes: []\n")
+        (sls / "plain.sls").write_text(PLAIN_SLS)
         (self.config / "minion").write_text(json.dumps({
             "file_client": "local",
             "root_dir": str(work / "salt-root"),
             "log_file": str(work / "salt.log"),
-            "file_roots": {"base": [str(REPO / "salt")]},
+            "file_roots": {"base": [str(REPO / "salt"), str(sls)]},
             "pillar_roots": {"base": [str(pillar)]},
             "module_dirs": [str(REPO / "salt" / "_modules")],
             "states_dirs": [str(REPO / "salt" / "_states")],
@@ -131,6 +143,54 @@ class Bench:
     def deploy(self):
         elapsed, ret = self.salt_call("vumi.deploy", "staging")
         return elapsed, sum(ret["timings"].values()), ret
+
+
+PLAIN_SLS = """\
+{#- the plain-Salt way to deploy the same app: a clone, a virtualenv, a link #}
+{%- set d = pillar["plain_dir"] %}
+plain-code:
+  git.latest:
+    - name: {{ pillar["plain_repo"] }}
+    - target: {{ d }}/code
+    - rev: staging
+    - branch: staging
+plain-venv:
+  virtualenv.managed:
+    - name: {{ d }}/ve
+    - requirements: {{ d }}/code/config/requirements.pip
+    - cwd: {{ d }}/code
+    - pip_cache_dir: {{ pillar["plain_cache"] }}
+    - require:
+      - git: plain-code
+plain-current:
+  file.symlink:
+    - name: {{ pillar["plain_current"] }}
+    - target: {{ d }}
+    - force: True
+    - require:
+      - virtualenv: plain-venv
+"""
+
+
+def apply(bench, sls, pillar):
+    return bench.salt_call("state.apply", sls, "pillar=" + json.dumps(pillar))
+
+
+def raw_git_work(work, upstream, n):
+    """The git a code-only deploy cannot avoid, timed: fetch, clone --shared, checkout, switch."""
+    cache = work / "raw" / "cache"
+    if not cache.exists():
+        subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(upstream), str(cache)], check=True)
+    started = time.monotonic()
+    run = lambda *a, cwd=None: subprocess.run(a, cwd=cwd, check=True, capture_output=True)  # noqa: E731
+    run("git", "fetch", "--quiet", "--prune", "--force", "origin", "+refs/heads/*:refs/remotes/origin/*", cwd=cache)
+    release = work / "raw" / f"release{n}"
+    run("git", "clone", "--quiet", "--shared", "--no-checkout", "--template=", str(cache), str(release))
+    run("git", "checkout", "--quiet", "--detach", "origin/staging", cwd=release)
+    tmp = work / "raw" / "current.tmp"
+    os.symlink(release, tmp)
+    os.replace(tmp, work / "raw" / "current")
+    return time.monotonic() - started
 
 
 def median(values):
@@ -173,6 +233,39 @@ def main():
         releases_before = sorted(os.listdir(bench.root / "releases"))
         bench.salt_call("state.apply", "vumi", 'pillar={"branch": "staging"}')
         assert sorted(os.listdir(bench.root / "releases")) == releases_before
+        one = [apply(bench, "one", {})[0] for _ in range(max(args.runs, 5))]
+
+        # 5. fresh state runs, paired: ours with uv, ours with pip, plain Salt (pip)
+        ours_uv, ours_pip, plain = [], [], []
+        for run in range(args.runs):
+            for installer, times in (("uv", ours_uv), ("pip", ours_pip)):
+                req = (bench.upstream / "config" / "requirements.pip").read_text()
+                bench.commit("config/requirements.pip", req + f"# {installer} {run}\n")
+                wall, ret = apply(bench, "vumi", {"branch": "bench", "vumi": {"installer": installer}})
+                (deployed,) = [r for k, r in ret.items() if "deployed" in k]
+                assert deployed["result"] and deployed["changes"], deployed
+                times.append(wall)
+            wall, ret = apply(bench, "plain", {
+                "plain_dir": str(work / "plain" / str(run)), "plain_repo": str(bench.upstream),
+                "plain_cache": str(work / "plain-cache"), "plain_current": str(work / "plain-current"),
+            })  # fmt: skip
+            assert all(r["result"] for r in ret.values()), ret
+            plain.append(wall)
+
+        # 7. code-only state runs against one-state SLS + raw git
+        code_apply, floor = [], []
+        for run in range(args.runs):
+            bench.commit("sampleapp/bench_note.py", f"NOTE = 'apply {run}'\n")
+            code_apply.append(apply(bench, "vumi", {"branch": "bench"})[0])
+            floor.append(median(one) + raw_git_work(work, bench.upstream, run))
+
+        # 8. fifty code-only deploys: the first five against the last five (time in the module)
+        history = []
+        for run in range(50):
+            bench.commit("sampleapp/bench_note.py", f"NOTE = 'history {run}'\n")
+            history.append(bench.salt_call("vumi.deploy", "bench")[1]["timings"])
+        first5 = median([sum(t.values()) for t in history[:5]])
+        last5 = median([sum(t.values()) for t in history[-5:]])
     finally:
         with_webapp = bench.root / "shared" / "tmp" / "pids"
         if with_webapp.is_dir() and any(with_webapp.iterdir()):
@@ -190,6 +283,18 @@ def main():
         ("4. disk added by a code-only release", f"{median(release_kb)} KiB", ""),
         ("   checkout size (files, no .git)", f"{checkout_kb} KiB", ""),
         ("   ratio release/checkout", f"{median(release_kb) / checkout_kb:.2f}", ""),
+        ("5. fresh state.apply vumi, uv", f"{median(ours_uv):.2f} s", ""),
+        ("   fresh state.apply vumi, pip", f"{median(ours_pip):.2f} s", ""),
+        ("   plain Salt (git.latest+virtualenv.managed)", f"{median(plain):.2f} s", ""),
+        ("   ratio ours(uv)/plain  (goal <= 0.5)", f"{median(ours_uv) / median(plain):.2f}", ""),
+        ("   ratio ours(pip)/plain (goal <= 1.0)", f"{median(ours_pip) / median(plain):.2f}", ""),
+        ("6. one-state SLS apply", f"{median(one):.2f} s", ""),
+        ("   ratio no-op apply/one-state (goal <= 1.1)", f"{median(noop) / median(one):.2f}", ""),
+        ("7. code-only state.apply vumi", f"{median(code_apply):.2f} s", ""),
+        ("   floor: one-state apply + raw git", f"{median(floor):.2f} s", ""),
+        ("   ratio code-only/floor (goal <= 1.2)", f"{median(code_apply) / median(floor):.2f}", ""),
+        ("8. deploy #1-5 / #46-50, in module", f"{first5:.3f} s", f"{last5:.3f} s"),
+        ("   ratio #50/#1 (goal <= 1.1)", f"{last5 / first5:.2f}", ""),
     ]  # fmt: skip
     real = f" + {', '.join(bench.real)} (with dependencies)" if bench.real else ""
     print(f"vumi-salt deploy benchmark: {args.runs} runs each (medians), {args.packages} generated packages"
