@@ -20,7 +20,10 @@ built here; a masterless Salt config like scripts/demo's; and measures with
    Salt's own floor for any state run;
 7. a code-only ``state.apply vumi`` against its floor: the one-state SLS plus the raw
    git work (fetch, ``clone --shared``, checkout, switch by rename);
-8. deploy #50 of an environment against deploy #1 (time in the module).
+8. deploy #50 of an environment against deploy #1 (time in the module);
+9. salt-ssh, two hosts on loopback (a real sshd, as the salt-ssh tests start it): a
+   no-op ``state.apply vumi`` against a one-state SLS on the same roster, and the
+   SSH logins each makes per host (skipped without Debian's openssh-server).
 
 Medians of ``--runs`` runs. A benchmark, not a test: it prints, it asserts nothing.
 """
@@ -193,6 +196,42 @@ def raw_git_work(work, upstream, n):
     return time.monotonic() - started
 
 
+def ssh_ratios(work, runs):
+    """Section 9: salt-ssh no-op apply against a one-state SLS; None without sshd."""
+    sys.path[:0] = [str(REPO / "tests" / "integration"), str(REPO / "tests")]
+    import fleet_support  # noqa: E402  pylint: disable=import-outside-toplevel
+    import ssh_support  # noqa: E402  pylint: disable=import-outside-toplevel
+
+    if not ssh_support.SSHD.is_file():
+        return None
+    root = work / "ssh"
+    (root / "sls").mkdir(parents=True)
+    (root / "sls" / "one.sls").write_text("one:\n  test.succeed_without_changes: []\n")
+    ports = fleet_support.free_ports(2, {18123})
+    hosts = [fleet_support.make_host(root / f"web-{i}", f"web-{i}", {"staging": [ports[i]]}) for i in range(2)]
+    pillar = fleet_support.write_pillar(root / "pillar", hosts)
+    with ssh_support.running_sshd(root / "sshd") as sshd:
+        ctl = ssh_support.write_controller(root, sshd, [h.id for h in hosts], pillar)
+        ssh_support.sync_all(ctl)
+        vumi = """state.apply vumi pillar='{"branch": "staging"}'"""
+        try:
+            code, data, proc, _ = ssh_support.salt_ssh(ctl, "web-*", vumi)
+            if code != 0:
+                raise SystemExit(f"salt-ssh state.apply vumi failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            noop, one, noop_logins, one_logins = [], [], [], []
+            for _ in range(runs):
+                for line, times, logins in ((vumi, noop, noop_logins), ("state.apply one", one, one_logins)):
+                    before = ssh_support.sessions(sshd)
+                    code, data, proc, elapsed = ssh_support.salt_ssh(ctl, "web-*", line)
+                    assert code == 0 and all(not r["changes"] for d in data.values() for r in d.values()), data
+                    times.append(elapsed)
+                    logins.append((ssh_support.sessions(sshd) - before) / len(hosts))
+        finally:
+            ssh_support.salt_ssh(ctl, "web-*", "vumi.stop_webapp_cluster staging")
+    return {"noop": median(noop), "one": median(one), "noop_logins": median(noop_logins),
+            "one_logins": median(one_logins)}  # fmt: skip
+
+
 def median(values):
     return statistics.median(values)
 
@@ -201,6 +240,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--packages", type=int, default=6)
+    parser.add_argument("--no-ssh", dest="ssh", action="store_false", help="skip section 9 (salt-ssh)")
     parser.add_argument("--no-real", dest="real", action="store_false",
                         help="skip Django and Twisted (no registry needed)")
     args = parser.parse_args()
@@ -252,7 +292,10 @@ def main():
             assert all(r["result"] for r in ret.values()), ret
             plain.append(wall)
 
-        # 7. code-only state runs against one-state SLS + raw git
+        # 7. code-only state runs against one-state SLS + raw git; the first one, not
+        # timed, prunes the virtualenvs section 5 left (a cost of those deploys, not of this)
+        bench.commit("sampleapp/bench_note.py", "NOTE = 'warm-up'\n")
+        apply(bench, "vumi", {"branch": "bench"})
         code_apply, floor = [], []
         for run in range(args.runs):
             bench.commit("sampleapp/bench_note.py", f"NOTE = 'apply {run}'\n")
@@ -266,6 +309,7 @@ def main():
             history.append(bench.salt_call("vumi.deploy", "bench")[1]["timings"])
         first5 = median([sum(t.values()) for t in history[:5]])
         last5 = median([sum(t.values()) for t in history[-5:]])
+        ssh = ssh_ratios(work, max(args.runs, 3)) if args.ssh else None
     finally:
         with_webapp = bench.root / "shared" / "tmp" / "pids"
         if with_webapp.is_dir() and any(with_webapp.iterdir()):
@@ -296,6 +340,13 @@ def main():
         ("8. deploy #1-5 / #46-50, in module", f"{first5:.3f} s", f"{last5:.3f} s"),
         ("   ratio #50/#1 (goal <= 1.1)", f"{last5 / first5:.2f}", ""),
     ]  # fmt: skip
+    if ssh:
+        rows += [
+            ("9. salt-ssh no-op state.apply vumi, 2 hosts", f"{ssh['noop']:.2f} s",
+             f"{ssh['noop_logins']:g} SSH logins per host"),
+            ("   salt-ssh state.apply one-state SLS", f"{ssh['one']:.2f} s", f"{ssh['one_logins']:g} SSH logins per host"),
+            ("   ratio vumi/one-state (goal <= 1.5)", f"{ssh['noop'] / ssh['one']:.2f}", ""),
+        ]  # fmt: skip
     real = f" + {', '.join(bench.real)} (with dependencies)" if bench.real else ""
     print(f"vumi-salt deploy benchmark: {args.runs} runs each (medians), {args.packages} generated packages"
           f"{real}, {os.cpu_count()} cores")  # fmt: skip

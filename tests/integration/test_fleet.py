@@ -87,6 +87,10 @@ def test_sync_all_brings_our_modules_to_every_minion(synced, fleet):
     for minion_id, found in synced.data.items():
         assert "modules.vumi" in found["modules"], (minion_id, found)
         assert "states.vumi" in found["states"], (minion_id, found)
+        # and the module's helpers, which it imports from the utils folder beside its own
+        assert {f"utils.{name}" for name in ("vumi_settings", "vumi_pipeline", "vumi_webapp")} <= set(
+            found["utils"]
+        ), (minion_id, found)
 
 
 def test_apply_staging_deploys_and_serves_on_every_minion(staging_applied, fleet):

@@ -18,90 +18,30 @@ salt-ssh's output of the three commands.
 The tests are steps of one story and run in file order.
 """
 
-import contextlib
-import getpass
 import json
-import os
 import pathlib
-import shlex
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import salt.config
 import salt.output
+import ssh_support
 from fleet_support import REPO, free_ports, kill_leftover_webapps, make_host
 from helpers import http_get
 from saltfactories.utils import random_string
 
 pytestmark = pytest.mark.slow
 
-SSHD = pathlib.Path("/usr/sbin/sshd")
-BIN = REPO / ".venv" / "bin"
 TARGET = "web*"
 GREETING = "hello over ssh"
 
 
-# --------------------------------------------------------------------------
-# The web host: a real sshd on a loopback port
-# --------------------------------------------------------------------------
-
-
-def _keygen(path):
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
-
-
-def _wait_port(port, proc, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"sshd did not listen on 127.0.0.1:{port} within {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    if not SSHD.is_file():
+    if not ssh_support.SSHD.is_file():
         pytest.skip("needs Debian's openssh-server (.ci/run installs it)")
-    root = tmp_path_factory.mktemp("sshd")
-    _keygen(root / "hostkey")
-    _keygen(root / "userkey")
-    (root / "authorized_keys").write_text((root / "userkey.pub").read_text())
-    (port,) = free_ports(1)
-    config = root / "sshd_config"
-    config.write_text(
-        "\n".join([
-            "ListenAddress 127.0.0.1",
-            f"Port {port}",
-            f"HostKey {root / 'hostkey'}",
-            f"PidFile {root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {root / 'authorized_keys'}",
-            "StrictModes no",  # pytest's temp dirs are not laid out as sshd wants ~/.ssh
-            "UsePAM no",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            # scp (which salt-ssh sends the thin with) speaks SFTP since OpenSSH 9
-            "Subsystem sftp internal-sftp",
-        ]) + "\n"
-    )  # fmt: skip
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege separation dir
-    subprocess.run([str(SSHD), "-t", "-f", str(config)], check=True)
-    with open(root / "sshd.log", "wb") as log:
-        proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_port(port, proc)
-        host_key = (root / "hostkey.pub").read_text().split()[:2]
-        (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
-        yield {"port": port, "key": root / "userkey", "known_hosts": root / "known_hosts", "root": root}
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with ssh_support.running_sshd(tmp_path_factory.mktemp("sshd")) as sshd:
+        yield sshd
 
 
 # --------------------------------------------------------------------------
@@ -134,43 +74,9 @@ def _pillar(root, host):
 @pytest.fixture(scope="module")
 def controller(tmp_path_factory, sshd, host):
     root = tmp_path_factory.mktemp("salt-ssh")
-    state = root / "var"
-    # the interpreter this test runs on, not a pyenv shim: salt-ssh's shim cannot exec
-    # those, and the thin's compiled parts are built for this Python
-    python_dir = os.path.dirname(os.path.realpath(sys._base_executable))  # pylint: disable=protected-access
-    roster = root / "roster"
-    roster.write_text(
-        json.dumps({
-            host.id: {
-                "host": "127.0.0.1",
-                "port": sshd["port"],
-                "user": getpass.getuser(),
-                "priv": str(sshd["key"]),
-                "thin_dir": str(root / "thin"),
-                "set_path": f"{python_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            }
-        }, indent=2) + "\n"
-    )  # fmt: skip
-    conf = root / "conf"
-    conf.mkdir()
-    master = {
-        "root_dir": str(state),
-        "cachedir": str(state / "cache"),
-        "extension_modules": str(state / "extmods"),
-        "pki_dir": str(state / "pki"),
-        "sock_dir": str(state / "sock"),
-        "log_file": str(state / "master.log"),
-        "ssh_log_file": str(state / "ssh.log"),
-        # the throw-away host key is known: host keys are checked, none is written to ~/.ssh
-        "known_hosts_file": str(sshd["known_hosts"]),
-        "file_roots": {"base": [str(REPO / "salt")]},
-        "pillar_roots": {"base": [str(_pillar(root / "pillar", host))]},
-    }
-    (conf / "master").write_text(json.dumps(master, indent=2) + "\n")
-    # what installing salt-master would have made: salt-run writes its job there
-    (state / "cache" / "proc").mkdir(parents=True)
-    opts = salt.config.master_config(str(conf / "master"))
-    ctl = {"conf": conf, "roster": roster, "opts": dict(opts, color=False), "host": host}
+    ctl = ssh_support.write_controller(root, sshd, [host.id], _pillar(root / "pillar", host))
+    opts = salt.config.master_config(str(ctl["conf"] / "master"))
+    ctl.update(opts=dict(opts, color=False), host=host)
     try:
         yield ctl
     finally:
@@ -181,22 +87,13 @@ def controller(tmp_path_factory, sshd, host):
 
 
 def salt_ssh(ctl, command_line, timeout=300):
-    """
-    ``salt-ssh -c <conf> --roster-file <roster> 'web*' <command_line> --out=json``, run by
-    the shell so the quoting is the user's own: (exit code, this host's return, process).
-    """
-    line = " ".join([
-        shlex.quote(str(BIN / "salt-ssh")), "-c", shlex.quote(str(ctl["conf"])),
-        "--roster-file", shlex.quote(str(ctl["roster"])), "--out=json", shlex.quote(TARGET), command_line,
-    ])  # fmt: skip
-    started = time.monotonic()
-    proc = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=timeout, check=False)
-    print(f"[{time.monotonic() - started:5.1f}s] salt-ssh {command_line}")
+    """salt-ssh at ``web*``: (exit code, this host's return, process)."""
+    code, data, proc, elapsed = ssh_support.salt_ssh(ctl, TARGET, command_line, timeout)
+    print(f"[{elapsed:5.1f}s] salt-ssh {command_line}")
     try:
-        data = json.loads(proc.stdout)[ctl["host"].id]
-    except (ValueError, KeyError, TypeError):
-        data = None
-    return proc.returncode, data, proc
+        return code, data[ctl["host"].id], proc
+    except (KeyError, TypeError):
+        return code, None, proc
 
 
 def show(ctl, command_line, data, outputter):
@@ -208,13 +105,10 @@ def show(ctl, command_line, data, outputter):
 @pytest.fixture(scope="module")
 def synced(controller):
     """``salt-run saltutil.sync_all`` with the same config: puts the vumi wrapper where salt-ssh loads it."""
-    proc = subprocess.run(
-        [str(BIN / "salt-run"), "-c", str(controller["conf"]), "--out=json", "saltutil.sync_all"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    synced = json.loads(proc.stdout)
+    synced = ssh_support.sync_all(controller)
     assert "wrapper.vumi" in synced["wrapper"] and "modules.vumi" in synced["modules"], synced
+    # the helpers travel too: the module imports them from the utils folder beside its own
+    assert "utils.vumi_pipeline" in synced["utils"], synced
     return controller
 
 
