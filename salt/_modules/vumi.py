@@ -58,6 +58,7 @@ if _HELPERS is not None:
     if _HELPERS not in sys.path:
         sys.path.append(_HELPERS)  # appended: the helpers' vumi_* names shadow nothing
     # pylint: disable=wrong-import-position
+    import vumi_environment  # noqa: E402
     import vumi_files  # noqa: E402
     import vumi_git  # noqa: E402
     import vumi_layout  # noqa: E402
@@ -84,7 +85,7 @@ def __virtual__():
 # --------------------------------------------------------------------------
 
 
-def settings(branch, vumi_pillar=None, **kwargs):
+def settings(branch, vumi_pillar=None, show_secrets=False, **kwargs):
     """
     The settings of an environment: ``vumi`` pillar (and minion options) merged
     onto the defaults, then ``vumi:environments:<branch>``, then keyword
@@ -92,6 +93,9 @@ def settings(branch, vumi_pillar=None, **kwargs):
 
     branch
         The environment (by default also the git branch).
+    show_secrets
+        The values of ``env`` and ``settings`` (which may hold passwords) are
+        shown as ``**********`` unless this is true.
     vumi_pillar
         A ``vumi`` pillar mapping to read instead of this host's pillar. Under
         salt-ssh a module called on its own sees no pillar, so the bundle's
@@ -104,6 +108,11 @@ def settings(branch, vumi_pillar=None, **kwargs):
 
         salt '*' vumi.settings staging
     """
+    cfg = _settings(branch, vumi_pillar, kwargs)
+    return cfg if show_secrets else vumi_settings.masked(cfg)
+
+
+def _settings(branch, vumi_pillar, kwargs):
     pillar = __pillar__.get("vumi") if vumi_pillar is None else vumi_pillar
     return vumi_settings.merge(branch, pillar, __opts__.get("vumi"), kwargs)
 
@@ -134,20 +143,21 @@ def paths(branch, **kwargs):
 
         salt '*' vumi.paths topics/foo
     """
-    found = vumi_paths.Paths(settings(branch, **kwargs))
+    found = _context(branch, kwargs)[1]
     tree = found.tree()
     planted = [p for p in tree + [found.failed, found.repo] if os.path.islink(p)]
     return dict(vars(found), tree=tree, planted=planted)
 
 
 def _context(branch, kwargs):
-    cfg = settings(branch, **kwargs)
+    kwargs = dict(kwargs)
+    cfg = _settings(branch, kwargs.pop("vumi_pillar", None), kwargs)
     return cfg, vumi_paths.Paths(cfg)
 
 
-def _deploy(branch, kwargs, revision=None, release=None):
+def _deploy(branch, kwargs, revision=None, release=None, run_once=True):
     cfg, found = _context(branch, kwargs)
-    return vumi_pipeline.Deploy(__salt__, __opts__, cfg, found, revision, release)
+    return vumi_pipeline.Deploy(__salt__, __opts__, cfg, found, revision, release, run_once)
 
 
 # --------------------------------------------------------------------------
@@ -205,12 +215,12 @@ def remote_revision(branch, revision=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def prepare(branch, revision=None, release=None, **kwargs):
+def prepare(branch, revision=None, release=None, run_once=True, **kwargs):
     """
     Build a complete release without making it current: layout, fetch, cut
-    release, link shared folders, virtualenv, manifest, and (with
-    ``health_check``) the health check of one webapp of it on a spare port.
-    Returns its name.
+    release, link shared folders, settings, virtualenv, ``before_publish``
+    hooks, manifest, and (with ``health_check``) the health check of one
+    webapp of it on a spare port. Returns its name.
 
     branch
         The environment.
@@ -220,6 +230,9 @@ def prepare(branch, revision=None, release=None, **kwargs):
         The release's name (``YYYYmmdd_HHMMSS``); by default the time now, in UTC.
         A given name (one for a whole fleet) must sort after every release name
         used here before, or the prepare fails.
+    run_once
+        Whether this host runs the hooks marked ``once`` (default yes; a fleet
+        deploy gives one host yes and the others no).
 
     CLI Example:
 
@@ -227,7 +240,7 @@ def prepare(branch, revision=None, release=None, **kwargs):
 
         salt '*' vumi.prepare staging
     """
-    return vumi_pipeline.prepare(_deploy(branch, kwargs, revision, release))
+    return vumi_pipeline.prepare(_deploy(branch, kwargs, revision, release, run_once))
 
 
 def publish(branch, release, **kwargs):
@@ -244,24 +257,28 @@ def publish(branch, release, **kwargs):
     return vumi_pipeline.publish(_deploy(branch, kwargs, release=release))
 
 
-def deploy(branch, revision=None, **kwargs):
+def deploy(branch, revision=None, run_once=True, **kwargs):
     """
     Deploy the branch (or an exact revision) as a new release and make it
     current, like ``fab deploy:<branch>``: layout; clone or fetch the cached
     repository; cut a timestamped release from it; link the shared folders;
-    build (or reuse) its virtualenv; switch ``current``; prune old releases.
-    Always cuts a release; the ``vumi.deployed`` state decides whether one is
-    needed. Running webapps are not restarted.
+    write pillar's settings; build (or reuse) its virtualenv; run the
+    ``before_publish`` hooks in it (migrations, static files); health-check
+    it; switch ``current``; run the ``after_publish`` hooks; prune old
+    releases. Always cuts a release; the ``vumi.deployed`` state decides
+    whether one is needed. Running webapps are not restarted.
 
-    A failure at any step leaves ``current`` where it was; the half-built
-    release is moved to ``failed/`` and the history log says why.
+    A failure at any step before the switch leaves ``current`` where it was;
+    the half-built release is moved to ``failed/`` and the history log says
+    why.
 
-    With ``health_check: true`` (the SLS turns it on for environments with
-    ports) the switch waits for the new release to answer: one webapp of it
-    is started on a spare loopback port, from its own code folder and
-    virtualenv, asked ``GET health_path`` (2xx or 3xx passes; ``health_path:
-    null`` only connects) within ``health_timeout`` seconds, and stopped. A
-    release that does not start or answer fails the deploy at stage
+    With ``health_check: true`` (the ``vumi.deployed`` state turns it on for
+    environments with ports) the switch waits for the new release to answer:
+    one webapp of it is started on a spare loopback port, from its own code
+    folder and virtualenv, and asked ``GET /`` (any answer below 500 passes:
+    the app is up) or, with ``health_path`` set, that path (2xx or 3xx
+    passes), for up to ``health_timeout`` seconds (30), then stopped. A
+    release that exits, or does not answer, fails the deploy at stage
     ``health`` with the HTTP status or its log's last lines; the running
     webapps are not touched.
 
@@ -269,6 +286,8 @@ def deploy(branch, revision=None, **kwargs):
         The environment (and, unless pillar says otherwise, the git branch).
     revision
         An exact commit or tag instead of the branch's latest commit.
+    run_once
+        Whether this host runs the hooks marked ``once`` (see ``prepare``).
     kwargs
         Any setting, overriding pillar (``repo_url``, ``base_dir``, ...).
 
@@ -279,7 +298,7 @@ def deploy(branch, revision=None, **kwargs):
         salt '*' vumi.deploy staging
         salt '*' vumi.deploy production revision=3f2a1c9
     """
-    return vumi_pipeline.deploy(_deploy(branch, kwargs, revision))
+    return vumi_pipeline.deploy(_deploy(branch, kwargs, revision, run_once=run_once))
 
 
 def layout(branch, test=False, **kwargs):
@@ -352,10 +371,10 @@ def execute(branch, command, release=None, **kwargs):
     if not isinstance(command, str) or not command.strip() or "\0" in command:
         raise SaltInvocationError(f"invalid command {command!r}")
     name = vumi_releases.resolve_release(found, release)
-    env = dict(vumi_virtualenv.venv_env(found, name), DJANGO_SETTINGS_MODULE=vumi_settings.settings_module(cfg))
     # the command is the operator's own shell line, so it runs through the shell
     res = __salt__["cmd.run_all"](
-        command, cwd=found.code(name), runas=vumi_files.runas_user(cfg), env=env, python_shell=True
+        command, cwd=found.code(name), runas=vumi_files.runas_user(cfg), python_shell=True,
+        env=vumi_environment.for_release(cfg, found, name), clean_env=True,
     )
     if res["retcode"] != 0:
         __context__["retcode"] = res["retcode"]
@@ -386,15 +405,17 @@ def managepy(branch, command, release=None, **kwargs):
         salt '*' vumi.managepy production syncdb
         salt '*' vumi.managepy staging "migrate --noinput"
     """
-    cfg = settings(branch, **kwargs)
+    cfg, found = _context(branch, kwargs)
     if not isinstance(command, str) or not command.strip() or "\0" in command:
         raise SaltInvocationError(f"invalid manage.py command {command!r}")
     try:
         words = shlex.split(command)
     except ValueError as exc:
         raise SaltInvocationError(f"invalid manage.py command {command!r}: {exc}") from None
-    # each word quoted: the command is arguments to manage.py, not a shell line
-    line = shlex.join(["python", "manage.py", *words, f"--settings={vumi_settings.settings_module(cfg)}"])
+    # each word quoted: the command is arguments to manage.py, not a shell line; --settings
+    # only when the release has that module (else the project's own default stands)
+    module = vumi_environment.release_settings_module(cfg, found, vumi_releases.resolve_release(found, release))
+    line = shlex.join(["python", "manage.py", *words, *([f"--settings={module}"] if module else [])])
     return execute(branch, line, release=release, **kwargs)
 
 
@@ -403,10 +424,18 @@ def managepy(branch, command, release=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def rollback(branch, release=None, **kwargs):
+def rollback(branch, release=None, restart=True, **kwargs):
     """
     Point ``current`` back at the release that was current before it (from the
-    history log), or at a named release. Webapps are not restarted.
+    history log, not by time), or at a named release, then restart the running
+    webapps onto it, one port at a time (each serving again before the next
+    stops). ``vumi.deployed`` does not deploy the revision rolled back from
+    again until the branch moves to another commit or the pin changes.
+
+    release
+        A release to go back to, instead of the previous one.
+    restart
+        False: only switch ``current``; the webapps keep running what they run.
 
     CLI Example:
 
@@ -414,8 +443,9 @@ def rollback(branch, release=None, **kwargs):
 
         salt '*' vumi.rollback staging
         salt '*' vumi.rollback staging 20261126_153000
+        salt '*' vumi.rollback staging restart=False
     """
-    return vumi_releases.rollback(*_context(branch, kwargs), release)
+    return vumi_releases.rollback(*_context(branch, kwargs), release, restart)
 
 
 def cleanup(branch, limit=None, **kwargs):

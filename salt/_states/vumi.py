@@ -95,6 +95,14 @@ def deployed(name, revision=None, **kwargs):
             problems.append("the requirements changed")
         if have.get("settings_changed"):
             problems.append("the settings in pillar changed")
+    held = (have or {}).get("rolled_back_from")
+    if problems and held and want == held["revision"] and (revision or cfg["revision"]) == held["pinned"]:
+        # rolled back from this very commit: wait for the branch (or the pin) to move on
+        ret["comment"] = (
+            f"{name} was rolled back from {want[:12]} (release {held['release']}); not deploying it again "
+            f"until the branch moves to another commit or the pin changes (current: release {have['release']})"
+        )
+        return ret
     if not problems:
         ret["comment"] = f"{name} is at {want[:12]} (release {have['release']})"
         return ret

@@ -37,8 +37,7 @@ def spare_port(host):
 def health_check(cfg, paths, name):
     """
     Start one webapp of release ``name`` on a spare port (not through
-    ``current``: its own code folder and virtualenv), ask it ``health_path``
-    (or only connect), stop it. Return the evidence; raise with it on failure.
+    ``current``: its own code folder and virtualenv), ask it (``probe``), stop it. Return the evidence; raise with it on failure.
     """
     port = spare_port(cfg["host"])
     # names of their own: a leftover (its deploy killed) is found and stopped by vumi_layout.recover
@@ -50,7 +49,7 @@ def health_check(cfg, paths, name):
         raise CommandExecutionError(f"the webapp of release {name} did not start: {exc}") from None
     started = vumi_webapp.proc_start_time(proc.pid)
     try:
-        healthy, evidence = probe(cfg, port)
+        healthy, evidence = probe(cfg, port, proc)
     finally:
         if started is not None:
             vumi_webapp.signal_group(proc.pid, started, cfg["stop_timeout"], cfg["stop_signal"])
@@ -63,23 +62,29 @@ def health_check(cfg, paths, name):
         )
     with contextlib.suppress(FileNotFoundError):
         os.remove(logfile)  # kept only when it failed, as evidence
-    return {"port": port, "path": cfg["health_path"], "evidence": evidence}
+    return {"port": port, "path": cfg["health_path"] or "/", "evidence": evidence}
 
 
-def probe(cfg, port):
-    """(healthy, evidence): GET ``health_path`` answers 2xx or 3xx; with no path, the port accepts."""
-    host, path = cfg["host"], cfg["health_path"]
-    if path is None:
-        return True, f"port {port} accepts connections"  # vumi_webapp.spawn waited for that
+def probe(cfg, port, proc):
+    """
+    (healthy, evidence): with ``health_path``, GET it answers 2xx or 3xx; without,
+    GET / answers below 500 (up and serving: a 404 from an app without that page
+    counts). Asks again until ``health_timeout``, and gives up at once when the
+    process ``proc`` has exited.
+    """
+    host, path = cfg["host"], cfg["health_path"] or "/"
+    passes = (lambda status: 200 <= status < 400) if cfg["health_path"] else (lambda status: status < 500)
     deadline = time.monotonic() + cfg["health_timeout"]
     while True:
-        conn = http.client.HTTPConnection(host, port, timeout=max(0.1, deadline - time.monotonic()))
+        if proc.poll() is not None:
+            return False, f"the webapp exited with code {proc.returncode} before GET {path} on port {port} answered"
+        conn = http.client.HTTPConnection(host, port, timeout=max(0.1, min(5.0, deadline - time.monotonic())))
         try:
             conn.request("GET", path, headers={"User-Agent": "vumi-salt health check"})
             resp = conn.getresponse()
             body = resp.read(300).decode("utf-8", "replace").strip()
         except (OSError, http.client.HTTPException) as exc:
-            # not answering yet (or reset while it starts): ask again until the deadline
+            # not answering yet (gunicorn listens before the app is loaded): ask again until the deadline
             if time.monotonic() + 0.1 >= deadline:
                 return False, f"GET {path} on port {port} got no answer within {cfg['health_timeout']:g}s: {exc}"
             time.sleep(0.1)
@@ -87,7 +92,7 @@ def probe(cfg, port):
         finally:
             conn.close()
         evidence = f"GET {path} on port {port} answered HTTP {resp.status} {resp.reason}"
-        if 200 <= resp.status < 400:
+        if passes(resp.status):
             return True, evidence
         return False, f"{evidence}: {body!r}" if body else evidence
 

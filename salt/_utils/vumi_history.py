@@ -73,13 +73,13 @@ def flock(path, timeout, busy):
 def deploy_lock(cfg, paths):
     """One deploy (or rollback, update, cleanup) at a time per environment."""
     if not os.path.isdir(paths.root):
-        raise CommandExecutionError(f"{cfg['env']} is not deployed: {paths.root} does not exist")
+        raise CommandExecutionError(f"{cfg['environment']} is not deployed: {paths.root} does not exist")
     vumi_files.refuse_links(paths)
     return flock(
         paths.lock,
         cfg["lock_timeout"],
         lambda holder: CommandExecutionError(
-            f"another deploy of {cfg['env']} holds the lock {paths.lock}: {holder}"
+            f"another deploy of {cfg['environment']} holds the lock {paths.lock}: {holder}"
         ),
     )
 
@@ -105,9 +105,9 @@ def event(d, stage, started, outcome, **extra):
         d.events = d.cfg["events"] and event_bus_up(d.opts)
     if not d.events:
         return
-    data = {"env": d.cfg["env"], "stage": stage, "release": d.release, "revision": d.sha,
+    data = {"env": d.cfg["environment"], "stage": stage, "release": d.release, "revision": d.sha,
             "elapsed": round(time.monotonic() - started, 3), "outcome": outcome, **extra}  # fmt: skip
     try:
-        d.salt["event.send"](f"vumi/deploy/{d.cfg['env']}/{stage}", data)
+        d.salt["event.send"](f"vumi/deploy/{d.cfg['environment']}/{stage}", data)
     except Exception as exc:  # pylint: disable=broad-except
         log.debug("could not fire the %s event: %s", stage, exc)  # progress is best effort

@@ -18,7 +18,7 @@ class Paths:
     def __init__(self, cfg):
         self.app = cfg["app"]
         self.app_dir = os.path.join(cfg["base_dir"], cfg["app"])
-        self.root = os.path.join(self.app_dir, vumi_settings.env_dirname(cfg["env"]))
+        self.root = os.path.join(self.app_dir, vumi_settings.env_dirname(cfg["environment"]))
         self.releases = os.path.join(self.root, "releases")
         self.failed = os.path.join(self.root, "failed")
         self.shared = os.path.join(self.root, "shared")

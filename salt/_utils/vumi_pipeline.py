@@ -16,6 +16,7 @@ import vumi_files
 import vumi_git
 import vumi_health
 import vumi_history
+import vumi_hooks
 import vumi_layout
 import vumi_releases
 import vumi_settings
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class Deploy:
     """What the steps of one deploy share."""
 
-    def __init__(self, salt, opts, cfg, paths, revision=None, release=None):
+    def __init__(self, salt, opts, cfg, paths, revision=None, release=None, run_once=True):
         self.salt = salt  # Salt's functions (cmd.run_all, virtualenv.create, pip.install, event.send)
         self.opts = opts
         self.cfg = cfg
@@ -39,6 +40,10 @@ class Deploy:
             revision = vumi_settings.check_name(str(revision), "revision", vumi_settings.REVISION_RE)
         self.revision = revision if revision is not None else cfg["revision"]
         self.release = release
+        if not isinstance(run_once, bool):
+            raise SaltInvocationError(f"invalid run_once {run_once!r}: must be true or false")
+        self.run_once = run_once  # hooks marked once: this host runs them (a fleet deploy picks one)
+        self.hooks_skipped = []
         self.sha = None
         self.req_hash = None
         self.settings_hash = None
@@ -56,6 +61,7 @@ PREPARE = [
     ("link_shared", vumi_shared.link_shared),
     ("settings", vumi_settings_file.write_settings),
     ("virtualenv", vumi_virtualenv.virtualenv),
+    ("hooks", vumi_hooks.before_publish),
     ("manifest", vumi_releases.write_release_manifest),
     ("health", vumi_health.health),
 ]
@@ -63,6 +69,7 @@ PREPARE = [
 
 PUBLISH = [
     ("publish", vumi_releases.publish_step),
+    ("after_publish", vumi_hooks.after_publish),
     ("prune", vumi_releases.prune_step),
 ]
 
@@ -97,12 +104,12 @@ def fail(d, stage, exc):
                 reason=str(exc), previous=d.previous)  # fmt: skip
     kind = SaltInvocationError if isinstance(exc, SaltInvocationError) else CommandExecutionError
     where = f"; the half-built release is kept in {moved}" if moved else ""
-    raise kind(f"deploy of {d.cfg['env']} failed at stage {stage!r}: {exc}{where}") from exc
+    raise kind(f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}") from exc
 
 
 def summary(d, action):
     return {
-        "env": d.cfg["env"],
+        "env": d.cfg["environment"],
         "release": d.release,
         "revision": d.sha,
         "previous": d.previous,
@@ -113,6 +120,7 @@ def summary(d, action):
         "installer": vumi_virtualenv.built_with(d.paths.venv(d.release)) if d.release else None,
         "health": d.health,
         "timings": d.timings,
+        "hooks_skipped": d.hooks_skipped,
         "action": action,
     }
 
@@ -157,12 +165,12 @@ def update(d):
     cfg, paths = d.cfg, d.paths
     if cfg["revision"] is not None:
         raise SaltInvocationError(
-            f"{cfg['env']} is pinned to revision {cfg['revision']}; change the pin and deploy"
+            f"{cfg['environment']} is pinned to revision {cfg['revision']}; change the pin and deploy"
         )
     with vumi_history.deploy_lock(cfg, paths):
         name = vumi_releases.current_release(paths)
         if name is None:
-            raise CommandExecutionError(f"{cfg['env']} has no current release to update; deploy first")
+            raise CommandExecutionError(f"{cfg['environment']} has no current release to update; deploy first")
         manifest = vumi_releases.read_manifest(paths, name) or {}
         run_steps(d, [("fetch", vumi_git.fetch)])
         code = paths.code(name)

@@ -18,6 +18,7 @@ import vumi_history
 import vumi_settings
 import vumi_settings_file
 import vumi_virtualenv
+import vumi_webapp
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def write_release_manifest(d):
     vumi_files.write_atomic(os.path.join(d.paths.release(d.release), "REVISION"), d.sha + "\n", d.runas)
     write_manifest(d.paths, d.release, d.runas, {
         "release": d.release,
-        "env": d.cfg["env"],
+        "env": d.cfg["environment"],
         "branch": d.cfg["branch"],
         "revision": d.sha,
         "pinned": d.revision,
@@ -251,11 +252,17 @@ def describe_current(cfg, paths):
         virtualenv_ok=vumi_virtualenv.venv_ok(paths.venv(name)),
         requirements_changed=requirements_changed,
         settings_changed=vumi_settings_file.settings_file(cfg)[1] != manifest.get("settings_hash"),
+        rolled_back_from=rolled_back_from(paths),
     )
 
 
-def rollback(cfg, paths, release=None):
-    """Make the previous (or the named) release current again; see ``vumi.rollback``."""
+def rollback(cfg, paths, release=None, restart=True):
+    """
+    Make the previous (or the named) release current again, then (``restart``)
+    restart the running webapps onto it one port at a time; see ``vumi.rollback``.
+    """
+    if not isinstance(restart, bool):
+        raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
     if release is not None:
         paths.release(release)  # a bad name fails before anything else
     with vumi_history.deploy_lock(cfg, paths):
@@ -263,16 +270,39 @@ def rollback(cfg, paths, release=None):
         if release is None:
             target = rollback_target(paths)
             if target is None:
-                raise CommandExecutionError(f"{cfg['env']} has no earlier release to roll back to")
+                raise CommandExecutionError(f"{cfg['environment']} has no earlier release to roll back to")
         else:
             target = resolve_release(paths, release)
         if not vumi_virtualenv.venv_ok(paths.venv(target)):
             raise CommandExecutionError(f"release {target} has no intact virtualenv; run vumi.create_virtualenv")
         publish(paths, target)
         manifest = read_manifest(paths, target) or {}
+        # the revision rolled back from: vumi.deployed holds off it until the branch moves on
+        left = (read_manifest(paths, previous) or {}) if previous else {}
         vumi_history.record(paths, "rollback", release=target, previous=previous,
-                            revision=manifest.get("revision"), named=release is not None)  # fmt: skip
-    return {"release": target, "previous": previous, "revision": manifest.get("revision")}
+                            revision=manifest.get("revision"), named=release is not None,
+                            rolled_back_from=left.get("revision"), pinned=cfg["revision"])  # fmt: skip
+    restarted = []
+    if restart:
+        running = [p for p, s in vumi_webapp.status(cfg, paths).items() if s["running"]]
+        restarted = [r["port"] for r in vumi_webapp.cluster(vumi_webapp.restart, cfg, paths, running)] if running else []
+    return {"release": target, "previous": previous, "revision": manifest.get("revision"), "restarted": restarted}
+
+
+def rolled_back_from(paths):
+    """
+    When the latest switch of ``current`` was a rollback: the release and revision
+    it left, and the pin in force then; else None.
+    """
+    for entry in reversed(vumi_history.read_history(paths)):
+        if entry.get("action") == "deploy":
+            return None
+        if entry.get("action") == "rollback":
+            if not entry.get("rolled_back_from"):
+                return None
+            return {"release": entry.get("previous"), "revision": entry["rolled_back_from"],
+                    "pinned": entry.get("pinned")}  # fmt: skip
+    return None
 
 
 def cleanup(cfg, paths, limit=None):
@@ -290,7 +320,7 @@ def discard(cfg, paths, release):
     """Remove one prepared, never published release; see ``vumi.discard``."""
     path = paths.release(release)  # a bad name fails before anything else
     if not os.path.isdir(paths.root):
-        return {"release": release, "discarded": False, "comment": f"{cfg['env']} is not deployed here"}
+        return {"release": release, "discarded": False, "comment": f"{cfg['environment']} is not deployed here"}
     with vumi_history.deploy_lock(cfg, paths):
         if not os.path.isdir(path):
             return {"release": release, "discarded": False, "comment": f"no release {release} here"}

@@ -40,10 +40,16 @@ DEFAULTS = {
     "stop_signal": "SIGTERM",  # asks the webapp to stop; SIGKILL follows after stop_timeout
     "lock_timeout": 300,
     # the switch to a new release waits for one webapp of it, on a spare port, to answer;
-    # None: off here, and on in the SLS when the environment has ports
+    # None: off here, and on in the vumi.deployed state when the environment has ports
     "health_check": None,
-    "health_path": "/health",  # answers 2xx/3xx to GET; None: a TCP connect is enough
-    "health_timeout": 10,  # seconds the health request may take
+    "health_path": None,  # None: GET / answers below 500 (up and serving); a path: it answers 2xx/3xx
+    "health_timeout": 30,  # seconds the release gets to answer (a real app's cold start)
+    "env": {},  # environment variables for the webapp, execute, managepy, hooks and the health check
+    "pip_packages": [],  # requirement specifiers installed with the requirements (part of the virtualenv's key)
+    # shell lines run in the new release as user: before_publish after its virtualenv and before
+    # the health check and the switch, after_publish after the switch; {run: ..., once: true}
+    # runs on one host of a fleet deploy
+    "hooks": {"before_publish": [], "after_publish": []},
     "settings": None,  # a mapping rendered into every release as a Python settings file
     "settings_path": "environments/{env}.py",  # where, in the code folder
     "settings_extends": None,  # a module the rendered file imports first, e.g. environments.default
@@ -174,7 +180,7 @@ def validate(cfg):
         py_literal(cfg["settings"][key], key)  # a value the file cannot hold fails before any deploy
     if cfg["settings_extends"] is not None and not re.match(r"^[A-Za-z_][\w.]*$", str(cfg["settings_extends"])):
         raise SaltInvocationError(f"invalid settings_extends {cfg['settings_extends']!r}: must be a module name")
-    relpath(cfg["settings_path"].format(env=env_module(cfg["env"])), "settings_path")
+    relpath(cfg["settings_path"].format(env=env_module(cfg["environment"])), "settings_path")
     for name in cfg["shared_dirs"]:
         check_name(name, "shared dir", APP_RE)
     for key in ("keep_releases", "keep_failed"):
@@ -199,7 +205,77 @@ def validate(cfg):
     ports = cfg["ports"]
     cfg["ports"] = parse_ports(ports if isinstance(ports, (list, tuple)) else [ports])
     cfg["stop_signal"] = signal_name(cfg["stop_signal"])
+    cfg["env"] = environment(cfg["env"])
+    cfg["pip_packages"] = pip_packages(cfg["pip_packages"])
+    cfg["hooks"] = hooks(cfg["hooks"])
     return cfg
+
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def environment(value):
+    """Pillar ``env``: variable names to strings (numbers are written as text)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SaltInvocationError(f"invalid env {value!r}: must be a mapping of variable names to values")
+    for key, item in value.items():
+        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+            raise SaltInvocationError(f"invalid env key {key!r}: must be a variable name (letters, digits, _)")
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)) or "\0" in str(item):
+            raise SaltInvocationError(f"invalid env value for {key}: {item!r} must be a string or a number")
+    return {key: str(item) for key, item in value.items()}
+
+
+def pip_packages(value):
+    """Pillar ``pip_packages``: a list of requirement specifiers (a string is not a list of characters)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise SaltInvocationError(f"invalid pip_packages {value!r}: must be a list of requirement specifiers")
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or item.lstrip().startswith("-") or "\0" in item:
+            raise SaltInvocationError(
+                f"invalid pip_packages entry {item!r}: must be a requirement specifier like psycopg2-binary==2.9.9"
+            )
+    return [item.strip() for item in value]
+
+
+HOOK_STAGES = ("before_publish", "after_publish")
+
+
+def hooks(value):
+    """Pillar ``hooks``: per stage a list of {run, once}, from shell lines or such mappings."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise SaltInvocationError(f"invalid hooks {value!r}: must map before_publish/after_publish to lists")
+    unknown = set(value) - set(HOOK_STAGES)
+    if unknown:
+        raise SaltInvocationError(f"invalid hooks key(s) {sorted(unknown)}: use before_publish, after_publish")
+    result = {}
+    for stage in HOOK_STAGES:
+        entries = value.get(stage) or []
+        if not isinstance(entries, (list, tuple)):
+            raise SaltInvocationError(f"invalid hooks:{stage} {entries!r}: must be a list of shell lines")
+        result[stage] = []
+        for entry in entries:
+            if isinstance(entry, str):
+                entry = {"run": entry, "once": False}
+            if (
+                not isinstance(entry, dict)
+                or set(entry) - {"run", "once"}
+                or not isinstance(entry.get("run"), str)
+                or not entry["run"].strip()
+                or "\0" in entry["run"]
+                or not isinstance(entry.get("once", False), bool)
+            ):
+                raise SaltInvocationError(
+                    f"invalid hooks:{stage} entry {entry!r}: must be a shell line or {{run: <line>, once: true|false}}"
+                )
+            result[stage].append({"run": entry["run"], "once": entry.get("once", False)})
+    return result
 
 
 def signal_name(value):
@@ -240,7 +316,19 @@ def py_literal(value, key):
 
 
 def settings_module(cfg):
-    return cfg["settings_module"].format(env=env_module(cfg["env"]))
+    return cfg["settings_module"].format(env=env_module(cfg["environment"]))
+
+
+#: mappings an environment (or a keyword argument) extends key by key instead of replacing
+MERGED = ("settings", "env", "hooks")
+
+#: settings whose values are secrets: masked by ``vumi.settings`` unless asked
+SECRET = ("settings", "env")
+
+
+def masked(cfg):
+    """The settings as ``vumi.settings`` shows them: the values of secret mappings masked."""
+    return dict(cfg, **{key: {k: "**********" for k in (cfg[key] or {})} for key in SECRET if cfg.get(key)})
 
 
 def merge(branch, pillar, opts_vumi, overrides):
@@ -261,8 +349,13 @@ def merge(branch, pillar, opts_vumi, overrides):
             environments.update(source.get("environments") or {})
             cfg.update({k: v for k, v in source.items() if k in DEFAULTS and k != "environments"})
     own = environments.get(env) or {}
-    cfg.update({k: v for k, v in own.items() if k in DEFAULTS and k != "environments"})
-    cfg.update({k: v for k, v in overrides.items() if k != "environments"})
-    cfg["env"] = env
+    for layer in (own, overrides):
+        for key, value in layer.items():
+            if key not in DEFAULTS or key == "environments":
+                continue
+            if key in MERGED and isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                value = dict(cfg[key], **value)  # per environment, key by key over the global mapping
+            cfg[key] = value
+    cfg["environment"] = env
     cfg["branch"] = cfg["branch"] or env
     return validate(cfg)

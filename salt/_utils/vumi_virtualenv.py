@@ -4,6 +4,7 @@ Stage ``virtualenv``: requirements hashing, and virtualenvs built once per hash 
 
 import glob
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -116,6 +117,8 @@ def requirements_hash(cfg, code):
                 hash_path(digest, target)
 
     walk_requirements(code, cfg["requirements"], visit)
+    if cfg["pip_packages"]:  # declared extras: part of what the virtualenv is
+        digest.update(json.dumps(cfg["pip_packages"]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -188,6 +191,7 @@ def _build_with_pip(salt, cfg, paths, venv, code, runas):
     if isinstance(made, dict) and made.get("retcode"):  # it returns a failure instead of raising
         raise CommandExecutionError(f"creating the virtualenv {venv} failed: {vumi_files.output_tail(made)}")
     res = salt["pip.install"](
+        pkgs=cfg["pip_packages"] or None,
         requirements=os.path.join(code, cfg["requirements"]),
         bin_env=venv,
         cwd=code,
@@ -208,7 +212,7 @@ def _build_with_uv(salt, cfg, paths, venv, code, runas, uv):
     for path in (os.path.dirname(requirements), *glob.glob(os.path.join(os.path.dirname(requirements), "*"))):
         vumi_files.chown(path, runas)
     vumi_git.run(salt, [uv, "pip", "install", "--quiet", "--python", os.path.join(venv, "bin", "python"),
-                        "--requirement", requirements],
+                        "--requirement", requirements, *cfg["pip_packages"]],
                  f"uv pip install -r {cfg['requirements']}", cwd=code, runas=runas, env=env)  # fmt: skip
 
 

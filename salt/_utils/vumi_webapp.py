@@ -16,11 +16,11 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import vumi_environment
 import vumi_files
 import vumi_history
 import vumi_releases
 import vumi_settings
-import vumi_virtualenv
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def webapp_command(cfg, paths, name, port, pidfile=None, logfile=None):
         "pidfile": pidfile or paths.pidfile(port),
         "logfile": logfile or paths.logfile(port),
         "settings": vumi_settings.settings_module(cfg),
-        "env": cfg["env"],
+        "env": cfg["environment"],
         "branch": cfg["branch"],
         "release": name,
         "release_path": paths.release(name),
@@ -108,7 +108,7 @@ def wait_dead(pid, started, timeout):
 def start(cfg, paths, port):
     name = vumi_releases.current_release(paths)
     if name is None:
-        raise CommandExecutionError(f"{cfg['env']} has no current release; deploy first")
+        raise CommandExecutionError(f"{cfg['environment']} has no current release; deploy first")
     running = ours(paths, port)
     if running:
         return {"port": port, "pid": running["pid"], "release": running["release"],
@@ -129,16 +129,7 @@ def spawn(cfg, paths, name, port, pidfile, logfile):
     runas = vumi_files.runas_user(cfg)
     for folder in (paths.logs, paths.pids):
         vumi_files.makedirs(folder, runas)
-    manifest = vumi_releases.read_manifest(paths, name) or {}
-    env = dict(
-        os.environ,
-        **vumi_virtualenv.venv_env(paths, name),
-        VUMI_ENV=cfg["env"],
-        VUMI_RELEASE=name,
-        VUMI_REVISION=manifest.get("revision") or "",
-        VUMI_PORT=str(port),
-        DJANGO_SETTINGS_MODULE=vumi_settings.settings_module(cfg),
-    )
+    env = vumi_environment.for_release(cfg, paths, name, VUMI_PORT=port)
     command = webapp_command(cfg, paths, name, port, pidfile, logfile)
     user = pwd.getpwnam(runas) if runas else None
     try:  # O_NOFOLLOW: root must not append to wherever a link planted as the log points

@@ -597,7 +597,7 @@ def test_rollback_follows_the_history(vumi, repo, base_dir, seed):
     (r1, s1), (r2, s2), (r3, s3) = _deploy_commits(vumi, repo, 3)
 
     back = vumi.rollback("staging")
-    assert back == {"release": r2, "previous": r3, "revision": s2}
+    assert back == {"release": r2, "previous": r3, "revision": s2, "restarted": []}
     assert current_target(base_dir) == f"releases/{r2}"
     further = vumi.rollback("staging")  # twice in a row: further back, not back and forth
     assert further == {"release": r1, "previous": r2, "revision": s1}

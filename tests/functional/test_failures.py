@@ -163,7 +163,7 @@ def test_health_gate_checks_the_new_release_on_a_spare_port_and_leaves_nothing_r
     assert old_release == old["release"]
 
     sample.commit_file(env.repo, ENV, "NEWS", "new\n", "News")
-    new = vumi.deploy(ENV)
+    new = vumi.deploy(ENV, health_path="/health")
 
     health = new["health"]
     assert health["path"] == "/health"
@@ -179,12 +179,65 @@ def test_health_gate_checks_the_new_release_on_a_spare_port_and_leaves_nothing_r
     assert serving(port) == (old["release"], old_pid)
     TALLY.add("health gate", current_problem(env.root) is None, "HTTP 200 on /health: switched")
 
-    # TCP only
-    tcp = vumi.deploy(ENV, health_path=None)
-    assert tcp["health"]["evidence"] == f"port {tcp['health']['port']} accepts connections"
-    assert tcp["health"]["path"] is None
+    # the default probe: GET /, any answer below 500
+    plain = vumi.deploy(ENV)
+    assert plain["health"]["evidence"] == f"GET / on port {plain['health']['port']} answered HTTP 200 OK"
+    assert plain["health"]["path"] == "/"
     assert serving(port) == (old["release"], old_pid)
-    TALLY.add("health gate", current_problem(env.root) is None, "TCP connect: switched")
+    TALLY.add("health gate", current_problem(env.root) is None, "GET / 200: switched")
+
+
+#: an app of one status for every path (no /health route): python's own http.server
+ONE_STATUS_APP = """\
+import http.server, sys, time
+STATUS, DELAY = int(sys.argv[2]), float(sys.argv[3])
+time.sleep(DELAY)  # a slow cold start: the port opens late
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(STATUS)
+        self.end_headers()
+        self.wfile.write(b"status %d" % STATUS)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+@pytest.mark.parametrize(
+    "status, switched",
+    [(404, True), (200, True), (302, True), (500, False), (503, False)],
+)
+def test_the_default_probe_passes_any_answer_below_500_on_root(env, status, switched):
+    """An app nobody here wrote: no /health route (a fresh Django project answers / with 404 in production)."""
+    vumi = env.vumi
+    good = vumi.deploy(ENV, health_check=False)["release"]
+    sample.commit_file(env.repo, ENV, "onestatus.py", ONE_STATUS_APP, "an app of one status")
+    command = f"{{venv}}/bin/python onestatus.py {{port}} {status} 0.5"
+    try:
+        new = vumi.deploy(ENV, webapp_command=command)
+    except CommandExecutionError as exc:
+        assert not switched, exc
+        assert "GET / on port" in str(exc) and f"answered HTTP {status}" in str(exc), exc
+        assert vumi.current(ENV)["release"] == good
+    else:
+        assert switched, new
+        assert f"GET / on port {new['health']['port']} answered HTTP {status}" in new["health"]["evidence"]
+        assert vumi.current(ENV)["release"] == new["release"]
+    assert processes_under(env.root) == []
+
+
+def test_the_probe_gives_up_as_soon_as_the_webapp_exits(env):
+    """A webapp that opens its port, then dies: no waiting out health_timeout."""
+    vumi = env.vumi
+    vumi.deploy(ENV, health_check=False)
+    sample.commit_file(env.repo, ENV, "dies.py", (
+        "import socket, sys, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+        "time.sleep(0.5); print('dying on purpose', flush=True); sys.exit(3)\n"
+    ), "an app that dies after listening")  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(CommandExecutionError) as failed:
+        vumi.deploy(ENV, webapp_command="{venv}/bin/python dies.py {port}", health_timeout=60)
+    assert time.monotonic() - started < 20, "the probe waited for the timeout"
+    assert "exited with code 3" in str(failed.value) and "dying on purpose" in str(failed.value), failed.value
 
 
 def test_the_state_turns_the_health_check_on_when_there_are_ports(env):
@@ -206,7 +259,7 @@ def test_the_state_turns_the_health_check_on_when_there_are_ports(env):
 
 def test_the_sls_keeps_the_old_webapp_serving_when_the_new_release_is_unhealthy(env):
     port = _free_port()
-    vumi = env.use(ports=[port], health_check=None)  # as the SLS sees most environments
+    vumi = env.use(ports=[port], health_check=None, health_path="/health")  # the SLS decides the gate
 
     def apply():
         ret = env.loaders.loaders.modules.state.apply("vumi", pillar={"branch": ENV})
@@ -317,7 +370,7 @@ FAILURES = {
     "health: a webapp that exits at start": (
         _commit_crash_at_start, {}, "health", ["did not start", "exited with code 1", "crashing at start on purpose"]),
     "health: /health answers 500": (
-        _commit_health_fail, {}, "health", ["answered HTTP 500 Internal Server Error", "unhealthy: HEALTH_FAIL"]),
+        _commit_health_fail, {"health_path": "/health"}, "health", ["answered HTTP 500 Internal Server Error", "unhealthy: HEALTH_FAIL"]),
     "health: a webapp that never listens": (
         None, {"webapp_command": "sleep 60", "start_timeout": 1}, "health", ["did not open the port within 1s"]),
     "cut_release: releases/ read-only (full disk)": (

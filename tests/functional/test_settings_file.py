@@ -67,8 +67,11 @@ def loaders(minion_opts, vumi_config, pillar_dir):
     """Overrides conftest's: the minion with our pillar tree (settings read from it)."""
     write_pillar(pillar_dir, vumi_config, SETTINGS)
     with loaders_for(minion_opts, vumi_config, pillar_dir) as loaders:
-        cfg = loaders.modules.vumi.settings(ENV)
+        cfg = loaders.modules.vumi.settings(ENV, show_secrets=True)
         assert cfg["base_dir"] == vumi_config["base_dir"] and cfg["settings"] == SETTINGS, cfg
+        # shown to whoever asks for the settings: the keys, not the secrets
+        shown = loaders.modules.vumi.settings(ENV)
+        assert shown["settings"] == {key: "**********" for key in SETTINGS}, shown
         yield loaders
 
 

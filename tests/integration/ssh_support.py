@@ -42,6 +42,7 @@ def _wait_port(port, proc, timeout=10):
 def running_sshd(root):
     """sshd on a loopback port, for the user running this: {port, key, known_hosts, root, log}."""
     root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     _keygen(root / "hostkey")
     _keygen(root / "userkey")
     (root / "authorized_keys").write_text((root / "userkey.pub").read_text())

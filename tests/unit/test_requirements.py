@@ -57,7 +57,7 @@ def test_uv_copy_names_every_local_path_absolutely_as_pip_resolves_it(code, tmp_
 
 
 def test_the_hash_follows_includes_and_local_paths(code):
-    cfg = {"python": sys.executable, "requirements": "config/requirements.pip"}
+    cfg = {"python": sys.executable, "requirements": "config/requirements.pip", "pip_packages": []}
     before = vumi_virtualenv.requirements_hash(cfg, str(code))
     (code / "config" / "constraints.txt").write_text("six==1.17.0\n")
     after_include = vumi_virtualenv.requirements_hash(cfg, str(code))
@@ -71,3 +71,10 @@ def test_a_missing_include_names_the_file(code, tmp_path):
     with pytest.raises(CommandExecutionError, match="missing.txt not found"):
         vumi_virtualenv.uv_requirements(str(code), "config/requirements.pip", str(tmp_path / "uv"))
     assert not (tmp_path / "uv").exists()  # nothing written before the whole chain was read
+
+
+def test_declared_packages_are_part_of_the_key(code):
+    cfg = {"python": sys.executable, "requirements": "config/requirements.pip", "pip_packages": []}
+    plain = vumi_virtualenv.requirements_hash(cfg, str(code))
+    with_driver = vumi_virtualenv.requirements_hash(dict(cfg, pip_packages=["psycopg2-binary"]), str(code))
+    assert plain != with_driver

@@ -103,7 +103,7 @@ def vumi(minion_opts, unit_root, unit_pillar):
 
 def test_defaults_opts_pillar_environment_kwargs_precedence(vumi, unit_root):
     cfg = vumi.settings("staging")
-    assert cfg["env"] == "staging"
+    assert cfg["environment"] == "staging"
     assert cfg["branch"] == "staging"  # defaults to the environment's name
     assert cfg["base_dir"] == str(unit_root / "from-pillar")  # pillar beats opts
     assert cfg["app"] == "myapp"  # from opts, pillar is silent

@@ -1,0 +1,56 @@
+"""
+The environment of every process that runs a release's code: the webapp, its
+health check, ``execute``, ``managepy`` and hooks. Built from nothing (not from
+Salt's own environment, which is root's): the deploy user's ``HOME``, ``USER``
+and ``LOGNAME``, a plain ``PATH`` with the release's virtualenv first, the
+release's identity, ``DJANGO_SETTINGS_MODULE`` when the release has that
+module, and pillar ``env`` last.
+"""
+
+import os
+import pwd
+
+import vumi_releases
+import vumi_settings
+import vumi_settings_file
+
+PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def release_settings_module(cfg, paths, name):
+    """
+    ``settings_module`` when release ``name`` has it (a file of the code, or the
+    one pillar ``settings`` writes there), else None: an app without it (a
+    ``django-admin startproject`` site) keeps its own default.
+    """
+    module = vumi_settings.settings_module(cfg)
+    if not module:
+        return None
+    if vumi_settings_file.settings_file(cfg)[0] is not None:
+        return module
+    base = os.path.join(paths.code(name), *module.split("."))
+    return module if os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py")) else None
+
+
+def for_release(cfg, paths, name, **extra):
+    """The environment of a process of release ``name`` (``extra`` adds e.g. ``VUMI_PORT``)."""
+    user = pwd.getpwnam(cfg["user"]) if cfg["user"] else pwd.getpwuid(os.geteuid())
+    venv = paths.venv(name)
+    manifest = vumi_releases.read_manifest(paths, name) or {}
+    env = {
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "PATH": os.path.join(venv, "bin") + os.pathsep + PLAIN_PATH,
+        "LANG": "C.UTF-8",
+        "VIRTUAL_ENV": venv,
+        "VUMI_ENV": cfg["environment"],
+        "VUMI_RELEASE": name,
+        "VUMI_REVISION": manifest.get("revision") or "",
+    }
+    module = release_settings_module(cfg, paths, name)
+    if module:
+        env["DJANGO_SETTINGS_MODULE"] = module
+    env.update({key: str(value) for key, value in (cfg["env"] or {}).items()})
+    env.update({key: str(value) for key, value in extra.items()})
+    return env

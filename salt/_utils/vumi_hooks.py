@@ -1,0 +1,48 @@
+"""
+Stages ``hooks`` and ``after_publish``: pillar's shell lines run in the new
+release (its code folder, virtualenv, settings and ``env``), as the deploy user.
+
+``before_publish`` runs after the virtualenv, before the health check and the
+switch (``./manage.py migrate``, ``collectstatic``): a failure there is a failed
+deploy, and ``current`` and the running webapps are untouched. ``after_publish``
+runs once the release is current. An entry marked ``once`` runs on one host of
+a fleet deploy (the orchestration passes ``run_once=False`` to the others).
+"""
+
+import time
+
+from salt.exceptions import CommandExecutionError
+
+import vumi_environment
+import vumi_files
+import vumi_history
+
+
+def run(d, stage):
+    """Run the ``stage`` hooks of ``d.cfg`` in release ``d.release``, each timed and announced."""
+    code = d.paths.code(d.release)
+    for index, hook in enumerate(d.cfg["hooks"][stage]):
+        label = f"{stage}[{index}]"
+        if hook["once"] and not d.run_once:
+            d.hooks_skipped.append(label)  # once, and another host of the fleet runs it
+            continue
+        started = time.monotonic()
+        res = d.salt["cmd.run_all"](
+            hook["run"], cwd=code, runas=d.runas, python_shell=True, output_loglevel="quiet", ignore_retcode=True,
+            env=vumi_environment.for_release(d.cfg, d.paths, d.release), clean_env=True,
+        )  # fmt: skip
+        d.timings[label] = round(time.monotonic() - started, 3)
+        outcome = "done" if res["retcode"] == 0 else "failed"
+        vumi_history.event(d, "hooks", started, outcome, hook=hook["run"], hook_stage=stage, index=index)
+        if res["retcode"] != 0:
+            raise CommandExecutionError(
+                f"{stage} hook {hook['run']!r} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}"
+            )
+
+
+def before_publish(d):
+    run(d, "before_publish")
+
+
+def after_publish(d):
+    run(d, "after_publish")
