@@ -600,7 +600,7 @@ def test_rollback_follows_the_history(vumi, repo, base_dir, seed):
     assert back == {"release": r2, "previous": r3, "revision": s2, "restarted": []}
     assert current_target(base_dir) == f"releases/{r2}"
     further = vumi.rollback("staging")  # twice in a row: further back, not back and forth
-    assert further == {"release": r1, "previous": r2, "revision": s1}
+    assert further == {"release": r1, "previous": r2, "revision": s1, "restarted": []}
     assert current_target(base_dir) == f"releases/{r1}"
     with pytest.raises(CommandExecutionError, match="no earlier release"):
         vumi.rollback("staging")
