@@ -607,7 +607,7 @@ def test_rollback_follows_the_history(vumi, repo, base_dir, seed):
     assert current_target(base_dir) == f"releases/{r1}"
 
     named = vumi.rollback("staging", r3)
-    assert named == {"release": r3, "previous": r1, "revision": s3}
+    assert named == {"release": r3, "previous": r1, "revision": s3, "restarted": []}
     assert current_target(base_dir) == f"releases/{r3}"
     assert vumi.rollback("staging")["release"] == r1  # back to where the named rollback came from
 
