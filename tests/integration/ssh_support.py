@@ -143,7 +143,7 @@ def salt_ssh(ctl, target, command_line, timeout=300):
     """
     line = " ".join([
         shlex.quote(str(BIN / "salt-ssh")), "-c", shlex.quote(str(ctl["conf"])),
-        "--roster-file", shlex.quote(str(ctl["roster"])), "--out=json", shlex.quote(target), command_line,
+        "--roster-file", shlex.quote(str(ctl["roster"])), "--out=json", "--static", shlex.quote(target), command_line,
     ])  # fmt: skip
     started = time.monotonic()
     proc = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=timeout, check=False)
