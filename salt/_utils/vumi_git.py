@@ -92,8 +92,8 @@ def remote_revision(salt, cfg, paths, pin):
     ``git ls-remote`` of the branch (or the pinned tag), else the pin resolved
     in the cached clone; None when the pin is not known here yet.
     """
+    pin = vumi_settings.revision(pin)
     if pin is not None:
-        pin = vumi_settings.check_name(str(pin), "revision", vumi_settings.REVISION_RE)
         if vumi_settings.SHA_RE.match(pin):
             return pin
         refs = [f"refs/tags/{pin}^{{}}", f"refs/tags/{pin}", f"refs/heads/{pin}"]

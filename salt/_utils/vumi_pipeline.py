@@ -36,8 +36,7 @@ class Deploy:
         self.cfg = cfg
         self.paths = paths
         self.runas = vumi_files.runas_user(cfg)
-        if revision is not None:  # an argument, not a setting: validate it like the pin
-            revision = vumi_settings.check_name(str(revision), "revision", vumi_settings.REVISION_RE)
+        revision = vumi_settings.revision(revision)  # an argument, not a setting: validated like the pin
         self.revision = revision if revision is not None else cfg["revision"]
         self.release = release
         if not isinstance(run_once, bool):

@@ -158,17 +158,37 @@ def relpath(value, what):
     return value
 
 
+def revision(value):
+    """A revision pin or argument: None, or the text of a commit, tag or branch."""
+    if value is None:
+        return None
+    if not isinstance(value, str):  # YAML reads 1.10 as the float 1.1: another tag
+        raise SaltInvocationError(f"invalid revision {value!r}: must be text (quote it in YAML: revision: '1.10')")
+    return check_name(value, "revision", REVISION_RE)
+
+
+BOOLEANS = ("reuse_virtualenvs", "events")
+#: signals that pause or are ignored: a webapp asked to stop with them never stops
+NOT_STOPPING = ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT", "SIGCHLD", "SIGWINCH", "SIGURG")
+
+
 def validate(cfg):
     base = cfg["base_dir"]
-    if not isinstance(base, str) or not os.path.isabs(base) or os.path.normpath(base) in ("/",):
+    if not isinstance(base, str) or not os.path.isabs(base) or not base.strip("/"):
         raise SaltInvocationError(f"invalid base_dir {base!r}: must be an absolute path other than /")
     if "\0" in base or ".." in base.split("/"):
         raise SaltInvocationError(f"invalid base_dir {base!r}")
     cfg["base_dir"] = os.path.normpath(base)
     check_name(cfg["app"], "app", APP_RE)
     check_name(cfg["branch"], "branch")
-    if cfg["revision"] is not None:
-        cfg["revision"] = check_name(str(cfg["revision"]), "revision", REVISION_RE)
+    cfg["revision"] = revision(cfg["revision"])
+    user = cfg["user"]
+    if not isinstance(user, str) or not user.strip() or user != user.strip():
+        # an empty user is not root, and a number is not a name
+        raise SaltInvocationError(f"invalid user {user!r}: must be the name of a user (root included, by name)")
+    for key in BOOLEANS:
+        if not isinstance(cfg[key], bool):
+            raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be true or false (not a string)")
     if not isinstance(cfg["repo_url"], str) or not cfg["repo_url"] or cfg["repo_url"].startswith("-"):
         raise SaltInvocationError(f"invalid repo_url {cfg['repo_url']!r}")
     relpath(cfg["requirements"], "requirements")
@@ -180,9 +200,16 @@ def validate(cfg):
         py_literal(cfg["settings"][key], key)  # a value the file cannot hold fails before any deploy
     if cfg["settings_extends"] is not None and not re.match(r"^[A-Za-z_][\w.]*$", str(cfg["settings_extends"])):
         raise SaltInvocationError(f"invalid settings_extends {cfg['settings_extends']!r}: must be a module name")
-    relpath(cfg["settings_path"].format(env=env_module(cfg["environment"])), "settings_path")
+    try:
+        relpath(cfg["settings_path"].format(env=env_module(cfg["environment"])), "settings_path")
+    except (AttributeError, IndexError, KeyError, ValueError) as exc:
+        raise SaltInvocationError(
+            f"invalid settings_path {cfg['settings_path']!r}: a path in the code, with {{env}} as its only field ({exc!r})"
+        ) from None
+    if not isinstance(cfg["shared_dirs"], (list, tuple)):  # a string is not a list of one-letter folders
+        raise SaltInvocationError(f"invalid shared_dirs {cfg['shared_dirs']!r}: must be a list of folder names")
     for name in cfg["shared_dirs"]:
-        check_name(name, "shared dir", APP_RE)
+        check_name(name, "shared dir")  # nested ones too: public/system
     for key in ("keep_releases", "keep_failed"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be an integer >= 1")
@@ -205,6 +232,8 @@ def validate(cfg):
     ports = cfg["ports"]
     cfg["ports"] = parse_ports(ports if isinstance(ports, (list, tuple)) else [ports])
     cfg["stop_signal"] = signal_name(cfg["stop_signal"])
+    if cfg["stop_signal"] in NOT_STOPPING:
+        raise SaltInvocationError(f"invalid stop_signal {cfg['stop_signal']}: it does not stop a process")
     cfg["env"] = environment(cfg["env"])
     cfg["pip_packages"] = pip_packages(cfg["pip_packages"])
     cfg["hooks"] = hooks(cfg["hooks"])
