@@ -61,6 +61,7 @@ if _HELPERS is not None:
     import vumi_environment  # noqa: E402
     import vumi_files  # noqa: E402
     import vumi_git  # noqa: E402
+    import vumi_history  # noqa: E402
     import vumi_layout  # noqa: E402
     import vumi_paths  # noqa: E402
     import vumi_pipeline  # noqa: E402
@@ -157,7 +158,8 @@ def _context(branch, kwargs):
 
 def _deploy(branch, kwargs, revision=None, release=None, run_once=True):
     cfg, found = _context(branch, kwargs)
-    return vumi_pipeline.Deploy(__salt__, __opts__, cfg, found, revision, release, run_once)
+    who = vumi_history.who(__opts__, kwargs)
+    return vumi_pipeline.Deploy(__salt__, __opts__, cfg, found, revision, release, run_once, who)
 
 
 # --------------------------------------------------------------------------
@@ -445,7 +447,7 @@ def rollback(branch, release=None, restart=True, **kwargs):
         salt '*' vumi.rollback staging 20261126_153000
         salt '*' vumi.rollback staging restart=False
     """
-    return vumi_releases.rollback(*_context(branch, kwargs), release, restart)
+    return vumi_releases.rollback(*_context(branch, kwargs), release, restart, vumi_history.who(__opts__, kwargs))
 
 
 def cleanup(branch, limit=None, **kwargs):

@@ -3,6 +3,7 @@ Git: stages ``fetch`` (the cached clone) and ``cut_release`` (a clone sharing it
 """
 
 import contextlib
+import datetime
 import logging
 import os
 import shutil
@@ -79,11 +80,20 @@ def cut_release(d):
     if os.path.lexists(rel):
         raise CommandExecutionError(f"release {d.release} already exists in {d.paths.releases}")
     vumi_files.makedirs(rel, d.runas)
+    d.cut = True  # this deploy made the folder: a failure from here on moves it to failed/
     code = d.paths.code(d.release)
     # no hook samples, no reflogs: the release's .git is a few small files
     git(d.salt, ["clone", "--quiet", "--shared", "--no-checkout", "--template=", "--config=core.logAllRefUpdates=false",
           "--", d.paths.repo, code], "git clone --shared", runas=d.runas)  # fmt: skip
     git(d.salt, ["checkout", "--quiet", "--detach", d.sha], "git checkout", cwd=code, runas=d.runas)
+
+
+def commit_info(salt, code, sha, runas):
+    """The commit's time (UTC, ISO 8601) and subject, for the manifest (Capistrano's REVISION_TIME)."""
+    out = git(salt, ["log", "-1", "--format=%ct%n%s", sha], "git log", cwd=code, runas=runas)
+    stamp, _, subject = out.partition("\n")
+    when = datetime.datetime.fromtimestamp(int(stamp), datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"commit_time": when, "commit_subject": subject}
 
 
 def remote_revision(salt, cfg, paths, pin):

@@ -17,6 +17,20 @@ import vumi_files
 log = logging.getLogger(__name__)
 
 
+def who(opts, kwargs):
+    """
+    Who deployed, for the history: the Salt job's user (under a master, the one who
+    ran ``salt``; masterless, the one behind ``sudo``, else this process's), its
+    job id, and this minion.
+    """
+    user = kwargs.get("__pub_user") or os.environ.get("SUDO_USER") or getpass.getuser()
+    found = {"user": user, "minion": opts.get("id")}
+    jid = kwargs.get("__pub_jid") or opts.get("jid")
+    if jid:
+        found["jid"] = str(jid)
+    return found
+
+
 def record(paths, action, **fields):
     """Append one line to the environment's history log."""
     entry = {"time": vumi_files.now().isoformat(timespec="seconds"), "action": action, **fields}

@@ -27,9 +27,7 @@ def recover(paths, runas=None):
     drop leftover temporary links, half-made clones, git's lock files in the
     cache and health-check webapps; set incomplete releases aside.
     """
-    for name in os.listdir(paths.root):
-        if name.startswith("current.tmp-"):
-            os.remove(os.path.join(paths.root, name))
+    vumi_releases.drop_switch_leftovers(paths)
     for name in os.listdir(paths.repositories):
         if name.startswith(f"{paths.app}.clone-"):
             shutil.rmtree(os.path.join(paths.repositories, name), ignore_errors=True)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Deploy:
     """What the steps of one deploy share."""
 
-    def __init__(self, salt, opts, cfg, paths, revision=None, release=None, run_once=True):
+    def __init__(self, salt, opts, cfg, paths, revision=None, release=None, run_once=True, who=None):
         self.salt = salt  # Salt's functions (cmd.run_all, virtualenv.create, pip.install, event.send)
         self.opts = opts
         self.cfg = cfg
@@ -43,6 +43,8 @@ class Deploy:
             raise SaltInvocationError(f"invalid run_once {run_once!r}: must be true or false")
         self.run_once = run_once  # hooks marked once: this host runs them (a fleet deploy picks one)
         self.hooks_skipped = []
+        self.cut = False  # whether this deploy made the release folder (a refused name leaves all alone)
+        self.who = dict(who or {}, branch=cfg["branch"])  # for the history: who, which job, which branch
         self.sha = None
         self.req_hash = None
         self.settings_hash = None
@@ -88,7 +90,7 @@ def run_steps(d, steps):
 def fail(d, stage, exc):
     """Move a half-built release aside, record why, and raise."""
     moved = None
-    if d.release and stage in dict(PREPARE) and d.release != vumi_releases.current_release_safe(d.paths):
+    if d.cut and stage in dict(PREPARE) and d.release != vumi_releases.current_release_safe(d.paths):
         rel = os.path.join(d.paths.releases, d.release)
         if os.path.lexists(rel):
             try:
@@ -98,9 +100,11 @@ def fail(d, stage, exc):
             except (OSError, CommandExecutionError) as problem:  # the next deploy's vumi_layout.recover retries
                 log.warning("could not move %s to %s: %s", rel, d.paths.failed, problem)
                 moved = None
+    if moved:
+        vumi_releases.trim_failed(d.cfg, d.paths)
     if os.path.isdir(d.paths.root):
         vumi_history.record(d.paths, "failed", stage=stage, release=d.release, revision=d.sha,
-                reason=str(exc), previous=d.previous)  # fmt: skip
+                            reason=str(exc), previous=d.previous, **d.who)  # fmt: skip
     kind = SaltInvocationError if isinstance(exc, SaltInvocationError) else CommandExecutionError
     where = f"; the half-built release is kept in {moved}" if moved else ""
     raise kind(f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}") from exc
@@ -131,7 +135,7 @@ def prepare(d):
     vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
     with vumi_history.deploy_lock(d.cfg, d.paths):
         run_steps(d, PREPARE)
-        vumi_history.record(d.paths, "prepare", release=d.release, revision=d.sha, timings=d.timings)
+        vumi_history.record(d.paths, "prepare", release=d.release, revision=d.sha, timings=d.timings, **d.who)
     return summary(d, "prepare")
 
 
@@ -145,7 +149,7 @@ def publish(d):
         d.previous = vumi_releases.current_release(paths)
         d.sha = (vumi_releases.read_manifest(paths, d.release) or {}).get("revision")
         run_steps(d, PUBLISH)
-        vumi_history.record(paths, "deploy", release=d.release, revision=d.sha, previous=d.previous)
+        vumi_history.record(paths, "deploy", release=d.release, revision=d.sha, previous=d.previous, **d.who)
     return summary(d, "publish")
 
 
@@ -155,7 +159,7 @@ def deploy(d):
     with vumi_history.deploy_lock(d.cfg, d.paths):
         run_steps(d, PREPARE + PUBLISH)
         vumi_history.record(d.paths, "deploy", release=d.release, revision=d.sha, previous=d.previous,
-                            timings=d.timings)  # fmt: skip
+                            timings=d.timings, **d.who)  # fmt: skip
     return summary(d, "deploy")
 
 
@@ -186,7 +190,7 @@ def update(d):
         vumi_files.write_atomic(os.path.join(paths.release(name), "REVISION"), d.sha + "\n", d.runas)
         vumi_releases.write_manifest(paths, name, d.runas, manifest)
         if old != d.sha:
-            vumi_history.record(paths, "update", release=name, revision=d.sha, previous_revision=old)
+            vumi_history.record(paths, "update", release=name, revision=d.sha, previous_revision=old, **d.who)
         try:
             requirements_changed = vumi_virtualenv.requirements_hash(cfg, code) != manifest.get("requirements_hash")
         except CommandExecutionError:

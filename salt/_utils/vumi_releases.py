@@ -5,7 +5,6 @@ Releases: manifests (stage ``manifest``), the switch of ``current`` (stage ``pub
 
 import contextlib
 import datetime
-import getpass
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ import shutil
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import vumi_files
+import vumi_git
 import vumi_history
 import vumi_settings
 import vumi_settings_file
@@ -59,7 +59,9 @@ def release_info(paths, name, current_name):
         "state": "complete" if manifest else "incomplete",
     }
     if manifest:
-        info.update({k: manifest.get(k) for k in ("revision", "branch", "deployed_at", "requirements_hash")})
+        info.update({k: manifest.get(k) for k in (
+            "revision", "branch", "deployed_at", "deployed_by", "commit_time", "commit_subject", "requirements_hash",
+        )})  # fmt: skip
     return info
 
 
@@ -92,14 +94,20 @@ def new_release_name(paths):
     """
     when = vumi_files.now().replace(microsecond=0)
     used = used_release_names(paths)
-    if used:
-        last = datetime.datetime.strptime(max(used), vumi_settings.RELEASE_FORMAT)
-        when = max(when, last.replace(tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=1))
-    while True:
-        name = when.strftime(vumi_settings.RELEASE_FORMAT)
-        if not any(os.path.lexists(os.path.join(p, name)) for p in (paths.releases, paths.failed)):
-            return name
-        when += datetime.timedelta(seconds=1)
+    try:
+        if used:
+            last = datetime.datetime.strptime(max(used), vumi_settings.RELEASE_FORMAT)
+            when = max(when, last.replace(tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=1))
+        while True:
+            name = when.strftime(vumi_settings.RELEASE_FORMAT)
+            if not any(os.path.lexists(os.path.join(p, name)) for p in (paths.releases, paths.failed)):
+                return name
+            when += datetime.timedelta(seconds=1)
+    except (OverflowError, ValueError):
+        raise CommandExecutionError(
+            f"release name {max(used)} (in {paths.releases}, {paths.failed} or the history) is later than any "
+            "time a new release can be named after; remove it, or give release= a later name"
+        ) from None
 
 
 def write_release_manifest(d):
@@ -117,7 +125,8 @@ def write_release_manifest(d):
         "virtualenv": os.path.realpath(d.paths.venv(d.release)),
         "installer": vumi_virtualenv.built_with(d.paths.venv(d.release)),
         "deployed_at": vumi_files.now().isoformat(timespec="seconds"),
-        "deployed_by": getpass.getuser(),
+        "deployed_by": d.who.get("user"),
+        **vumi_git.commit_info(d.salt, d.paths.code(d.release), d.sha, d.runas),
     })  # fmt: skip
 
 
@@ -133,6 +142,13 @@ def publish(paths, name):
     if not read_manifest(paths, name):
         raise CommandExecutionError(f"release {name} is not complete; refusing to publish it")
     vumi_files.symlink_atomic(os.path.join("releases", name), paths.current)
+
+
+def drop_switch_leftovers(paths):
+    """The temporary links of a switch that was killed between its symlink and its rename."""
+    for name in os.listdir(paths.root):
+        if name.startswith("current.tmp-"):
+            os.remove(os.path.join(paths.root, name))
 
 
 def prune_step(d):
@@ -206,9 +222,7 @@ def prune(cfg, paths, limit, unpublished=False):
         if name not in keep and (name in complete or name != current_name):
             vumi_files.remove_tree(paths.release(name))
             removed.append(name)
-    failed = sorted(os.listdir(paths.failed)) if os.path.isdir(paths.failed) else []
-    for name in failed[: max(0, len(failed) - cfg["keep_failed"])]:
-        shutil.rmtree(os.path.join(paths.failed, name), ignore_errors=True)
+    trim_failed(cfg, paths)
     in_use = {
         os.path.realpath(paths.venv(n))
         for n in release_names(paths)
@@ -225,6 +239,18 @@ def prune(cfg, paths, limit, unpublished=False):
         "kept": [n for n in release_names(paths)],
         "virtualenvs_removed": venvs_removed,
     }
+
+
+def trim_failed(cfg, paths):
+    """Keep the newest ``keep_failed`` failed releases, and as many failed health checks' logs."""
+    failed = sorted(os.listdir(paths.failed)) if os.path.isdir(paths.failed) else []
+    for name in failed[: max(0, len(failed) - cfg["keep_failed"])]:
+        shutil.rmtree(os.path.join(paths.failed, name), ignore_errors=True)
+    if os.path.isdir(paths.logs):
+        logs = [os.path.join(paths.logs, n) for n in os.listdir(paths.logs) if n.startswith("webapp.health.")]
+        logs = sorted((p for p in logs if os.path.isfile(p) and not os.path.islink(p)), key=os.path.getmtime)
+        for path in logs[: max(0, len(logs) - cfg["keep_failed"])]:
+            os.remove(path)
 
 
 def list_releases(paths):
@@ -256,7 +282,7 @@ def describe_current(cfg, paths):
     )
 
 
-def rollback(cfg, paths, release=None, restart=True):
+def rollback(cfg, paths, release=None, restart=True, who=None):
     """
     Make the previous (or the named) release current again, then (``restart``)
     restart the running webapps onto it one port at a time; see ``vumi.rollback``.
@@ -281,7 +307,8 @@ def rollback(cfg, paths, release=None, restart=True):
         left = (read_manifest(paths, previous) or {}) if previous else {}
         vumi_history.record(paths, "rollback", release=target, previous=previous,
                             revision=manifest.get("revision"), named=release is not None,
-                            rolled_back_from=left.get("revision"), pinned=cfg["revision"])  # fmt: skip
+                            rolled_back_from=left.get("revision"), pinned=cfg["revision"],
+                            branch=cfg["branch"], **(who or {}))  # fmt: skip
     restarted = []
     if restart:
         running = [p for p, s in vumi_webapp.status(cfg, paths).items() if s["running"]]
@@ -313,6 +340,7 @@ def cleanup(cfg, paths, limit=None):
     if not os.path.isdir(paths.root):
         return {"removed": [], "kept": [], "virtualenvs_removed": []}
     with vumi_history.deploy_lock(cfg, paths):
+        drop_switch_leftovers(paths)
         return prune(cfg, paths, int(limit), unpublished=True)
 
 
