@@ -1,0 +1,125 @@
+"""
+Issue #17: scenarios from Capistrano's features, Ansistrano's test playbooks and
+Deployer's tests, translated into our commands (each test names its scenario).
+Real git repositories, virtualenvs and files in ``tmp_path``.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+
+import pytest
+from salt.exceptions import CommandExecutionError
+
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
+from helpers import current_target, env_root, release_dirs
+
+ENV = "staging"
+
+
+def history(base_dir):
+    return [json.loads(line) for line in (env_root(base_dir) / "history.log").read_text().splitlines()]
+
+
+def test_capistrano_check_linked_dirs_a_missing_shared_dir_is_created(vumi, base_dir):
+    deployed = vumi.deploy(ENV, shared_dirs=["logs", "tmp", "media"])
+    media = env_root(base_dir) / "shared" / "media"
+    link = pathlib.Path(deployed["path"]) / "vumi" / "media"
+    assert media.is_dir() and not media.is_symlink()
+    assert link.is_symlink() and link.resolve() == media.resolve()  # not dangling
+
+
+def test_deployer_shared_dir_is_seeded_from_the_repository_on_the_first_deploy(vumi, repo, base_dir):
+    sample.commit_file(repo, ENV, "uploads/poem.txt", "roses are red\n", "an upload the repo ships")
+    vumi.deploy(ENV, shared_dirs=["logs", "tmp", "uploads"])
+    shared = env_root(base_dir) / "shared" / "uploads"
+    assert (shared / "poem.txt").read_text() == "roses are red\n"
+    (shared / "user-upload.png").write_text("kept")
+    # the next deploy keeps the shared folder as it is: the repository's copy does not win again
+    sample.commit_file(repo, ENV, "uploads/poem.txt", "violets are blue\n", "the repo's copy changes")
+    second = vumi.deploy(ENV, shared_dirs=["logs", "tmp", "uploads"])
+    assert (shared / "poem.txt").read_text() == "roses are red\n" and (shared / "user-upload.png").is_file()
+    assert (pathlib.Path(second["path"]) / "vumi" / "uploads" / "user-upload.png").is_file()
+
+
+def test_capistrano_nested_linked_dirs(vumi, base_dir):
+    deployed = vumi.deploy(ENV, shared_dirs=["logs", "tmp", "public/system", "storage/logs"])
+    code = pathlib.Path(deployed["path"]) / "vumi"
+    for name in ("public/system", "storage/logs"):
+        assert (code / name).is_symlink() and (code / name).resolve() == (env_root(base_dir) / "shared" / name).resolve()
+        assert not (code / name).parent.is_symlink()
+
+
+def test_a_shared_dir_through_a_symlink_the_repository_tracks_is_refused(vumi, repo, base_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    sample.git(repo, "checkout", "--quiet", ENV)
+    os.symlink(outside, repo / "public")
+    sample.git(repo, "add", "public")
+    sample.git(repo, "commit", "--quiet", "-m", "public is a link out")
+    with pytest.raises(CommandExecutionError, match="is a symlink; refusing to follow it"):
+        vumi.deploy(ENV, shared_dirs=["logs", "tmp", "public/system"])
+    assert list(outside.iterdir()) == []
+
+
+def test_a_refused_release_name_leaves_every_release_where_it_was(vumi, repo, base_dir):
+    old = vumi.deploy(ENV)["release"]
+    sample.commit_file(repo, ENV, "NEWS", "next\n", "next")
+    new = vumi.deploy(ENV)["release"]
+    with pytest.raises(CommandExecutionError, match="does not sort after"):
+        vumi.prepare(ENV, release=old)
+    assert release_dirs(base_dir) == [old, new]  # the once-published release is still a rollback target
+    assert not (env_root(base_dir) / "failed").exists() or old not in os.listdir(env_root(base_dir) / "failed")
+    assert vumi.rollback(ENV)["release"] == old
+
+
+def test_capistrano_revisions_log_who_which_branch_which_commit(vumi, repo, base_dir, minion_opts):
+    deployed = vumi.deploy(ENV)
+    sample.commit_file(repo, ENV, "NEWS", "next\n", "next")
+    vumi.deploy(ENV)
+    vumi.rollback(ENV)
+    lines = history(base_dir)
+    deploys = [e for e in lines if e["action"] == "deploy"]
+    assert deploys[0]["revision"] == deployed["revision"] and deploys[0]["branch"] == ENV
+    for entry in deploys + [e for e in lines if e["action"] == "rollback"]:
+        assert entry["user"] and entry["minion"] == minion_opts["id"] and entry["branch"] == ENV, entry
+
+
+def test_capistrano_revision_time_the_commits_time_and_subject(vumi, repo, base_dir):
+    sample.commit_file(repo, ENV, "NEWS", "dated\n", "Release notes for the spring")
+    deployed = vumi.deploy(ENV)
+    stamp = int(sample.git(repo, "log", "-1", "--format=%ct", ENV))
+    want = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).isoformat(timespec="seconds")
+    manifest = json.loads((pathlib.Path(deployed["path"]) / "release.json").read_text())
+    assert (manifest["commit_time"], manifest["commit_subject"]) == (want, "Release notes for the spring")
+    (listed,) = [r for r in vumi.releases(ENV) if r["release"] == deployed["release"]]
+    assert (listed["commit_time"], listed["commit_subject"]) == (want, "Release notes for the spring")
+
+
+def test_cleanup_removes_the_leftover_link_of_an_interrupted_switch(vumi, base_dir):
+    deployed = vumi.deploy(ENV)
+    stray = env_root(base_dir) / "current.tmp-424242"
+    os.symlink(f"releases/{deployed['release']}", stray)
+    vumi.cleanup(ENV)
+    assert not os.path.lexists(stray)
+    assert current_target(base_dir) == f"releases/{deployed['release']}"
+
+
+def test_keep_failed_holds_for_failed_releases_and_health_logs(vumi, repo, base_dir):
+    vumi.deploy(ENV)
+    sample.commit_file(repo, ENV, "HEALTH_FAIL", "on purpose\n", "unhealthy")
+    for _ in range(5):
+        with pytest.raises(CommandExecutionError, match="failed at stage 'health'"):
+            vumi.deploy(ENV, keep_failed=2, health_check=True, health_path="/health")
+    root = env_root(base_dir)
+    assert len(os.listdir(root / "failed")) == 2
+    assert len([n for n in os.listdir(root / "shared" / "logs") if n.startswith("webapp.health.")]) == 2
+
+
+def test_a_planted_release_from_year_9999_gives_a_clear_error(vumi, base_dir):
+    first = vumi.deploy(ENV)["release"]
+    (env_root(base_dir) / "releases" / "99991231_235959").mkdir()
+    with pytest.raises(CommandExecutionError, match="99991231_235959 .* is later than any time"):
+        vumi.deploy(ENV)
+    assert current_target(base_dir) == f"releases/{first}"
