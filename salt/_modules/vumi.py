@@ -86,14 +86,14 @@ def __virtual__():
 # --------------------------------------------------------------------------
 
 
-def settings(branch, vumi_pillar=None, show_secrets=False, **kwargs):
+def settings(environment, vumi_pillar=None, show_secrets=False, **kwargs):
     """
     The settings of an environment: ``vumi`` pillar (and minion options) merged
     onto the defaults, then ``vumi:environments:<branch>``, then keyword
     arguments.
 
-    branch
-        The environment (by default also the git branch).
+    environment
+        The environment (by default also its git branch: ``branch=`` names another).
     show_secrets
         The values of ``env`` and ``settings`` (which may hold passwords) are
         shown as ``**********`` unless this is true.
@@ -109,13 +109,13 @@ def settings(branch, vumi_pillar=None, show_secrets=False, **kwargs):
 
         salt '*' vumi.settings staging
     """
-    cfg = _settings(branch, vumi_pillar, kwargs)
+    cfg = _settings(environment, vumi_pillar, kwargs)
     return cfg if show_secrets else vumi_settings.masked(cfg)
 
 
-def _settings(branch, vumi_pillar, kwargs):
+def _settings(environment, vumi_pillar, kwargs):
     pillar = __pillar__.get("vumi") if vumi_pillar is None else vumi_pillar
-    return vumi_settings.merge(branch, pillar, __opts__.get("vumi"), kwargs)
+    return vumi_settings.merge(environment, pillar, __opts__.get("vumi"), kwargs)
 
 
 def env_dirname(env):
@@ -132,7 +132,7 @@ def env_dirname(env):
     return vumi_settings.env_dirname(env)
 
 
-def paths(branch, **kwargs):
+def paths(environment, **kwargs):
     """
     The folders and files of an environment: ``tree`` lists the folders
     ``layout`` makes; ``planted`` lists those of them (and ``failed``, the
@@ -144,20 +144,20 @@ def paths(branch, **kwargs):
 
         salt '*' vumi.paths topics/foo
     """
-    found = _context(branch, kwargs)[1]
+    found = _context(environment, kwargs)[1]
     tree = found.tree()
     planted = [p for p in tree + [found.failed, found.repo] if os.path.islink(p)]
     return dict(vars(found), tree=tree, planted=planted)
 
 
-def _context(branch, kwargs):
+def _context(environment, kwargs):
     kwargs = dict(kwargs)
-    cfg = _settings(branch, kwargs.pop("vumi_pillar", None), kwargs)
+    cfg = _settings(environment, kwargs.pop("vumi_pillar", None), kwargs)
     return cfg, vumi_paths.Paths(cfg)
 
 
-def _deploy(branch, kwargs, revision=None, release=None, run_once=True):
-    cfg, found = _context(branch, kwargs)
+def _deploy(environment, kwargs, revision=None, release=None, run_once=True):
+    cfg, found = _context(environment, kwargs)
     who = vumi_history.who(__opts__, kwargs)
     return vumi_pipeline.Deploy(__salt__, __opts__, cfg, found, revision, release, run_once, who)
 
@@ -167,7 +167,7 @@ def _deploy(branch, kwargs, revision=None, release=None, run_once=True):
 # --------------------------------------------------------------------------
 
 
-def releases(branch, **kwargs):
+def releases(environment, **kwargs):
     """
     The releases of an environment, oldest first, with their revision, time
     and state (``complete``, ``incomplete``) and which one is current.
@@ -178,10 +178,10 @@ def releases(branch, **kwargs):
 
         salt '*' vumi.releases staging
     """
-    return vumi_releases.list_releases(_context(branch, kwargs)[1])
+    return vumi_releases.list_releases(_context(environment, kwargs)[1])
 
 
-def current(branch, **kwargs):
+def current(environment, **kwargs):
     """
     The current release of an environment (``None`` when nothing is deployed)
     with its manifest, whether its virtualenv is intact and whether its
@@ -193,10 +193,10 @@ def current(branch, **kwargs):
 
         salt '*' vumi.current staging
     """
-    return vumi_releases.describe_current(*_context(branch, kwargs))
+    return vumi_releases.describe_current(*_context(environment, kwargs))
 
 
-def remote_revision(branch, revision=None, **kwargs):
+def remote_revision(environment, revision=None, **kwargs):
     """
     The commit the environment should be at, found without changing anything:
     a full commit id pin as it is, else ``git ls-remote`` of the branch (or
@@ -208,7 +208,7 @@ def remote_revision(branch, revision=None, **kwargs):
 
         salt '*' vumi.remote_revision staging
     """
-    cfg, found = _context(branch, kwargs)
+    cfg, found = _context(environment, kwargs)
     return vumi_git.remote_revision(__salt__, cfg, found, revision if revision is not None else cfg["revision"])
 
 
@@ -217,15 +217,15 @@ def remote_revision(branch, revision=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def prepare(branch, revision=None, release=None, run_once=True, **kwargs):
+def prepare(environment, revision=None, release=None, run_once=True, **kwargs):
     """
     Build a complete release without making it current: layout, fetch, cut
     release, link shared folders, settings, virtualenv, ``before_publish``
     hooks, manifest, and (with ``health_check``) the health check of one
     webapp of it on a spare port. Returns its name.
 
-    branch
-        The environment.
+    environment
+        The environment (by default also its git branch: ``branch=`` names another).
     revision
         An exact commit or tag instead of the branch's latest commit.
     release
@@ -242,10 +242,10 @@ def prepare(branch, revision=None, release=None, run_once=True, **kwargs):
 
         salt '*' vumi.prepare staging
     """
-    return vumi_pipeline.prepare(_deploy(branch, kwargs, revision, release, run_once))
+    return vumi_pipeline.prepare(_deploy(environment, kwargs, revision, release, run_once))
 
 
-def publish(branch, release, **kwargs):
+def publish(environment, release, **kwargs):
     """
     Make a prepared release current (one atomic rename of a symlink), then
     remove the releases beyond ``keep_releases``.
@@ -256,10 +256,10 @@ def publish(branch, release, **kwargs):
 
         salt '*' vumi.publish staging 20261126_153000
     """
-    return vumi_pipeline.publish(_deploy(branch, kwargs, release=release))
+    return vumi_pipeline.publish(_deploy(environment, kwargs, release=release))
 
 
-def deploy(branch, revision=None, run_once=True, **kwargs):
+def deploy(environment, revision=None, run_once=True, **kwargs):
     """
     Deploy the branch (or an exact revision) as a new release and make it
     current, like ``fab deploy:<branch>``: layout; clone or fetch the cached
@@ -284,8 +284,8 @@ def deploy(branch, revision=None, run_once=True, **kwargs):
     ``health`` with the HTTP status or its log's last lines; the running
     webapps are not touched.
 
-    branch
-        The environment (and, unless pillar says otherwise, the git branch).
+    environment
+        The environment (by default also its git branch: ``branch=`` names another).
     revision
         An exact commit or tag instead of the branch's latest commit.
     run_once
@@ -300,10 +300,10 @@ def deploy(branch, revision=None, run_once=True, **kwargs):
         salt '*' vumi.deploy staging
         salt '*' vumi.deploy production revision=3f2a1c9
     """
-    return vumi_pipeline.deploy(_deploy(branch, kwargs, revision, run_once=run_once))
+    return vumi_pipeline.deploy(_deploy(environment, kwargs, revision, run_once=run_once))
 
 
-def layout(branch, test=False, **kwargs):
+def layout(environment, test=False, **kwargs):
     """
     Create the environment's folders (idempotent), like ``fab layout:<branch>``.
 
@@ -313,10 +313,10 @@ def layout(branch, test=False, **kwargs):
 
         salt '*' vumi.layout staging
     """
-    return vumi_layout.ensure_tree(*_context(branch, kwargs), test=test)
+    return vumi_layout.ensure_tree(*_context(environment, kwargs), test=test)
 
 
-def update(branch, **kwargs):
+def update(environment, **kwargs):
     """
     Pull the branch's latest commits into the current release in place (for
     small fixes), like ``fab update:<branch>``. The webapp is not restarted;
@@ -328,10 +328,10 @@ def update(branch, **kwargs):
 
         salt '*' vumi.update staging
     """
-    return vumi_pipeline.update(_deploy(branch, kwargs))
+    return vumi_pipeline.update(_deploy(environment, kwargs))
 
 
-def create_virtualenv(branch, release=None, **kwargs):
+def create_virtualenv(environment, release=None, **kwargs):
     """
     (Re)build the virtualenv of a release (default: the current one) from its
     requirements file, like ``fab create_virtualenv:<branch>``. With
@@ -344,7 +344,7 @@ def create_virtualenv(branch, release=None, **kwargs):
 
         salt '*' vumi.create_virtualenv staging
     """
-    return vumi_virtualenv.rebuild(__salt__, *_context(branch, kwargs), release)
+    return vumi_virtualenv.rebuild(__salt__, *_context(environment, kwargs), release)
 
 
 # --------------------------------------------------------------------------
@@ -352,7 +352,7 @@ def create_virtualenv(branch, release=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def execute(branch, command, release=None, **kwargs):
+def execute(environment, command, release=None, **kwargs):
     """
     Run a shell command in a release's code folder (where ``manage.py`` is)
     with its virtualenv active, like ``fab execute:<branch>,"<command>"``.
@@ -369,7 +369,7 @@ def execute(branch, command, release=None, **kwargs):
 
         salt '*' vumi.execute production "./manage.py syncdb"
     """
-    cfg, found = _context(branch, kwargs)
+    cfg, found = _context(environment, kwargs)
     if not isinstance(command, str) or not command.strip() or "\0" in command:
         raise SaltInvocationError(f"invalid command {command!r}")
     name = vumi_releases.resolve_release(found, release)
@@ -389,7 +389,7 @@ def execute(branch, command, release=None, **kwargs):
     }
 
 
-def managepy(branch, command, release=None, **kwargs):
+def managepy(environment, command, release=None, **kwargs):
     """
     Run ``manage.py <command> --settings=<settings_module>`` in a release's
     code folder with its virtualenv, as the Fabric-era fabfile did. A
@@ -407,7 +407,7 @@ def managepy(branch, command, release=None, **kwargs):
         salt '*' vumi.managepy production syncdb
         salt '*' vumi.managepy staging "migrate --noinput"
     """
-    cfg, found = _context(branch, kwargs)
+    cfg, found = _context(environment, kwargs)
     if not isinstance(command, str) or not command.strip() or "\0" in command:
         raise SaltInvocationError(f"invalid manage.py command {command!r}")
     try:
@@ -418,7 +418,7 @@ def managepy(branch, command, release=None, **kwargs):
     # only when the release has that module (else the project's own default stands)
     module = vumi_environment.release_settings_module(cfg, found, vumi_releases.resolve_release(found, release))
     line = shlex.join(["python", "manage.py", *words, *([f"--settings={module}"] if module else [])])
-    return execute(branch, line, release=release, **kwargs)
+    return execute(environment, line, release=release, **kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -426,7 +426,7 @@ def managepy(branch, command, release=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def rollback(branch, release=None, restart=True, **kwargs):
+def rollback(environment, release=None, restart=True, **kwargs):
     """
     Point ``current`` back at the release that was current before it (from the
     history log, not by time), or at a named release, then restart the running
@@ -447,10 +447,10 @@ def rollback(branch, release=None, restart=True, **kwargs):
         salt '*' vumi.rollback staging 20261126_153000
         salt '*' vumi.rollback staging restart=False
     """
-    return vumi_releases.rollback(*_context(branch, kwargs), release, restart, vumi_history.who(__opts__, kwargs))
+    return vumi_releases.rollback(*_context(environment, kwargs), release, restart, vumi_history.who(__opts__, kwargs))
 
 
-def cleanup(branch, limit=None, **kwargs):
+def cleanup(environment, limit=None, **kwargs):
     """
     Remove all but the newest ``limit`` releases (default ``keep_releases``);
     the current release is always kept, in addition if it is older. Releases
@@ -464,10 +464,10 @@ def cleanup(branch, limit=None, **kwargs):
 
         salt '*' vumi.cleanup staging limit=3
     """
-    return vumi_releases.cleanup(*_context(branch, kwargs), limit)
+    return vumi_releases.cleanup(*_context(environment, kwargs), limit)
 
 
-def discard(branch, release, **kwargs):
+def discard(environment, release, **kwargs):
     """
     Remove one prepared release that is not to be published (a fleet deploy
     failed on another host). Never the current release, nor one that has been
@@ -476,8 +476,8 @@ def discard(branch, release, **kwargs):
     the orchestration discards on every host. Its virtualenv stays for a
     retry to reuse; ``vumi.cleanup`` removes it once no release uses it.
 
-    branch
-        The environment.
+    environment
+        The environment (by default also its git branch: ``branch=`` names another).
     release
         The release's name, as ``vumi.prepare`` returned it.
 
@@ -487,7 +487,59 @@ def discard(branch, release, **kwargs):
 
         salt 'web*' vumi.discard staging 20261126_153000
     """
-    return vumi_releases.discard(*_context(branch, kwargs), release)
+    return vumi_releases.discard(*_context(environment, kwargs), release)
+
+
+# --------------------------------------------------------------------------
+# An operator's freeze
+# --------------------------------------------------------------------------
+
+
+def lock(environment, reason=None, **kwargs):
+    """
+    Freeze an environment during an incident: every deploy of it (``deploy``,
+    ``prepare``, ``publish``, ``update``, the ``vumi.deployed`` state) fails at once,
+    naming who locked it, when and why, until ``vumi.unlock``. Rollbacks,
+    cleanup and webapp control still work.
+
+    reason
+        Why (required): shown to whoever tries to deploy.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.lock production reason="incident 42: payments down"
+    """
+    cfg, found = _context(environment, kwargs)
+    return vumi_history.lock(cfg, found, reason, vumi_history.who(__opts__, kwargs))
+
+
+def unlock(environment, **kwargs):
+    """
+    Lift ``vumi.lock``'s freeze (nothing to do if there is none).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.unlock production
+    """
+    cfg, found = _context(environment, kwargs)
+    return vumi_history.unlock(cfg, found, vumi_history.who(__opts__, kwargs))
+
+
+def locked(environment, **kwargs):
+    """
+    Whether an environment is frozen: who locked it, why and since when, or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.locked production
+    """
+    return vumi_history.locked(_context(environment, kwargs)[1])
 
 
 # --------------------------------------------------------------------------
@@ -495,12 +547,12 @@ def discard(branch, release, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def _one_port(action, branch, port, kwargs):
-    cfg, found = _context(branch, kwargs)
+def _one_port(action, environment, port, kwargs):
+    cfg, found = _context(environment, kwargs)
     return vumi_webapp.locked(action, cfg, found, vumi_settings.parse_port(port))
 
 
-def start_webapp(branch, port=8000, **kwargs):
+def start_webapp(environment, port=8000, **kwargs):
     """
     Start the webapp of the current release on a port, like
     ``fab start_webapp:<branch>,port=<port>``. Returns once the port accepts
@@ -513,10 +565,10 @@ def start_webapp(branch, port=8000, **kwargs):
 
         salt '*' vumi.start_webapp staging 8001
     """
-    return _one_port(vumi_webapp.start, branch, port, kwargs)
+    return _one_port(vumi_webapp.start, environment, port, kwargs)
 
 
-def stop_webapp(branch, port=8000, **kwargs):
+def stop_webapp(environment, port=8000, **kwargs):
     """
     Stop the webapp on a port: ``stop_signal`` (default SIGTERM) to its
     process group, which gets ``stop_timeout`` seconds to finish its requests
@@ -528,10 +580,10 @@ def stop_webapp(branch, port=8000, **kwargs):
 
         salt '*' vumi.stop_webapp staging 8001
     """
-    return _one_port(vumi_webapp.stop, branch, port, kwargs)
+    return _one_port(vumi_webapp.stop, environment, port, kwargs)
 
 
-def restart_webapp(branch, port=8000, **kwargs):
+def restart_webapp(environment, port=8000, **kwargs):
     """
     Stop, then start, the webapp on a port (it then runs the current release).
 
@@ -541,10 +593,10 @@ def restart_webapp(branch, port=8000, **kwargs):
 
         salt '*' vumi.restart_webapp staging 8001
     """
-    return _one_port(vumi_webapp.restart, branch, port, kwargs)
+    return _one_port(vumi_webapp.restart, environment, port, kwargs)
 
 
-def start_webapp_cluster(branch, *ports, **kwargs):
+def start_webapp_cluster(environment, *ports, **kwargs):
     """
     Start the webapp on several ports (default: the configured ``ports``).
 
@@ -554,10 +606,10 @@ def start_webapp_cluster(branch, *ports, **kwargs):
 
         salt '*' vumi.start_webapp_cluster staging 8000 8001
     """
-    return vumi_webapp.cluster(vumi_webapp.start, *_context(branch, kwargs), ports)
+    return vumi_webapp.cluster(vumi_webapp.start, *_context(environment, kwargs), ports)
 
 
-def stop_webapp_cluster(branch, *ports, **kwargs):
+def stop_webapp_cluster(environment, *ports, **kwargs):
     """
     Stop the webapp on several ports (default: the configured ``ports``).
 
@@ -567,10 +619,10 @@ def stop_webapp_cluster(branch, *ports, **kwargs):
 
         salt '*' vumi.stop_webapp_cluster staging 8000 8001
     """
-    return vumi_webapp.cluster(vumi_webapp.stop, *_context(branch, kwargs), ports)
+    return vumi_webapp.cluster(vumi_webapp.stop, *_context(environment, kwargs), ports)
 
 
-def restart_webapp_cluster(branch, *ports, **kwargs):
+def restart_webapp_cluster(environment, *ports, **kwargs):
     """
     Restart the webapp on several ports, one port at a time (a rolling
     restart): each is serving again (accepts connections, the readiness check
@@ -584,10 +636,10 @@ def restart_webapp_cluster(branch, *ports, **kwargs):
 
         salt '*' vumi.restart_webapp_cluster staging 8000 8001
     """
-    return vumi_webapp.cluster(vumi_webapp.restart, *_context(branch, kwargs), ports)
+    return vumi_webapp.cluster(vumi_webapp.restart, *_context(environment, kwargs), ports)
 
 
-def webapp_status(branch, port=None, **kwargs):
+def webapp_status(environment, port=None, **kwargs):
     """
     Which ports run the webapp: per port its pid, the release it runs from,
     whether that is the current release, uptime and whether it answers.
@@ -599,4 +651,4 @@ def webapp_status(branch, port=None, **kwargs):
 
         salt '*' vumi.webapp_status staging
     """
-    return vumi_webapp.status(*_context(branch, kwargs), port)
+    return vumi_webapp.status(*_context(environment, kwargs), port)

@@ -33,6 +33,7 @@ class Paths:
         self.current = os.path.join(self.root, "current")
         self.history = os.path.join(self.root, "history.log")
         self.lock = os.path.join(self.root, ".deploy.lock")
+        self.frozen = os.path.join(self.root, "LOCKED")  # an operator's freeze (vumi.lock)
 
     def tree(self):
         """The folders ``layout`` makes, parents first."""

@@ -130,6 +130,7 @@ def summary(d, action):
 
 def prepare(d):
     """Every stage up to the health gate: a complete release, not current."""
+    vumi_history.refuse_if_locked(d.cfg, d.paths)
     if d.release is not None:
         d.paths.release(d.release)
     vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
@@ -143,6 +144,7 @@ def publish(d):
     """Make the prepared release ``d.release`` current, then prune."""
     paths = d.paths
     paths.release(d.release)  # a bad name fails before anything else
+    vumi_history.refuse_if_locked(d.cfg, paths)
     with vumi_history.deploy_lock(d.cfg, paths):
         if not os.path.isdir(paths.release(d.release)):
             raise SaltInvocationError(f"unknown release {d.release!r} in {paths.releases}")
@@ -155,6 +157,7 @@ def publish(d):
 
 def deploy(d):
     """Every stage: prepare, then publish and prune."""
+    vumi_history.refuse_if_locked(d.cfg, d.paths)
     vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
     with vumi_history.deploy_lock(d.cfg, d.paths):
         run_steps(d, PREPARE + PUBLISH)
@@ -166,6 +169,7 @@ def deploy(d):
 def update(d):
     """Pull the branch's latest commit into the current release in place; see ``vumi.update``."""
     cfg, paths = d.cfg, d.paths
+    vumi_history.refuse_if_locked(cfg, paths)
     if cfg["revision"] is not None:
         raise SaltInvocationError(
             f"{cfg['environment']} is pinned to revision {cfg['revision']}; change the pin and deploy"

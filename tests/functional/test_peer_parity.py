@@ -123,3 +123,34 @@ def test_a_planted_release_from_year_9999_gives_a_clear_error(vumi, base_dir):
     with pytest.raises(CommandExecutionError, match="99991231_235959 .* is later than any time"):
         vumi.deploy(ENV)
     assert current_target(base_dir) == f"releases/{first}"
+
+
+def test_branch_as_a_keyword_argument_overrides_like_any_setting(vumi, loaders, repo):
+    """The README: keyword arguments override any setting, branch included."""
+    deployed = vumi.deploy(ENV, branch="production")
+    assert deployed["revision"] == sample.git(repo, "rev-parse", "production")
+    ret = loaders.states.vumi.deployed(ENV, branch="production")
+    assert ret["result"] is True and ret["changes"] == {}, ret  # already there: no TypeError, no redeploy
+    assert vumi.remote_revision(ENV, branch="production") == deployed["revision"]
+
+
+def test_deployer_deploy_lock_unlock_is_locked(vumi, loaders, repo, base_dir):
+    first = vumi.deploy(ENV)
+    assert vumi.locked(ENV) is None
+    held = vumi.lock(ENV, reason="incident 42: payments down")
+    assert held["locked"] is True and held["reason"] == "incident 42: payments down" and held["user"]
+    assert vumi.locked(ENV)["reason"] == "incident 42: payments down"
+    sample.commit_file(repo, ENV, "NEWS", "a change during the incident\n", "change")
+    for attempt in (lambda: vumi.deploy(ENV), lambda: vumi.prepare(ENV), lambda: vumi.update(ENV)):
+        with pytest.raises(CommandExecutionError, match=r"staging is locked by \S+ since .*: incident 42: payments down"):
+            attempt()
+    ret = loaders.states.vumi.deployed(ENV)
+    assert ret["result"] is False and "incident 42" in ret["comment"], ret
+    assert release_dirs(base_dir) == [first["release"]]
+    assert vumi.unlock(ENV)["was"]["reason"] == "incident 42: payments down"
+    assert vumi.locked(ENV) is None and vumi.unlock(ENV)["was"] is None
+    assert vumi.deploy(ENV)["revision"] == sample.git(repo, "rev-parse", ENV)
+    actions = [e["action"] for e in history(base_dir)]
+    assert "lock" in actions and "unlock" in actions
+    with pytest.raises(Exception, match="invalid reason"):
+        vumi.lock(ENV, reason="")
