@@ -58,6 +58,7 @@ if _HELPERS is not None:
     if _HELPERS not in sys.path:
         sys.path.append(_HELPERS)  # appended: the helpers' vumi_* names shadow nothing
     # pylint: disable=wrong-import-position
+    import vumi_check  # noqa: E402
     import vumi_environment  # noqa: E402
     import vumi_files  # noqa: E402
     import vumi_git  # noqa: E402
@@ -488,6 +489,23 @@ def discard(environment, release, **kwargs):
         salt 'web*' vumi.discard staging 20261126_153000
     """
     return vumi_releases.discard(*_context(environment, kwargs), release)
+
+
+def check(environment, **kwargs):
+    """
+    A pre-flight of a deploy that changes nothing: whether the repository
+    answers and has the branch (or pin), the environment's folder is the
+    user's (or can be made), the shared files are there, the requirements file
+    is in the commit to deploy (when the cache has it), and no lock is held.
+    ``ok`` is whether a deploy would get past all of them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.check staging
+    """
+    return vumi_check.check(__salt__, *_context(environment, kwargs))
 
 
 # --------------------------------------------------------------------------

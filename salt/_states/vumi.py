@@ -113,6 +113,14 @@ def deployed(name, revision=None, **kwargs):
             "revision": {"old": old.get("revision"), "new": want or revision},
         }
         ret["comment"] = f"{name} would be deployed: {'; '.join(problems)}"
+        try:  # the pre-flight: what would stop the real run
+            checked = __salt__["vumi.check"](name, **kwargs)
+        except _ERRORS as exc:
+            checked = {"ok": False, "checks": {"check": {"ok": False, "detail": str(exc)}}}
+        if not checked["ok"]:
+            ret["result"] = False
+            failing = [f"{k}: {v['detail']}" for k, v in checked["checks"].items() if not v["ok"]]
+            ret["comment"] += f"; but the deploy would fail: {'; '.join(failing)}"
         return ret
     try:
         res = __salt__["vumi.deploy"](name, revision=revision, **kwargs)

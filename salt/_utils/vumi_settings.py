@@ -31,6 +31,7 @@ DEFAULTS = {
     "reuse_virtualenvs": True,
     "installer": "uv",  # uv where the deploy user can run it, else pip; "pip": always pip
     "shared_dirs": ["logs", "tmp"],
+    "shared_files": [],  # files of shared/ linked into each release (.env, config/local.py); must exist
     "settings_module": "environments.{env}",
     "webapp_command": (
         "{venv}/bin/python manage.py runserver {host}:{port} --settings={settings}"
@@ -210,6 +211,13 @@ def validate(cfg):
         raise SaltInvocationError(f"invalid shared_dirs {cfg['shared_dirs']!r}: must be a list of folder names")
     for name in cfg["shared_dirs"]:
         check_name(name, "shared dir")  # nested ones too: public/system
+    if not isinstance(cfg["shared_files"], (list, tuple)):
+        raise SaltInvocationError(f"invalid shared_files {cfg['shared_files']!r}: must be a list of paths")
+    for name in cfg["shared_files"]:
+        if not isinstance(name, str) or any(part in ("", ".", "..") for part in name.split("/")) or "\0" in name:
+            raise SaltInvocationError(f"invalid shared file {name!r}: a relative path like .env or config/local.py")
+    if set(cfg["shared_files"]) & set(cfg["shared_dirs"]):
+        raise SaltInvocationError(f"{sorted(set(cfg['shared_files']) & set(cfg['shared_dirs']))} cannot be both a shared dir and a shared file")
     for key in ("keep_releases", "keep_failed"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be an integer >= 1")

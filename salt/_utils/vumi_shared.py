@@ -53,6 +53,22 @@ def link_shared(d):
         os.symlink(target, link)
         vumi_files.chown(link, d.runas)
         exclude.append(f"/{name}\n")
+    for name in d.cfg["shared_files"]:
+        parts = name.split("/")
+        target = os.path.join(d.paths.shared, name)
+        real_folder(d.paths.shared, parts[:-1], d.runas)
+        if os.path.islink(target) or not os.path.isfile(target):
+            # Capistrano's deploy:check:linked_files: the deploy stops before the switch
+            raise CommandExecutionError(f"shared file {target} is missing (or not a regular file): create it first")
+        real_folder(code, parts[:-1], d.runas)
+        link = os.path.join(code, name)
+        if os.path.isdir(link) and not os.path.islink(link):
+            raise CommandExecutionError(f"{link} is a folder in the repository; the shared file {name} cannot replace it")
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(target, link)
+        vumi_files.chown(link, d.runas)
+        exclude.append(f"/{name}\n")
     vumi_files.makedirs(os.path.join(code, ".git", "info"), d.runas)
     with open(os.path.join(code, ".git", "info", "exclude"), "a", encoding="utf-8") as fh:
         fh.writelines(exclude)

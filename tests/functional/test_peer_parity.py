@@ -154,3 +154,35 @@ def test_deployer_deploy_lock_unlock_is_locked(vumi, loaders, repo, base_dir):
     assert "lock" in actions and "unlock" in actions
     with pytest.raises(Exception, match="invalid reason"):
         vumi.lock(ENV, reason="")
+
+
+def test_capistrano_linked_files_deployer_shared_files(vumi, base_dir):
+    files = [".env", "config/local.py"]
+    with pytest.raises(CommandExecutionError, match=r"failed at stage 'link_shared': shared file .*/shared/\.env is missing"):
+        vumi.deploy(ENV, shared_files=files)
+    assert current_target(base_dir) is None  # nothing went live
+    shared = env_root(base_dir) / "shared"
+    (shared / ".env").write_text("SECRET=1\n")
+    (shared / "config").mkdir()
+    (shared / "config" / "local.py").write_text("DEBUG = False\n")
+    deployed = vumi.deploy(ENV, shared_files=files)
+    code = pathlib.Path(deployed["path"]) / "vumi"
+    assert (code / ".env").is_symlink() and (code / ".env").read_text() == "SECRET=1\n"
+    assert (code / "config" / "local.py").read_text() == "DEBUG = False\n"
+    assert vumi.execute(ENV, "cat .env")["stdout"] == "SECRET=1"
+
+
+def test_capistrano_deploy_check_changes_nothing_and_the_dry_run_says_so(vumi, loaders, repo, base_dir):
+    fresh = vumi.check(ENV, shared_files=[".env"])
+    assert fresh["checks"]["repository"]["ok"] and fresh["checks"]["tree"]["ok"]
+    assert not fresh["ok"] and ".env" in fresh["checks"]["shared"]["detail"]
+    assert list(base_dir.iterdir()) == []  # changed nothing
+    vumi.deploy(ENV)
+    ok = vumi.check(ENV)
+    assert ok["ok"] and ok["checks"]["requirements"]["ok"], ok
+    vumi.lock(ENV, reason="freeze")
+    sample.commit_file(repo, ENV, "NEWS", "next\n", "next")
+    assert "freeze" in vumi.check(ENV)["checks"]["lock"]["detail"]
+    ret = loaders.states.vumi.deployed(ENV, test=True)  # a dry run of the state predicts the failure
+    assert ret.result is False and "would fail" in ret.comment and "freeze" in ret.comment, ret
+    assert not vumi.check(ENV, repo_url=str(base_dir / "nowhere"))["checks"]["repository"]["ok"]

@@ -1,0 +1,90 @@
+"""
+``vumi.check``: a pre-flight of a deploy that changes nothing (Capistrano's
+``deploy:check``): the repository answers and has the branch or pin, the tree
+is there or can be made and is the user's, the shared folders and files are in
+place, the requirements file is in the commit to deploy, nobody holds a lock.
+"""
+
+import fcntl
+import os
+import pwd
+
+from salt.exceptions import CommandExecutionError
+
+import vumi_git
+import vumi_history
+
+
+def _item(ok, detail):
+    return {"ok": bool(ok), "detail": detail}
+
+
+def _tree(cfg, paths):
+    """The environment's folder is the user's, or its nearest existing parent lets it be made."""
+    user = pwd.getpwnam(cfg["user"])
+    if os.path.lexists(paths.root):
+        if os.path.islink(paths.root) or not os.path.isdir(paths.root):
+            return _item(False, f"{paths.root} is not a folder")
+        owner = os.stat(paths.root).st_uid
+        return _item(owner == user.pw_uid, f"{paths.root} belongs to uid {owner}" + (
+            "" if owner == user.pw_uid else f", not to {cfg['user']} (uid {user.pw_uid})"))
+    parent = os.path.dirname(paths.root)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return _item(False, f"{parent} is not a folder: {paths.root} cannot be made under it")
+    if os.geteuid() != 0 and not os.access(parent, os.W_OK):
+        return _item(False, f"{paths.root} cannot be made: {parent} is not writable")
+    return _item(True, f"{paths.root} will be made under {parent}")
+
+
+def _shared(cfg, paths):
+    missing = [f for f in cfg["shared_files"] if not os.path.isfile(os.path.join(paths.shared, f))]
+    made = [d for d in cfg["shared_dirs"] if not os.path.isdir(os.path.join(paths.shared, d))]
+    detail = f"shared files missing: {', '.join(missing)}" if missing else "shared files present"
+    if made:
+        detail += f"; shared dirs to be made: {', '.join(made)}"
+    return _item(not missing, detail)
+
+
+def _locks(cfg, paths):
+    held = vumi_history.locked(paths) if os.path.isdir(paths.root) else None
+    if held:
+        return _item(False, f"locked by {held['user']} since {held['since']}: {held['reason']}")
+    if os.path.isfile(paths.lock) and not os.path.islink(paths.lock):
+        with open(os.open(paths.lock, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _item(False, f"a deploy is running: {fh.read(300).decode('utf-8', 'replace')}")
+    return _item(True, "no deploy running, not locked")
+
+
+def check(salt, cfg, paths):
+    """Every finding, and whether a deploy would get past them."""
+    found = {"tree": _tree(cfg, paths), "shared": _shared(cfg, paths), "lock": _locks(cfg, paths)}
+    try:
+        sha = vumi_git.remote_revision(salt, cfg, paths, cfg["revision"])
+        what = f"pin {cfg['revision']}" if cfg["revision"] else f"branch {cfg['branch']}"
+        found["repository"] = _item(True, f"{cfg['repo_url']} has {what} at {sha}" if sha else
+                                    f"{cfg['repo_url']} answers; {what} is resolved by the next fetch")  # fmt: skip
+    except CommandExecutionError as exc:
+        sha = None
+        found["repository"] = _item(False, str(exc))
+    if sha and os.path.isdir(os.path.join(paths.repo, ".git")):
+        runas = None if cfg["user"] == pwd.getpwuid(os.geteuid()).pw_name else cfg["user"]
+
+        def has(obj):
+            try:
+                vumi_git.git(salt, ["cat-file", "-e", obj], "git cat-file", cwd=paths.repo, runas=runas)
+                return True
+            except CommandExecutionError:
+                return False
+
+        if not has(f"{sha}^{{commit}}"):
+            found["requirements"] = _item(True, f"{sha[:12]} is not fetched yet: the deploy checks {cfg['requirements']}")
+        elif has(f"{sha}:{cfg['requirements']}"):
+            found["requirements"] = _item(True, f"{cfg['requirements']} is in {sha[:12]}")
+        else:
+            found["requirements"] = _item(False, f"{cfg['requirements']} is not in {sha[:12]}")
+    return {"ok": all(item["ok"] for item in found.values()), "checks": found}
