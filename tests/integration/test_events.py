@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 ENV = "staging"
 #: The stages of a deploy, in order; "health" only where the deploy has such a gate.
-STAGES = ["layout", "fetch", "cut_release", "link_shared", "settings", "virtualenv", "manifest",
-          "health", "publish", "prune"]  # fmt: skip
+STAGES = ["layout", "fetch", "cut_release", "link_shared", "settings", "virtualenv", "hooks", "manifest",
+          "health", "publish", "after_publish", "prune"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
