@@ -38,7 +38,10 @@ def makedirs(path, runas, mode=0o755):
     if os.path.islink(path):
         raise CommandExecutionError(f"{path} is a symlink; refusing to use it")
     if not os.path.isdir(path):
-        os.makedirs(path, mode=mode)
+        try:
+            os.makedirs(path, mode=mode)
+        except OSError as exc:  # a path under a regular file, a folder Salt cannot write
+            raise CommandExecutionError(f"cannot make the folder {path}: {exc.strerror}") from None
         chown(path, runas)
         return True
     return False
@@ -96,7 +99,7 @@ def refuse_links(paths):
     (by anyone who can write there, e.g. its ``user``) would make Salt, often root,
     write, chown or delete wherever it points.
     """
-    for path in (*paths.tree(), paths.failed, paths.repo, paths.history, paths.lock):
+    for path in (*paths.tree(), paths.failed, paths.repo, paths.history, paths.history_old, paths.lock):
         if os.path.islink(path):
             raise CommandExecutionError(f"{path} is a symlink; refusing to use it")
 

@@ -33,31 +33,60 @@ def git(salt, args, what, cwd=None, runas=None):
     return run(salt, ["git", *args], what, cwd=cwd, runas=runas)
 
 
+def _clone_cache(d):
+    cfg, repo = d.cfg, d.paths.repo
+    tmp = f"{repo}.clone-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        git(d.salt, ["clone", "--quiet", "--no-checkout", "--", cfg["repo_url"], tmp],
+            f"git clone {cfg['repo_url']}", runas=d.runas)  # fmt: skip
+    except CommandExecutionError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.rename(tmp, repo)
+
+
+def _update_cache(d):
+    cfg, repo = d.cfg, d.paths.repo
+    git(d.salt, ["remote", "set-url", "origin", cfg["repo_url"]], "git remote set-url", cwd=repo, runas=d.runas)
+    git(d.salt, ["fetch", "--quiet", "--prune", "--force", "origin",
+                 "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
+        f"git fetch {cfg['repo_url']}", cwd=repo, runas=d.runas)  # fmt: skip
+    # a cache whose objects were damaged (a pack file lost) fetches fine and fails here
+    git(d.salt, ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"], "git fsck", cwd=repo,
+        runas=d.runas)  # fmt: skip
+
+
 def fetch(d):
     cfg, repo = d.cfg, d.paths.repo
     if not os.path.isdir(os.path.join(repo, ".git")):
-        tmp = f"{repo}.clone-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            git(d.salt, ["clone", "--quiet", "--no-checkout", "--", cfg["repo_url"], tmp],
-                 f"git clone {cfg['repo_url']}", runas=d.runas)  # fmt: skip
-        except CommandExecutionError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        os.rename(tmp, repo)
+        _clone_cache(d)
     else:
-        git(d.salt, ["remote", "set-url", "origin", cfg["repo_url"]], "git remote set-url", cwd=repo, runas=d.runas)
-        git(d.salt, ["fetch", "--quiet", "--prune", "--force", "origin",
-              "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
-             f"git fetch {cfg['repo_url']}", cwd=repo, runas=d.runas)  # fmt: skip
-    if d.revision is not None:
         try:
-            # as the clone's owner: git refuses to read a repository another user owns
-            d.sha = git(d.salt, ["rev-parse", "--verify", "--quiet", f"{d.revision}^{{commit}}"], "", cwd=repo, runas=d.runas)
-        except CommandExecutionError:
-            raise CommandExecutionError(
-                f"revision {d.revision!r} is not in {cfg['repo_url']}"
-            ) from None
+            _update_cache(d)
+        except CommandExecutionError as exc:
+            # unusable cache, or the repository is unreachable: a fresh clone tells which
+            broken = f"{repo}.broken-{os.getpid()}"
+            os.rename(repo, broken)
+            try:
+                _clone_cache(d)
+            except CommandExecutionError:
+                os.rename(broken, repo)  # the remote is the problem: keep the cache
+                raise exc from None
+            log.warning("the cached clone %s was unusable (%s); cloned it again", repo, exc)
+            shutil.rmtree(broken, ignore_errors=True)
+    if d.revision is not None:
+        # the upstream branch of that name first (the cache's local branch may be stale), then a tag, a commit
+        for ref in (f"refs/remotes/origin/{d.revision}", f"refs/tags/{d.revision}", d.revision):
+            try:
+                # as the clone's owner: git refuses to read a repository another user owns
+                d.sha = git(d.salt, ["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], "", cwd=repo,
+                            runas=d.runas)  # fmt: skip
+                break
+            except CommandExecutionError:
+                continue
+        else:
+            raise CommandExecutionError(f"revision {d.revision!r} is not in {cfg['repo_url']}")
         git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=repo, runas=d.runas)
     else:
         try:
@@ -86,6 +115,10 @@ def cut_release(d):
     git(d.salt, ["clone", "--quiet", "--shared", "--no-checkout", "--template=", "--config=core.logAllRefUpdates=false",
           "--", d.paths.repo, code], "git clone --shared", runas=d.runas)  # fmt: skip
     git(d.salt, ["checkout", "--quiet", "--detach", d.sha], "git checkout", cwd=code, runas=d.runas)
+    if os.path.isfile(os.path.join(code, ".gitmodules")) and not os.path.islink(os.path.join(code, ".gitmodules")):
+        # local submodule URLs (file protocol) are what git blocks by default since 2.38
+        git(d.salt, ["-c", "protocol.file.allow=always", "submodule", "--quiet", "update", "--init", "--recursive"],
+            "git submodule update", cwd=code, runas=d.runas)  # fmt: skip
 
 
 def commit_info(salt, code, sha, runas):

@@ -31,9 +31,18 @@ def who(opts, kwargs):
     return found
 
 
+#: history.log is rotated to history.log.1 past this size; both are read
+HISTORY_MAX = 1 << 20
+
+
 def record(paths, action, **fields):
     """Append one line to the environment's history log."""
     entry = {"time": vumi_files.now().isoformat(timespec="seconds"), "action": action, **fields}
+    try:
+        if os.lstat(paths.history).st_size > HISTORY_MAX and not os.path.islink(paths.history_old):
+            os.replace(paths.history, paths.history_old)
+    except FileNotFoundError:
+        pass
     fd = os.open(paths.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     vumi_files.own_like_parent(paths.history, fd)
     with open(fd, "a", encoding="utf-8") as fh:
@@ -42,13 +51,15 @@ def record(paths, action, **fields):
 
 
 def read_history(paths):
-    if not os.path.isfile(paths.history):
-        return []
+    """Every entry, oldest first: the rotated part, then the current file."""
     entries = []
-    with open(paths.history, encoding="utf-8") as fh:
-        for line in fh:
-            with contextlib.suppress(ValueError):
-                entries.append(json.loads(line))
+    for path in (paths.history_old, paths.history):
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                with contextlib.suppress(ValueError):
+                    entries.append(json.loads(line))
     return entries
 
 

@@ -32,6 +32,7 @@ class Paths:
         self.virtualenvs = os.path.join(self.shared, "virtualenvs")
         self.current = os.path.join(self.root, "current")
         self.history = os.path.join(self.root, "history.log")
+        self.history_old = os.path.join(self.root, "history.log.1")  # the rotated part
         self.lock = os.path.join(self.root, ".deploy.lock")
         self.frozen = os.path.join(self.root, "LOCKED")  # an operator's freeze (vumi.lock)
 

@@ -187,6 +187,8 @@ def update(d):
         vumi_git.git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=code,
                      runas=d.runas)  # fmt: skip
         d.release = name
+        # a commit that tracks logs/.gitkeep turns the links back into folders: link them again
+        vumi_shared.link_shared(d)
         vumi_settings_file.write_settings(d)  # pillar's settings again, over what the commit brought
         old = manifest.get("revision")
         manifest.update(revision=d.sha, settings_hash=d.settings_hash,

@@ -172,8 +172,8 @@ def resolve_release(paths, release):
     return release
 
 
-def rollback_target(paths):
-    """Replay the history as a stack: deploys push, rollbacks pop."""
+def rollback_stack(paths):
+    """The releases ``current`` went through, as rollback sees them: deploys push, rollbacks pop."""
     stack = []
     for entry in vumi_history.read_history(paths):
         if entry.get("action") == "deploy":
@@ -184,6 +184,12 @@ def rollback_target(paths):
             else:
                 while stack and stack[-1] != entry.get("release"):
                     stack.pop()
+    return stack
+
+
+def rollback_target(paths):
+    """The release before the current one on the rollback stack, if it is still complete."""
+    stack = rollback_stack(paths)
     current_name = current_release(paths)
     while stack and stack[-1] == current_name:
         stack.pop()
@@ -217,7 +223,16 @@ def prune(cfg, paths, limit, unpublished=False):
             vumi_files.remove_tree(paths.release(name))
             removed.append(name)
     complete = [n for n in release_names(paths) if read_manifest(paths, n)]
-    keep = set(complete[-limit:]) | {current_name}
+    # the newest on the rollback stack first (what rollback would go back to, not a release
+    # rolled back from), then by name; prepared, unpublished ones are a fleet deploy's to publish
+    stack = rollback_stack(paths) + ([current_name] if current_name else [])  # this deploy's is not recorded yet
+    order = [n for n in dict.fromkeys(reversed(stack)) if n in complete]
+    order += [n for n in reversed(complete) if n not in order]
+    if complete and current_name != complete[-1]:
+        order = [n for n in order if n != current_name]  # an older current is kept in addition
+    keep = set(order[:limit]) | {current_name}
+    if not unpublished:
+        keep |= unpublished_releases(paths)
     for name in release_names(paths):
         if name not in keep and (name in complete or name != current_name):
             vumi_files.remove_tree(paths.release(name))
@@ -309,6 +324,8 @@ def rollback(cfg, paths, release=None, restart=True, who=None):
                             revision=manifest.get("revision"), named=release is not None,
                             rolled_back_from=left.get("revision"), pinned=cfg["revision"],
                             branch=cfg["branch"], **(who or {}))  # fmt: skip
+        if cfg["remove_rolled_back"] and previous and previous != target:
+            vumi_files.remove_tree(paths.release(previous))
     restarted = []
     if restart:
         running = [p for p, s in vumi_webapp.status(cfg, paths).items() if s["running"]]

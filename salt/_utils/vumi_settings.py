@@ -25,6 +25,7 @@ DEFAULTS = {
     "user": "root",
     "keep_releases": 5,
     "keep_failed": 3,
+    "remove_rolled_back": False,  # a rollback removes the release it left (Ansistrano's default)
     "ports": [8000],
     "host": "127.0.0.1",
     "python": None,  # interpreter for virtualenvs; None: the one running Salt
@@ -168,7 +169,7 @@ def revision(value):
     return check_name(value, "revision", REVISION_RE)
 
 
-BOOLEANS = ("reuse_virtualenvs", "events")
+BOOLEANS = ("reuse_virtualenvs", "events", "remove_rolled_back")
 #: signals that pause or are ignored: a webapp asked to stop with them never stops
 NOT_STOPPING = ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT", "SIGCHLD", "SIGWINCH", "SIGURG")
 

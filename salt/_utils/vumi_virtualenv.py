@@ -54,6 +54,17 @@ def hash_path(digest, path):
                 hash_path(digest, os.path.join(top, name))
 
 
+def hash_listing(digest, folder):
+    """
+    A find-links folder as pip sees it: the archives at its top, never what is
+    below (``-f /usr`` must not read 5 GB at every no-op).
+    """
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file(follow_symlinks=False) and entry.name.endswith((".whl", ".tar.gz", ".zip", ".tar.bz2")):
+            digest.update(entry.name.encode() + b"\0")
+            hash_path(digest, entry.path)
+
+
 def _local(path, value, code):
     """A local path named in requirements file ``path``, resolved as pip does: near the file, else in ``code``."""
     value = value[5:] if value.startswith("file:") else value
@@ -113,7 +124,9 @@ def requirements_hash(cfg, code):
     def visit(path, text, refs):
         digest.update(text.encode())
         for _, _, opt, target in refs:
-            if opt not in INCLUDE_OPTS:
+            if opt in ("-f", "--find-links") and os.path.isdir(target):
+                hash_listing(digest, target)
+            elif opt not in INCLUDE_OPTS:
                 hash_path(digest, target)
 
     walk_requirements(code, cfg["requirements"], visit)

@@ -186,3 +186,111 @@ def test_capistrano_deploy_check_changes_nothing_and_the_dry_run_says_so(vumi, l
     ret = loaders.states.vumi.deployed(ENV, test=True)  # a dry run of the state predicts the failure
     assert ret.result is False and "would fail" in ret.comment and "freeze" in ret.comment, ret
     assert not vumi.check(ENV, repo_url=str(base_dir / "nowhere"))["checks"]["repository"]["ok"]
+
+
+def test_a_branch_name_as_revision_means_the_upstream_branch(vumi, repo):
+    vumi.deploy(ENV)  # the cache now has a local "staging" branch
+    sample.commit_file(repo, ENV, "NEWS", "moved on\n", "upstream moves")
+    assert vumi.deploy(ENV, revision=ENV)["revision"] == sample.git(repo, "rev-parse", ENV)
+
+
+def test_update_keeps_the_shared_links_when_the_repository_tracks_logs(vumi, repo, base_dir):
+    deployed = vumi.deploy(ENV)
+    sample.commit_file(repo, ENV, "logs/.gitkeep", "", "track logs/")
+    vumi.update(ENV)
+    code = pathlib.Path(deployed["path"]) / "vumi"
+    for name in ("logs", "tmp"):
+        assert (code / name).is_symlink(), name
+
+
+@pytest.mark.parametrize("where", ["under a regular file", "in a folder Salt cannot write"])
+def test_an_unusable_deploy_path_gets_a_clear_error(vumi, tmp_path, where):
+    if where == "under a regular file":
+        (tmp_path / "plain-file").write_text("")
+        base = tmp_path / "plain-file" / "srv"
+        named = "Not a directory"
+    else:
+        base = tmp_path / "sealed" / "srv"
+        (tmp_path / "sealed").mkdir()
+        os.system(f"chattr +i {tmp_path / 'sealed'}")  # root ignores modes, not the immutable flag
+        named = "Operation not permitted"
+    try:
+        with pytest.raises(CommandExecutionError, match=f"cannot make the folder .*: {named}"):
+            vumi.deploy(ENV, base_dir=str(base))
+        with pytest.raises(CommandExecutionError, match="cannot make the folder"):
+            vumi.layout(ENV, base_dir=str(base))
+    finally:
+        os.system(f"chattr -i {tmp_path / 'sealed'} 2>/dev/null")
+
+
+def test_find_links_to_a_big_folder_reads_only_its_top(vumi, repo, base_dir, tmp_path):
+    big = tmp_path / "big"
+    (big / "deep" / "deeper").mkdir(parents=True)
+    (big / "deep" / "deeper" / "huge.bin").write_bytes(b"x" * 1000)
+    sample.commit_file(repo, ENV, "config/requirements.pip",
+                       f"--no-index\n--find-links wheels\n-f {big}\nvumi-sample-lib==1.0\n", "find links elsewhere")  # fmt: skip
+    first = vumi.deploy(ENV)
+    (big / "deep" / "deeper" / "huge.bin").write_bytes(b"y" * 1000)  # below the top: not pip's business
+    assert vumi.current(ENV)["requirements_changed"] is False
+    (big / "new-1.0-py3-none-any.whl").write_bytes(b"a wheel")  # at the top: pip would see it
+    assert vumi.current(ENV)["requirements_changed"] is True
+    assert first["virtualenv_built"]
+
+
+def test_history_log_is_rotated_past_its_size_and_read_across(vumi, repo, base_dir, monkeypatch):
+    root = env_root(base_dir)
+    first = vumi.deploy(ENV)
+    with open(root / "history.log", "a", encoding="utf-8") as fh:  # a long life: many old lines
+        fh.write(json.dumps({"action": "note", "pad": "x" * 2000}) + "\n")
+        fh.write(json.dumps({"action": "note", "pad": "x" * (1 << 20)}) + "\n")
+    sample.commit_file(repo, ENV, "NEWS", "next\n", "next")
+    vumi.deploy(ENV)
+    assert (root / "history.log.1").is_file() and (root / "history.log").stat().st_size < 100_000
+    assert vumi.rollback(ENV)["release"] == first["release"]  # the rotated part still counts
+
+
+def test_a_corrupted_cache_is_cloned_again(vumi, repo, base_dir):
+    vumi.deploy(ENV)
+    cache = env_root(base_dir) / "shared" / "repositories" / "vumi" / ".git"
+    sample.git(cache.parent, "repack", "-a", "-d", "-q")
+    for pack in (cache / "objects" / "pack").glob("*.pack"):
+        pack.unlink()  # a disk that lost a file
+    sample.commit_file(repo, ENV, "NEWS", "next\n", "next")
+    assert vumi.deploy(ENV)["revision"] == sample.git(repo, "rev-parse", ENV)
+    assert vumi.deploy(ENV)["revision"] == sample.git(repo, "rev-parse", ENV)  # and stays usable
+
+
+def test_prune_keeps_what_rollback_goes_back_to(vumi, repo, base_dir):
+    """keep_releases 2: deploy A, B, C; roll back to B; deploy D: B stays, C (the bad one) goes."""
+    names = []
+    for step in "ABC":
+        sample.commit_file(repo, ENV, "NEWS", f"{step}\n", step)
+        names.append(vumi.deploy(ENV, keep_releases=2)["release"])
+    a, b, c = names
+    assert vumi.rollback(ENV, keep_releases=2)["release"] == b
+    sample.commit_file(repo, ENV, "NEWS", "D\n", "D")
+    d = vumi.deploy(ENV, keep_releases=2)["release"]
+    assert release_dirs(base_dir) == [b, d]
+    assert vumi.rollback(ENV)["release"] == b
+
+
+def test_ansistrano_remove_rolled_back(vumi, repo, base_dir):
+    first = vumi.deploy(ENV)["release"]
+    sample.commit_file(repo, ENV, "NEWS", "bad\n", "bad")
+    bad = vumi.deploy(ENV)["release"]
+    vumi.rollback(ENV, remove_rolled_back=True)
+    assert release_dirs(base_dir) == [first] and bad not in os.listdir(env_root(base_dir) / "releases")
+
+
+def test_ansistrano_git_submodules_are_checked_out(vumi, repo, tmp_path):
+    lib = tmp_path / "sublib"
+    lib.mkdir()
+    sample.git(lib, "init", "--quiet", "-b", "main")
+    (lib / "VERSION").write_text("sub 1.0\n")
+    sample.git(lib, "add", "VERSION")
+    sample.git(lib, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "sub")
+    sample.git(repo, "checkout", "--quiet", ENV)
+    sample.git(repo, "-c", "protocol.file.allow=always", "submodule", "--quiet", "add", str(lib), "vendor/sublib")
+    sample.git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "a submodule")
+    deployed = vumi.deploy(ENV)
+    assert (pathlib.Path(deployed["path"]) / "vumi" / "vendor" / "sublib" / "VERSION").read_text() == "sub 1.0\n"
