@@ -59,6 +59,7 @@ if _HELPERS is not None:
         sys.path.append(_HELPERS)  # appended: the helpers' vumi_* names shadow nothing
     # pylint: disable=wrong-import-position
     import vumi_check  # noqa: E402
+    import vumi_commands  # noqa: E402
     import vumi_environment  # noqa: E402
     import vumi_files  # noqa: E402
     import vumi_git  # noqa: E402
@@ -356,8 +357,11 @@ def create_virtualenv(environment, release=None, **kwargs):
 def execute(environment, command, release=None, **kwargs):
     """
     Run a shell command in a release's code folder (where ``manage.py`` is)
-    with its virtualenv active, like ``fab execute:<branch>,"<command>"``.
-    A non-zero exit fails the job.
+    with its virtualenv active, like ``fab execute:<branch>,"<command>"``,
+    as the deploy user with the release's environment (pillar ``env``). A
+    non-zero exit fails the job. Of each of stdout and stderr at most 1 MiB is
+    kept (its first 64 KiB and its end, the cut marked); ``truncated`` names
+    the streams that were cut.
 
     command
         A shell line, e.g. ``./manage.py syncdb``.
@@ -374,10 +378,9 @@ def execute(environment, command, release=None, **kwargs):
     if not isinstance(command, str) or not command.strip() or "\0" in command:
         raise SaltInvocationError(f"invalid command {command!r}")
     name = vumi_releases.resolve_release(found, release)
-    # the command is the operator's own shell line, so it runs through the shell
-    res = __salt__["cmd.run_all"](
-        command, cwd=found.code(name), runas=vumi_files.runas_user(cfg), python_shell=True,
-        env=vumi_environment.for_release(cfg, found, name), clean_env=True,
+    # the operator's own shell line; at most OUTPUT_LIMIT bytes of each stream are kept
+    res = vumi_commands.run_shell(
+        command, found.code(name), vumi_files.runas_user(cfg), vumi_environment.for_release(cfg, found, name)
     )
     if res["retcode"] != 0:
         __context__["retcode"] = res["retcode"]
@@ -387,6 +390,7 @@ def execute(environment, command, release=None, **kwargs):
         "stdout": res["stdout"],
         "stderr": res["stderr"],
         "retcode": res["retcode"],
+        "truncated": res["truncated"],
     }
 
 

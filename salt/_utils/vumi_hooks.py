@@ -13,6 +13,7 @@ import time
 
 from salt.exceptions import CommandExecutionError
 
+import vumi_commands
 import vumi_environment
 import vumi_files
 import vumi_history
@@ -27,10 +28,7 @@ def run(d, stage):
             d.hooks_skipped.append(label)  # once, and another host of the fleet runs it
             continue
         started = time.monotonic()
-        res = d.salt["cmd.run_all"](
-            hook["run"], cwd=code, runas=d.runas, python_shell=True, output_loglevel="quiet", ignore_retcode=True,
-            env=vumi_environment.for_release(d.cfg, d.paths, d.release), clean_env=True,
-        )  # fmt: skip
+        res = vumi_commands.run_shell(hook["run"], code, d.runas, vumi_environment.for_release(d.cfg, d.paths, d.release))
         d.timings[label] = round(time.monotonic() - started, 3)
         outcome = "done" if res["retcode"] == 0 else "failed"
         vumi_history.event(d, "hooks", started, outcome, hook=hook["run"], hook_stage=stage, index=index)

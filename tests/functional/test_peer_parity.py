@@ -294,3 +294,17 @@ def test_ansistrano_git_submodules_are_checked_out(vumi, repo, tmp_path):
     sample.git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "a submodule")
     deployed = vumi.deploy(ENV)
     assert (pathlib.Path(deployed["path"]) / "vumi" / "vendor" / "sublib" / "VERSION").read_text() == "sub 1.0\n"
+
+
+def test_execute_keeps_a_bounded_part_of_a_huge_output(vumi):
+    import resource  # pylint: disable=import-outside-toplevel
+
+    vumi.deploy(ENV)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ran = vumi.execute(ENV, "echo first; head -c 300000000 /dev/zero | tr '\\0' x; echo; echo last; echo oops >&2")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert ran["retcode"] == 0 and ran["truncated"] == ["stdout"]
+    assert ran["stdout"].startswith("first\n") and ran["stdout"].endswith("\nlast")
+    assert "bytes left out" in ran["stdout"] and len(ran["stdout"]) <= (1 << 20) + 200
+    assert ran["stderr"] == "oops"
+    assert grown_mb < 100, f"the job grew by {grown_mb:.0f} MB for 300 MB of output"
