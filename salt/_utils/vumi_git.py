@@ -37,8 +37,9 @@ def _clone_cache(d):
     cfg, repo = d.cfg, d.paths.repo
     tmp = f"{repo}.clone-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    shallow = ["--depth", str(cfg["git_depth"]), "--no-single-branch"] if cfg["git_depth"] else []
     try:
-        git(d.salt, ["clone", "--quiet", "--no-checkout", "--", cfg["repo_url"], tmp],
+        git(d.salt, ["clone", "--quiet", "--no-checkout", *shallow, "--", cfg["repo_url"], tmp],
             f"git clone {cfg['repo_url']}", runas=d.runas)  # fmt: skip
     except CommandExecutionError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -49,7 +50,8 @@ def _clone_cache(d):
 def _update_cache(d):
     cfg, repo = d.cfg, d.paths.repo
     git(d.salt, ["remote", "set-url", "origin", cfg["repo_url"]], "git remote set-url", cwd=repo, runas=d.runas)
-    git(d.salt, ["fetch", "--quiet", "--prune", "--force", "origin",
+    shallow = ["--depth", str(cfg["git_depth"])] if cfg["git_depth"] else []
+    git(d.salt, ["fetch", "--quiet", "--prune", "--force", *shallow, "origin",
                  "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
         f"git fetch {cfg['repo_url']}", cwd=repo, runas=d.runas)  # fmt: skip
     # a cache whose objects were damaged (a pack file lost) fetches fine and fails here
@@ -76,16 +78,17 @@ def fetch(d):
             log.warning("the cached clone %s was unusable (%s); cloned it again", repo, exc)
             shutil.rmtree(broken, ignore_errors=True)
     if d.revision is not None:
-        # the upstream branch of that name first (the cache's local branch may be stale), then a tag, a commit
-        for ref in (f"refs/remotes/origin/{d.revision}", f"refs/tags/{d.revision}", d.revision):
+        d.sha = _resolve_pin(d)
+        if d.sha is None and cfg["git_depth"]:
+            # a pin older than the shallow history: fetch that commit, else the whole history
             try:
-                # as the clone's owner: git refuses to read a repository another user owns
-                d.sha = git(d.salt, ["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], "", cwd=repo,
-                            runas=d.runas)  # fmt: skip
-                break
+                git(d.salt, ["fetch", "--quiet", "--depth", str(cfg["git_depth"]), "origin", d.revision],
+                    "git fetch", cwd=repo, runas=d.runas)  # fmt: skip
             except CommandExecutionError:
-                continue
-        else:
+                git(d.salt, ["fetch", "--quiet", "--unshallow", "origin"], "git fetch --unshallow", cwd=repo,
+                    runas=d.runas)  # fmt: skip
+            d.sha = _resolve_pin(d)
+        if d.sha is None:
             raise CommandExecutionError(f"revision {d.revision!r} is not in {cfg['repo_url']}")
         git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=repo, runas=d.runas)
     else:
@@ -99,6 +102,19 @@ def fetch(d):
         git(d.salt, ["checkout", "--quiet", "--force", "-B", cfg["branch"], d.sha], "git checkout", cwd=repo, runas=d.runas)
 
 
+def _resolve_pin(d):
+    """The commit of ``d.revision`` in the cache: the upstream branch of that name first (the
+    cache's local branch may be stale), then a tag, then a commit; None if it has none."""
+    for ref in (f"refs/remotes/origin/{d.revision}", f"refs/tags/{d.revision}", d.revision):
+        try:
+            # as the clone's owner: git refuses to read a repository another user owns
+            return git(d.salt, ["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], "", cwd=d.paths.repo,
+                       runas=d.runas)  # fmt: skip
+        except CommandExecutionError:
+            continue
+    return None
+
+
 def cut_release(d):
     """The release's code: a clone sharing the cache's objects (small .git), at the commit."""
     if d.release is None:
@@ -110,7 +126,7 @@ def cut_release(d):
         raise CommandExecutionError(f"release {d.release} already exists in {d.paths.releases}")
     vumi_files.makedirs(rel, d.runas)
     d.cut = True  # this deploy made the folder: a failure from here on moves it to failed/
-    code = d.paths.code(d.release)
+    code = d.paths.checkout(d.release)
     # no hook samples, no reflogs: the release's .git is a few small files
     git(d.salt, ["clone", "--quiet", "--shared", "--no-checkout", "--template=", "--config=core.logAllRefUpdates=false",
           "--", d.paths.repo, code], "git clone --shared", runas=d.runas)  # fmt: skip
@@ -119,6 +135,13 @@ def cut_release(d):
         # local submodule URLs (file protocol) are what git blocks by default since 2.38
         git(d.salt, ["-c", "protocol.file.allow=always", "submodule", "--quiet", "update", "--init", "--recursive"],
             "git submodule update", cwd=code, runas=d.runas)  # fmt: skip
+    if d.cfg["repo_tree"]:
+        # the app is a subfolder: a real one of this commit, not a link the repository planted
+        path = code
+        for part in d.cfg["repo_tree"].split("/"):
+            path = os.path.join(path, part)
+            if os.path.islink(path) or not os.path.isdir(path):
+                raise CommandExecutionError(f"repo_tree {d.cfg['repo_tree']!r} is not a folder of {d.sha[:12]}")
 
 
 def commit_info(salt, code, sha, runas):

@@ -17,6 +17,7 @@ class Paths:
 
     def __init__(self, cfg):
         self.app = cfg["app"]
+        self.repo_tree = cfg.get("repo_tree")
         self.app_dir = os.path.join(cfg["base_dir"], cfg["app"])
         self.root = os.path.join(self.app_dir, vumi_settings.env_dirname(cfg["environment"]))
         self.releases = os.path.join(self.root, "releases")
@@ -48,8 +49,13 @@ class Paths:
         vumi_settings.check_name(name, "release", vumi_settings.RELEASE_RE)
         return os.path.join(self.releases, name)
 
-    def code(self, name):
+    def checkout(self, name):
+        """The release's git checkout."""
         return os.path.join(self.release(name), self.app)
+
+    def code(self, name):
+        """The app's folder: the checkout, or its ``repo_tree`` subfolder."""
+        return os.path.join(self.checkout(name), self.repo_tree) if self.repo_tree else self.checkout(name)
 
     def venv(self, name):
         return os.path.join(self.release(name), "ve")

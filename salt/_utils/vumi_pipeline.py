@@ -181,10 +181,11 @@ def update(d):
         manifest = vumi_releases.read_manifest(paths, name) or {}
         run_steps(d, [("fetch", vumi_git.fetch)])
         code = paths.code(name)
-        vumi_git.git(d.salt, ["fetch", "--quiet", "origin"], "git fetch", cwd=code, runas=d.runas)
+        checkout = paths.checkout(name)
+        vumi_git.git(d.salt, ["fetch", "--quiet", "origin"], "git fetch", cwd=checkout, runas=d.runas)
         # --force: the settings file rendered over a tracked file is the one local change a
         # release has; git would refuse to check out a commit that changes that file
-        vumi_git.git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=code,
+        vumi_git.git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=checkout,
                      runas=d.runas)  # fmt: skip
         d.release = name
         # a commit that tracks logs/.gitkeep turns the links back into folders: link them again

@@ -126,7 +126,7 @@ def write_release_manifest(d):
         "installer": vumi_virtualenv.built_with(d.paths.venv(d.release)),
         "deployed_at": vumi_files.now().isoformat(timespec="seconds"),
         "deployed_by": d.who.get("user"),
-        **vumi_git.commit_info(d.salt, d.paths.code(d.release), d.sha, d.runas),
+        **vumi_git.commit_info(d.salt, d.paths.checkout(d.release), d.sha, d.runas),
     })  # fmt: skip
 
 

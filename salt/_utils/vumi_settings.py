@@ -22,6 +22,8 @@ DEFAULTS = {
     "branch": None,  # the environment's name
     "revision": None,  # optional pin: commit, tag
     "requirements": "config/requirements.pip",
+    "repo_tree": None,  # a subfolder of the repository that is the app (Capistrano's repo_tree)
+    "git_depth": None,  # fetch only this many commits of history (a shallow cache)
     "user": "root",
     "keep_releases": 5,
     "keep_failed": 3,
@@ -194,6 +196,11 @@ def validate(cfg):
     if not isinstance(cfg["repo_url"], str) or not cfg["repo_url"] or cfg["repo_url"].startswith("-"):
         raise SaltInvocationError(f"invalid repo_url {cfg['repo_url']!r}")
     relpath(cfg["requirements"], "requirements")
+    if cfg["repo_tree"] is not None:
+        cfg["repo_tree"] = relpath(cfg["repo_tree"], "repo_tree").strip("/") or None
+    depth = cfg["git_depth"]
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise SaltInvocationError(f"invalid git_depth {depth!r}: an integer >= 1, or null for the whole history")
     if cfg["settings"] is not None and not isinstance(cfg["settings"], dict):
         raise SaltInvocationError(f"invalid settings {cfg['settings']!r}: must be a mapping")
     for key in cfg["settings"] or {}:

@@ -69,7 +69,10 @@ def link_shared(d):
         os.symlink(target, link)
         vumi_files.chown(link, d.runas)
         exclude.append(f"/{name}\n")
-    vumi_files.makedirs(os.path.join(code, ".git", "info"), d.runas)
-    with open(os.path.join(code, ".git", "info", "exclude"), "a", encoding="utf-8") as fh:
+    checkout = d.paths.checkout(d.release)
+    if d.cfg["repo_tree"]:  # git's exclude patterns are relative to the checkout
+        exclude = [f"/{d.cfg['repo_tree']}{line}" for line in exclude]
+    vumi_files.makedirs(os.path.join(checkout, ".git", "info"), d.runas)
+    with open(os.path.join(checkout, ".git", "info", "exclude"), "a", encoding="utf-8") as fh:
         fh.writelines(exclude)
-    vumi_files.chown(os.path.join(code, ".git", "info", "exclude"), d.runas)
+    vumi_files.chown(os.path.join(checkout, ".git", "info", "exclude"), d.runas)

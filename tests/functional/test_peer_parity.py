@@ -308,3 +308,37 @@ def test_execute_keeps_a_bounded_part_of_a_huge_output(vumi):
     assert "bytes left out" in ran["stdout"] and len(ran["stdout"]) <= (1 << 20) + 200
     assert ran["stderr"] == "oops"
     assert grown_mb < 100, f"the job grew by {grown_mb:.0f} MB for 300 MB of output"
+
+
+def test_capistrano_repo_tree_ansistrano_git_repo_tree(vumi, repo, tmp_path):
+    sample.git(repo, "checkout", "--quiet", ENV)
+    app = repo / "src" / "app"
+    (app / "config").mkdir(parents=True)
+    (app / "config" / "requirements.pip").write_text("# nothing to install\n")
+    (app / "hello.txt").write_text("from the subfolder\n")
+    sample.git(repo, "add", "src")
+    sample.git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "the app in src/app")
+    deployed = vumi.deploy(ENV, repo_tree="src/app")
+    ran = vumi.execute(ENV, "cat hello.txt; test -L logs && echo linked", repo_tree="src/app")
+    assert ran["stdout"] == "from the subfolder\nlinked"
+    assert (pathlib.Path(deployed["path"]) / "vumi" / "src" / "app" / "logs").is_symlink()
+    # a repo_tree the repository makes a link (out of the checkout) is refused
+    os.symlink(tmp_path, repo / "src" / "out")
+    sample.git(repo, "add", "src/out")
+    sample.git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "a link out")
+    with pytest.raises(CommandExecutionError, match="repo_tree 'src/out' is not a folder"):
+        vumi.deploy(ENV, repo_tree="src/out")
+
+
+def test_ansistrano_shallow_clone_with_a_pinned_older_revision(vumi, repo, base_dir):
+    old = sample.git(repo, "rev-parse", ENV)
+    for n in range(3):
+        sample.commit_file(repo, ENV, "NEWS", f"{n}\n", f"commit {n}")
+    url = f"file://{repo}"  # git ignores --depth for a plain local path
+    deployed = vumi.deploy(ENV, git_depth=1, repo_url=url)
+    cache = env_root(base_dir) / "shared" / "repositories" / "vumi"
+    assert sample.git(cache, "rev-parse", "--is-shallow-repository") == "true"
+    assert deployed["revision"] == sample.git(repo, "rev-parse", ENV)
+    assert sample.git(cache, "rev-list", "--count", "--all") != "4"
+    pinned = vumi.deploy(ENV, git_depth=1, repo_url=url, revision=old)  # not in the shallow history: fetched
+    assert pinned["revision"] == old
