@@ -149,7 +149,7 @@ def paths(environment, **kwargs):
     found = _context(environment, kwargs)[1]
     tree = found.tree()
     planted = [p for p in tree + [found.failed, found.repo] if os.path.islink(p)]
-    return dict(vars(found), tree=tree, planted=planted)
+    return dict({k: v for k, v in vars(found).items() if not k.startswith("_")}, tree=tree, planted=planted)
 
 
 def _context(environment, kwargs):

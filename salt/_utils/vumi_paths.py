@@ -17,7 +17,7 @@ class Paths:
 
     def __init__(self, cfg):
         self.app = cfg["app"]
-        self.repo_tree = cfg.get("repo_tree")
+        self._repo_tree = cfg.get("repo_tree")  # not a path: kept out of vumi.paths
         self.app_dir = os.path.join(cfg["base_dir"], cfg["app"])
         self.root = os.path.join(self.app_dir, vumi_settings.env_dirname(cfg["environment"]))
         self.releases = os.path.join(self.root, "releases")
@@ -55,7 +55,7 @@ class Paths:
 
     def code(self, name):
         """The app's folder: the checkout, or its ``repo_tree`` subfolder."""
-        return os.path.join(self.checkout(name), self.repo_tree) if self.repo_tree else self.checkout(name)
+        return os.path.join(self.checkout(name), self._repo_tree) if self._repo_tree else self.checkout(name)
 
     def venv(self, name):
         return os.path.join(self.release(name), "ve")

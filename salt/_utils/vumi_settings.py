@@ -103,16 +103,7 @@ def check_name(value, what, pattern=BRANCH_RE):
 
 
 def env_dirname(env):
-    """
-    The folder name of an environment: ``/`` becomes ``~`` (reversible, since
-    git forbids ``~`` in branch names).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' vumi.env_dirname topics/foo
-    """
+    """An environment's folder name (``vumi.env_dirname``): ``/`` becomes ``~``, which git forbids in branch names."""
     return check_name(env, "environment").replace("/", "~")
 
 

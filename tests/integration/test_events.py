@@ -70,6 +70,11 @@ def test_one_event_per_stage_in_order_with_timings(salt_master, minion, host, ev
     ret = salt.run("vumi.deploy", ENV, minion_tgt=host.id)
     assert ret.returncode == 0, ret
     result = ret.data
+    # the history says who: the master job's user, its jid, this minion (Capistrano's revisions.log)
+    lines = (host.env_root(ENV) / "history.log").read_text().splitlines()
+    (entry,) = [json.loads(line) for line in lines if json.loads(line).get("release") == result["release"]]
+    assert entry["minion"] == host.id and entry["branch"] == ENV and entry["user"], entry
+    assert entry["jid"].isdigit() and len(entry["jid"]) == 20, entry
     timings = result["timings"]
     stages = [s for s in STAGES if s in timings]
     assert list(timings) == stages, timings  # every stage timed, in pipeline order

@@ -172,8 +172,7 @@ def test_bad_environment_names_are_refused(vumi, bad):
 
 @pytest.mark.parametrize("index", range(len(BAD_BRANCHES)))
 def test_bad_branch_names_from_pillar_are_refused(vumi, index):
-    # the first argument of every function is named ``branch``, so the branch
-    # setting cannot be a keyword argument: pillar is where it is set
+    # pillar is where a branch is usually set (a keyword argument works too)
     bad = BAD_BRANCHES[index]
     with pytest.raises(SaltInvocationError) as exc:
         vumi.settings(f"badbranch{index}")
