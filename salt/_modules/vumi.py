@@ -29,7 +29,7 @@ import shlex
 import sys
 
 import salt.utils.path
-from salt.exceptions import SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ if _HELPERS is not None:
     import vumi_environment  # noqa: E402
     import vumi_files  # noqa: E402
     import vumi_git  # noqa: E402
+    import vumi_health  # noqa: E402
     import vumi_history  # noqa: E402
     import vumi_layout  # noqa: E402
     import vumi_paths  # noqa: E402
@@ -493,6 +494,74 @@ def discard(environment, release, **kwargs):
         salt 'web*' vumi.discard staging 20261126_153000
     """
     return vumi_releases.discard(*_context(environment, kwargs), release)
+
+
+def environments(**kwargs):
+    """
+    The environments present on this host: those pillar names (``vumi:environments``,
+    ``vumi:deploy``) whose folder exists, and any other environment folder under
+    the default ``<base_dir>/<app>``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.environments
+    """
+    pillar = kwargs.get("vumi_pillar") or __pillar__.get("vumi") or {}
+    named = set(pillar.get("environments") or {})
+    deploy = pillar.get("deploy")
+    named |= set(deploy) if isinstance(deploy, (list, tuple)) else set()
+    found = set()
+    for env in named:
+        try:
+            if os.path.isdir(_context(env, kwargs)[1].root):
+                found.add(env)
+        except SaltInvocationError:
+            continue  # a bad name in pillar: vumi.settings says what is wrong with it
+    app_dir = _context("default", kwargs)[1].app_dir
+    if os.path.isdir(app_dir):
+        for name in os.listdir(app_dir):
+            env = name.replace("~", "/")
+            try:
+                if vumi_settings.env_dirname(env) == name and os.path.isdir(os.path.join(app_dir, name, "releases")):
+                    found.add(env)
+            except SaltInvocationError:
+                continue
+    return sorted(found)
+
+
+def summary(**kwargs):
+    """
+    Each environment on this host (``vumi.environments``): its current release,
+    revision, whether the branch (or pin) upstream is at another commit
+    (``behind``), and its ports configured, running and answering HTTP. What
+    ``salt-run vumi.status`` shows a row of.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.summary
+    """
+    rows = []
+    for env in environments(**kwargs):
+        cfg, found = _context(env, kwargs)
+        now = vumi_releases.current_release_safe(found)
+        manifest = vumi_releases.read_manifest(found, now) or {} if now else {}
+        try:
+            tip = vumi_git.remote_revision(__salt__, cfg, found, cfg["revision"])
+            behind = None if tip is None else tip != manifest.get("revision")
+        except (SaltInvocationError, CommandExecutionError):
+            behind = None  # the repository does not answer: unknown
+        ports = vumi_webapp.status(cfg, found)
+        running = sorted(p for p, s in ports.items() if s["running"])
+        rows.append({
+            "environment": env, "release": now, "revision": manifest.get("revision"), "behind": behind,
+            "ports": cfg["ports"], "running": running,
+            "answering": [p for p in running if vumi_health.answers(cfg["host"], p)],
+        })  # fmt: skip
+    return rows
 
 
 def check(environment, **kwargs):

@@ -97,6 +97,18 @@ def probe(cfg, port, proc):
         return False, f"{evidence}: {body!r}" if body else evidence
 
 
+def answers(host, port, timeout=2.0):
+    """Whether ``GET /`` on the port gets an HTTP answer below 500 (the default probe's rule), quickly."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/", headers={"User-Agent": "vumi-salt status"})
+        return conn.getresponse().status < 500
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
 def stop_leftover_health_checks(paths):
     """A health-check webapp whose deploy was killed: stop it (if it still is the process we started)."""
     if not os.path.isdir(paths.pids):

@@ -149,6 +149,12 @@ def publish(d):
         if not os.path.isdir(paths.release(d.release)):
             raise SaltInvocationError(f"unknown release {d.release!r} in {paths.releases}")
         d.previous = vumi_releases.current_release(paths)
+        if d.previous is not None and d.release <= d.previous:
+            # a publish that lands after a newer deploy must not take the host back to older code
+            raise CommandExecutionError(
+                f"release {d.release} does not sort after the current release {d.previous}; refusing to publish "
+                "it (a newer deploy went live meanwhile; vumi.rollback goes back on purpose)"
+            )
         d.sha = (vumi_releases.read_manifest(paths, d.release) or {}).get("revision")
         run_steps(d, PUBLISH)
         vumi_history.record(paths, "deploy", release=d.release, revision=d.sha, previous=d.previous, **d.who)

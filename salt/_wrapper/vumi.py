@@ -31,7 +31,7 @@ FUNCTIONS = (
     "deploy", "layout", "update", "create_virtualenv", "execute", "managepy", "rollback",
     "cleanup", "discard", "start_webapp", "stop_webapp", "restart_webapp",
     "start_webapp_cluster", "stop_webapp_cluster", "restart_webapp_cluster", "webapp_status",
-    "lock", "unlock", "locked", "check",
+    "lock", "unlock", "locked", "check", "environments", "summary",
 )  # fmt: skip
 WITH_SETTINGS = ("deploy", "prepare", "current", "settings")
 

@@ -342,3 +342,13 @@ def test_ansistrano_shallow_clone_with_a_pinned_older_revision(vumi, repo, base_
     assert sample.git(cache, "rev-list", "--count", "--all") != "4"
     pinned = vumi.deploy(ENV, git_depth=1, repo_url=url, revision=old)  # not in the shallow history: fetched
     assert pinned["revision"] == old
+
+
+def test_publish_refuses_a_release_older_than_current(vumi, repo, base_dir):
+    """Issue #16: an orchestrated publish that lands after a newer state.apply must not go back in time."""
+    prepared = vumi.prepare(ENV)["release"]
+    sample.commit_file(repo, ENV, "NEWS", "newer\n", "newer")
+    newer = vumi.deploy(ENV)["release"]  # a plain state.apply meanwhile
+    with pytest.raises(CommandExecutionError, match=f"release {prepared} does not sort after the current release {newer}"):
+        vumi.publish(ENV, prepared)
+    assert current_target(base_dir) == f"releases/{newer}"

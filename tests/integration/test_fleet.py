@@ -188,3 +188,21 @@ def test_execute_failing_command_fails_the_job(production_applied, fleet, salt_c
     for minion_id, result in ret.data.items():
         assert result["retcode"] == 3, (minion_id, result)
         assert "failing on purpose" in result["stderr"], (minion_id, result)
+
+
+def test_salt_run_vumi_status_rows_match_each_minions_current(production_applied, salt_master, fleet, salt_cli):
+    """The fleet view: salt-run vumi.status 'web*' has a row per host and environment."""
+    run = salt_master.salt_run_cli(timeout=180)
+    ret = run.run("saltutil.sync_runners")
+    assert ret.returncode == 0 and "runners.vumi" in ret.data, ret
+    ret = run.run("vumi.status", TARGET)
+    assert ret.returncode == 0 and isinstance(ret.data, list), ret
+    rows = {(r["host"], r["environment"]): r for r in ret.data}
+    assert set(rows) == {(m, env) for m in fleet for env in ("staging", "production")}, ret.data
+    for (minion_id, env), row in rows.items():
+        current = salt_cli.run("vumi.current", env, minion_tgt=minion_id).data
+        assert (row["release"], row["revision"]) == (current["release"], current["revision"]), row
+        assert row["behind"] is False, row  # nothing pushed since
+        assert row["running"] == sorted(fleet[minion_id].ports[env]) == sorted(row["answering"]), row
+    envs = salt_cli.run("vumi.environments", minion_tgt=TARGET)
+    assert all(found == ["production", "staging"] for found in envs.data.values()), envs
