@@ -13,6 +13,7 @@ from salt.exceptions import CommandExecutionError
 
 import vumi_git
 import vumi_history
+import vumi_settings
 
 
 def _item(ok, detail):
@@ -66,8 +67,9 @@ def check(salt, cfg, paths):
     try:
         sha = vumi_git.remote_revision(salt, cfg, paths, cfg["revision"])
         what = f"pin {cfg['revision']}" if cfg["revision"] else f"branch {cfg['branch']}"
-        found["repository"] = _item(True, f"{cfg['repo_url']} has {what} at {sha}" if sha else
-                                    f"{cfg['repo_url']} answers; {what} is resolved by the next fetch")  # fmt: skip
+        url = vumi_settings.mask_credentials(cfg["repo_url"])
+        found["repository"] = _item(True, f"{url} has {what} at {sha}" if sha else
+                                    f"{url} answers; {what} is resolved by the next fetch")  # fmt: skip
     except CommandExecutionError as exc:
         sha = None
         found["repository"] = _item(False, str(exc))

@@ -25,7 +25,10 @@ def run(salt, cmd, what, cwd=None, runas=None, env=None):
         ignore_retcode=True,  # a failure raises below; a probe that fails must not fail the job
     )
     if res["retcode"] != 0:
-        raise CommandExecutionError(f"{what} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}")
+        # what and git's own words may name the repository's URL: never with its password
+        raise CommandExecutionError(vumi_settings.mask_credentials(
+            f"{what} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}"
+        ))
     return res["stdout"].strip()
 
 
@@ -45,11 +48,20 @@ def _clone_cache(d):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.rename(tmp, repo)
+    _private_config(d)
+
+
+def _private_config(d):
+    """A repository URL with credentials is written to the cache's .git/config: keep it from other users."""
+    if vumi_settings.mask_credentials(d.cfg["repo_url"]) != d.cfg["repo_url"]:
+        run(d.salt, ["chmod", "0600", os.path.join(".git", "config")], "chmod .git/config", cwd=d.paths.repo,
+            runas=d.runas)  # fmt: skip
 
 
 def _update_cache(d):
     cfg, repo = d.cfg, d.paths.repo
     git(d.salt, ["remote", "set-url", "origin", cfg["repo_url"]], "git remote set-url", cwd=repo, runas=d.runas)
+    _private_config(d)
     shallow = ["--depth", str(cfg["git_depth"])] if cfg["git_depth"] else []
     git(d.salt, ["fetch", "--quiet", "--prune", "--force", *shallow, "origin",
                  "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
@@ -89,7 +101,9 @@ def fetch(d):
                     runas=d.runas)  # fmt: skip
             d.sha = _resolve_pin(d)
         if d.sha is None:
-            raise CommandExecutionError(f"revision {d.revision!r} is not in {cfg['repo_url']}")
+            raise CommandExecutionError(
+                f"revision {d.revision!r} is not in {vumi_settings.mask_credentials(cfg['repo_url'])}"
+            )
         git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=repo, runas=d.runas)
     else:
         try:
@@ -97,7 +111,7 @@ def fetch(d):
                          runas=d.runas)  # fmt: skip
         except CommandExecutionError:
             raise CommandExecutionError(
-                f"branch {cfg['branch']!r} not found in {cfg['repo_url']}"
+                f"branch {cfg['branch']!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}"
             ) from None
         git(d.salt, ["checkout", "--quiet", "--force", "-B", cfg["branch"], d.sha], "git checkout", cwd=repo, runas=d.runas)
 
@@ -177,4 +191,4 @@ def remote_revision(salt, cfg, paths, pin):
         return None  # unknown here yet; a deploy fetches and then decides
     if pin is not None:
         return None
-    raise CommandExecutionError(f"branch {cfg['branch']!r} not found in {cfg['repo_url']}")
+    raise CommandExecutionError(f"branch {cfg['branch']!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}")

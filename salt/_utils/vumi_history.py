@@ -13,6 +13,7 @@ import time
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import vumi_files
+import vumi_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,12 @@ def record(paths, action, **fields):
             os.replace(paths.history, paths.history_old)
     except FileNotFoundError:
         pass
-    fd = os.open(paths.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    # failure reasons quote commands' output: not for every user of the host, never a URL's password
+    fd = os.open(paths.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    os.fchmod(fd, 0o640)
     vumi_files.own_like_parent(paths.history, fd)
     with open(fd, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")  # one write: a crash leaves whole lines
+        fh.write(vumi_settings.mask_credentials(json.dumps(entry, sort_keys=True)) + "\n")  # one write: whole lines
     return entry
 
 

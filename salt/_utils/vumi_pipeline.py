@@ -107,7 +107,8 @@ def fail(d, stage, exc):
                             reason=str(exc), previous=d.previous, **d.who)  # fmt: skip
     kind = SaltInvocationError if isinstance(exc, SaltInvocationError) else CommandExecutionError
     where = f"; the half-built release is kept in {moved}" if moved else ""
-    raise kind(f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}") from exc
+    message = vumi_settings.mask_credentials(f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}")
+    raise kind(message) from exc
 
 
 def summary(d, action):

@@ -119,7 +119,7 @@ def write_release_manifest(d):
         "branch": d.cfg["branch"],
         "revision": d.sha,
         "pinned": d.revision,
-        "repo_url": d.cfg["repo_url"],
+        "repo_url": vumi_settings.mask_credentials(d.cfg["repo_url"]),
         "requirements_hash": d.req_hash,
         "settings_hash": d.settings_hash,
         "virtualenv": os.path.realpath(d.paths.venv(d.release)),

@@ -363,8 +363,19 @@ SECRET = ("settings", "env")
 
 
 def masked(cfg):
-    """The settings as ``vumi.settings`` shows them: the values of secret mappings masked."""
-    return dict(cfg, **{key: {k: "**********" for k in (cfg[key] or {})} for key in SECRET if cfg.get(key)})
+    """The settings as ``vumi.settings`` shows them: the values of secret mappings masked, and URL passwords."""
+    shown = dict(cfg, **{key: {k: "**********" for k in (cfg[key] or {})} for key in SECRET if cfg.get(key)})
+    shown["repo_url"] = mask_credentials(cfg["repo_url"])
+    return shown
+
+
+#: the user-info part of a URL: ``https://user:password@host`` or ``https://token@host``
+_USERINFO_RE = re.compile(r"(?<=://)([^/@\s:]*)(:[^/@\s]*)?@")
+
+
+def mask_credentials(text):
+    """``text`` with the password (or the token) of any URL in it replaced by ``****``."""
+    return _USERINFO_RE.sub(lambda m: f"{m.group(1)}:****@" if m.group(2) else "****@", text)
 
 
 def merge(branch, pillar, opts_vumi, overrides):

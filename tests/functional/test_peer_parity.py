@@ -352,3 +352,18 @@ def test_publish_refuses_a_release_older_than_current(vumi, repo, base_dir):
     with pytest.raises(CommandExecutionError, match=f"release {prepared} does not sort after the current release {newer}"):
         vumi.publish(ENV, prepared)
     assert current_target(base_dir) == f"releases/{newer}"
+
+
+def test_credentials_in_repo_url_reach_no_output_or_file_others_can_read(vumi, base_dir):
+    """Issue #15 (7): the URL's password is in no error, no history line, no settings output."""
+    url = "http://deploy:hunter2@127.0.0.1:9/app.git"  # nothing listens: the fetch fails
+    with pytest.raises(CommandExecutionError) as failed:
+        vumi.deploy(ENV, repo_url=url)
+    assert "hunter2" not in str(failed.value) and "deploy:****@127.0.0.1" in str(failed.value)
+    history_file = env_root(base_dir) / "history.log"
+    assert "hunter2" not in history_file.read_text() and "deploy:****@" in history_file.read_text()
+    assert oct(history_file.stat().st_mode & 0o777) == "0o640"
+    assert vumi.settings(ENV, repo_url=url)["repo_url"] == "http://deploy:****@127.0.0.1:9/app.git"
+    assert vumi.settings(ENV, repo_url=url, show_secrets=True)["repo_url"] == url
+    checked = vumi.check(ENV, repo_url=url)
+    assert "hunter2" not in json.dumps(checked) and not checked["checks"]["repository"]["ok"]

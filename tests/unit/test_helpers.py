@@ -214,3 +214,14 @@ def test_the_webapp_command_is_filled_quoted_and_an_unknown_field_refused(cfg, p
     assert json.dumps(vumi_webapp.status(cfg, paths)) == json.dumps(
         {"8000": {"running": False, "pid": None, "release": None, "current": False, "uptime": None, "listening": False}}
     )
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://deploy:hunter2@git.example.org/app.git", "https://deploy:****@git.example.org/app.git"),
+    ("https://ghp_token123@github.com/me/app.git", "https://****@github.com/me/app.git"),
+    ("git clone ssh://git@host/app.git failed", "git clone ssh://****@host/app.git failed"),
+    ("/srv/git/app.git", "/srv/git/app.git"),
+    ("git@github.com:me/app.git", "git@github.com:me/app.git"),  # scp form: a user name, no secret
+])
+def test_credentials_in_urls_are_masked(url, shown):
+    assert vumi_settings.mask_credentials(url) == shown
