@@ -23,6 +23,8 @@ over to the helpers in ``salt/_utils/vumi_*.py``, one file per concern
 :depends: git
 """
 
+import importlib.abc
+import importlib.util
 import logging
 import os
 import shlex
@@ -50,13 +52,31 @@ def _helpers_dir():
     return None
 
 
+class _HelperFinder(importlib.abc.MetaPathFinder):
+    """
+    Imports ``vumi_*`` from this module's own helper folder, and nothing else from
+    it: a checkout's ``salt/_utils`` and a synced ``extmods/utils`` may both be
+    about, and a folder of other extensions' utils must not shadow any module.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def find_spec(self, name, path=None, target=None):  # pylint: disable=unused-argument
+        if name.startswith("vumi_") and "." not in name:
+            candidate = os.path.join(self.folder, f"{name}.py")
+            if os.path.isfile(candidate):
+                return importlib.util.spec_from_file_location(name, candidate)
+        return None
+
+
 _HELPERS = _helpers_dir()
 if _HELPERS is not None:
-    # a new sync brings new helpers: drop the ones an earlier load of this module imported
+    # this load's helpers, fresh: a new sync brings new ones, another copy may have loaded before
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_HelperFinder"]
+    sys.meta_path.insert(0, _HelperFinder(_HELPERS))
     for _name in [n for n in sys.modules if n.startswith("vumi_")]:
         del sys.modules[_name]
-    if _HELPERS not in sys.path:
-        sys.path.append(_HELPERS)  # appended: the helpers' vumi_* names shadow nothing
     # pylint: disable=wrong-import-position
     import vumi_check  # noqa: E402
     import vumi_commands  # noqa: E402
