@@ -11,6 +11,7 @@ import pwd
 
 from salt.exceptions import CommandExecutionError
 
+import vumi_files
 import vumi_git
 import vumi_history
 import vumi_settings
@@ -63,6 +64,7 @@ def _locks(cfg, paths):
 
 def check(salt, cfg, paths):
     """Every finding, and whether a deploy would get past them."""
+    vumi_files.runas_user(cfg)  # a user that does not exist (or Salt cannot act as) is a clear error
     found = {"tree": _tree(cfg, paths), "shared": _shared(cfg, paths), "lock": _locks(cfg, paths)}
     try:
         sha = vumi_git.remote_revision(salt, cfg, paths, cfg["revision"])
@@ -74,7 +76,7 @@ def check(salt, cfg, paths):
         sha = None
         found["repository"] = _item(False, str(exc))
     if sha and os.path.isdir(os.path.join(paths.repo, ".git")):
-        runas = None if cfg["user"] == pwd.getpwuid(os.geteuid()).pw_name else cfg["user"]
+        runas = vumi_files.runas_user(cfg)
 
         def has(obj):
             try:

@@ -34,7 +34,7 @@ def release_settings_module(cfg, paths, name):
 
 def for_release(cfg, paths, name, **extra):
     """The environment of a process of release ``name`` (``extra`` adds e.g. ``VUMI_PORT``)."""
-    user = pwd.getpwnam(cfg["user"]) if cfg["user"] else pwd.getpwuid(os.geteuid())
+    user = pwd.getpwnam(cfg["user"])  # callers checked it exists (vumi_files.runas_user)
     venv = paths.venv(name)
     manifest = vumi_releases.read_manifest(paths, name) or {}
     env = {

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def runas_user(cfg):
     """The user to run commands as, or None when it is the one running Salt."""
     me = pwd.getpwuid(os.geteuid()).pw_name
-    user = cfg["user"] or me
+    user = cfg["user"]  # validated: a non-empty name (an empty user is not root)
     if user == me:
         return None
     try:

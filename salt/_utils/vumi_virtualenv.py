@@ -255,14 +255,6 @@ def virtualenv(d):
     d.req_hash, d.venv_built = ensure_venv(d.salt, d.cfg, d.paths, d.release, d.runas)
 
 
-def venv_env(paths, name):
-    venv = paths.venv(name)
-    return {
-        "VIRTUAL_ENV": venv,
-        "PATH": os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", os.defpath),
-    }
-
-
 def rebuild(salt, cfg, paths, release=None):
     """(Re)build or relink the virtualenv of a release (default: current); see ``vumi.create_virtualenv``."""
     runas = vumi_files.runas_user(cfg)
