@@ -6,11 +6,16 @@ a CLI::
 
     python sample/make_repo.py DEST [--branch NAME ...]
 
-The repository holds a copy of ``sample/app`` plus
-``wheels/vumi_sample_lib-1.0-py3-none-any.whl`` (built from ``sample/lib``
-without any build backend), committed on ``master``, with one branch per
-deployment environment pointing at that commit. Stdlib only; git is run
-with ``-c user.name/-c user.email`` so no global git config is needed.
+The repository holds a copy of ``sample/app`` (a real Django project served by
+gunicorn) plus ``wheels/vumi_sample_lib-1.0-py3-none-any.whl`` (built from
+``sample/lib`` without any build backend), committed on ``master``, with one
+branch per deployment environment pointing at that commit. Stdlib only; git is
+run with ``-c user.name/-c user.email`` so no global git config is needed.
+
+Offline: given a wheelhouse (by default the checkout's ``.wheelhouse``, which
+``scripts/bootstrap`` fills with Django, gunicorn and psycopg from the package
+registry), the repository's requirements file installs from it alone
+(``--no-index --find-links <wheelhouse>``); without one, from the index.
 """
 
 import argparse
@@ -25,6 +30,8 @@ import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+WHEELHOUSE = HERE.parent / ".wheelhouse"
+REQUIREMENTS = "config/requirements.pip"
 APP_DIR = HERE / "app"
 LIB_DIR = HERE / "lib" / "vumi_sample_lib"
 LIB_NAME = "vumi-sample-lib"
@@ -35,7 +42,7 @@ GIT_EMAIL = "vumi-salt-sample@example.invalid"
 
 # 1980-01-01 is the earliest timestamp a zip file can store.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_IGNORED = ("__pycache__", "*.pyc", "*.pyo", "tmp", "*.sqlite", ".git")
+_IGNORED = ("__pycache__", "*.pyc", "*.pyo", "tmp", "public", "*.sqlite", ".git")
 
 __all__ = ["build_wheel", "make_repo", "commit_file", "git"]
 
@@ -131,15 +138,17 @@ def build_wheel(package_dir, name, version, out_dir):
     return wheel_path
 
 
-def make_repo(dest, branches=("staging", "production"), extra_wheels=()):
+def make_repo(dest, branches=("staging", "production"), extra_wheels=(), wheelhouse=None):
     """Create a non-bare git repository with the sample app at ``dest``.
 
     ``dest`` must not exist or be an empty directory. The tree is a copy of
     sample/app plus ``wheels/`` holding the vumi-sample-lib wheel and any
     ``extra_wheels`` (an iterable of ``(package_dir, name, version)``). It
     is committed on ``master`` and every name in ``branches`` is created
-    pointing at that commit; ``master`` stays checked out. Returns the
-    absolute path of the repository.
+    pointing at that commit; ``master`` stays checked out. ``wheelhouse``
+    (default: ``.wheelhouse`` of this checkout, if it holds wheels) is where
+    the requirements install from, offline. Returns the absolute path of the
+    repository.
     """
     dest = Path(dest).absolute()
     if dest.exists() and any(dest.iterdir()):
@@ -151,6 +160,10 @@ def make_repo(dest, branches=("staging", "production"), extra_wheels=()):
     build_wheel(LIB_DIR, LIB_NAME, LIB_VERSION, wheels)
     for package_dir, name, version in extra_wheels:
         build_wheel(package_dir, name, version, wheels)
+    wheelhouse = Path(wheelhouse) if wheelhouse else WHEELHOUSE
+    if any(wheelhouse.glob("*.whl")):
+        requirements = dest / REQUIREMENTS
+        requirements.write_text("--no-index\n--find-links %s\n%s" % (wheelhouse.absolute(), requirements.read_text()))
 
     git(dest, "init", "-q", "-b", "master")
     git(dest, "add", "-A")

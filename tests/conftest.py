@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO / "sample"))
 
 import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder)
 from helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
+from supervisor_support import Supervisord  # noqa: E402
 
 
 def pytest_unconfigure(config):
@@ -98,8 +99,24 @@ def base_dir(tmp_path):
     return path
 
 
+@pytest.fixture(scope="session")
+def supervisord():
+    """A real supervisord for the session (from .venv, its own config and socket), stopped at the end."""
+    daemon = Supervisord().start()
+    yield daemon
+    daemon.remove()
+
+
 @pytest.fixture
-def vumi_config(repo, base_dir):
+def supervisor(supervisord):
+    """The session's supervisord, with no program of an earlier test left; cleared after this one."""
+    supervisord.clear()
+    yield supervisord
+    supervisord.clear()
+
+
+@pytest.fixture
+def vumi_config(repo, base_dir, supervisor):
     """The ``vumi`` settings every functional test starts from (minion options, like pillar)."""
     return {
         "base_dir": str(base_dir),
@@ -108,6 +125,7 @@ def vumi_config(repo, base_dir):
         "ports": [],
         "start_timeout": 20,
         "stop_timeout": 5,
+        "supervisor": supervisor.settings(),
     }
 
 
@@ -139,12 +157,11 @@ def free_port():
 
 
 @pytest.fixture
-def webapps(vumi):
-    """Tracks (env, port) pairs a test starts and stops whatever is still running at teardown."""
+def webapps(vumi, supervisor):
+    """
+    (env, port) pairs a test starts; at teardown supervisor drops every program of
+    the test (their processes stop). The list stays for the tests that name them.
+    """
     started = []
     yield started
-    for env, port in started:
-        try:
-            vumi.stop_webapp(env, port)
-        except Exception:  # pylint: disable=broad-except
-            pass
+    supervisor.clear()

@@ -11,4 +11,11 @@ vumi:
   host: 127.0.0.1
   reuse_virtualenvs: true
   settings_module: "environments.{env}"
-  webapp_command: "{venv}/bin/python manage.py runserver {host}:{port} --settings={settings}"
+  # gunicorn, run by supervisord; {wsgi}: wsgi_module, else the one package with a wsgi.py
+  webapp_command: "{venv}/bin/gunicorn --bind {host}:{port} --workers 2 --threads 4 {wsgi}"
+  supervisor:
+    conf_dir: /etc/supervisor/conf.d
+    conf_file: /etc/supervisor/supervisord.conf
+    manage_service: true          # the SLS installs and runs Debian's supervisor
+    log_max_bytes: 52428800       # each webapp's log is rotated at 50 MiB...
+    log_backups: 10               # ...keeping 10

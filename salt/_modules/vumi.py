@@ -83,13 +83,13 @@ if _HELPERS is not None:
     import vumi_environment  # noqa: E402
     import vumi_files  # noqa: E402
     import vumi_git  # noqa: E402
-    import vumi_health  # noqa: E402
     import vumi_history  # noqa: E402
     import vumi_layout  # noqa: E402
     import vumi_paths  # noqa: E402
     import vumi_pipeline  # noqa: E402
     import vumi_releases  # noqa: E402
     import vumi_settings  # noqa: E402
+    import vumi_supervisor  # noqa: E402
     import vumi_virtualenv  # noqa: E402
     import vumi_webapp  # noqa: E402
 
@@ -579,7 +579,7 @@ def summary(**kwargs):
         rows.append({
             "environment": env, "release": now, "revision": manifest.get("revision"), "behind": behind,
             "ports": cfg["ports"], "running": running,
-            "answering": [p for p in running if vumi_health.answers(cfg["host"], p)],
+            "answering": sorted(p for p, s in ports.items() if s["answers"]),
         })  # fmt: skip
     return rows
 
@@ -654,7 +654,7 @@ def locked(environment, **kwargs):
 
 
 # --------------------------------------------------------------------------
-# The webapp: one process per port (vumi_webapp)
+# The webapp: one supervisord program per port (vumi_webapp, vumi_supervisor)
 # --------------------------------------------------------------------------
 
 
@@ -663,12 +663,33 @@ def _one_port(action, environment, port, kwargs):
     return vumi_webapp.locked(action, cfg, found, vumi_settings.parse_port(port))
 
 
+def webapp_programs(environment, test=False, **kwargs):
+    """
+    Write the environment's supervisord program file (``<conf_dir>/<app>-<env>.conf``,
+    root's, 0600: one program per configured port, run in ``current``) and have
+    supervisord load it, for this environment's group alone. ``changed`` says
+    whether it had to (``test=True``: whether it would). A group that changed is
+    replaced, so its webapps restart.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.webapp_programs staging
+    """
+    cfg, found = _context(environment, kwargs)
+    changed = vumi_webapp.programs(cfg, found, test=bool(test))
+    return {"file": vumi_supervisor.program_file(cfg), "group": vumi_supervisor.group_name(cfg), "changed": changed}
+
+
 def start_webapp(environment, port=8000, **kwargs):
     """
-    Start the webapp of the current release on a port, like
-    ``fab start_webapp:<branch>,port=<port>``. Returns once the port accepts
-    connections. The port names the pid file
-    (``shared/tmp/pids/webapp.<port>.pid``) and log (``shared/logs/webapp.<port>.log``).
+    Start the webapp of the current release on a configured port, like
+    ``fab start_webapp:<branch>,port=<port>``: supervisord's program
+    ``<app>-<env>-<port>`` (written first, with every configured port, if it is
+    not there; restarted by supervisor when it crashes, back when supervisord
+    starts), logging to ``shared/logs/webapp.<port>.log``. Returns once it answers
+    HTTP; a port not in pillar ``ports`` is refused.
 
     CLI Example:
 
@@ -681,9 +702,9 @@ def start_webapp(environment, port=8000, **kwargs):
 
 def stop_webapp(environment, port=8000, **kwargs):
     """
-    Stop the webapp on a port: ``stop_signal`` (default SIGTERM) to its
-    process group, which gets ``stop_timeout`` seconds to finish its requests
-    in flight before SIGKILL. Only a process this module started is ever signalled.
+    Stop the webapp on a port, through supervisord: ``stop_signal`` (default
+    SIGTERM) to its process group, which gets ``stop_timeout`` seconds to finish
+    its requests in flight before SIGKILL. Nothing here signals a process itself.
 
     CLI Example:
 
@@ -696,7 +717,9 @@ def stop_webapp(environment, port=8000, **kwargs):
 
 def restart_webapp(environment, port=8000, **kwargs):
     """
-    Stop, then start, the webapp on a port (it then runs the current release).
+    Stop, then start, the webapp on a port (it then runs the current release);
+    returns once the new process answers HTTP. What would make the start fail
+    (no current release, a bad ``webapp_command``) is found before the stop.
 
     CLI Example:
 
@@ -736,7 +759,7 @@ def stop_webapp_cluster(environment, *ports, **kwargs):
 def restart_webapp_cluster(environment, *ports, **kwargs):
     """
     Restart the webapp on several ports, one port at a time (a rolling
-    restart): each is serving again (accepts connections, the readiness check
+    restart): each is serving again (answers HTTP, the readiness check
     of ``start_webapp``) before the next one stops. A port that does not come
     back stops the roll: the ports after it keep running their old release, and
     the error names the port, the tail of its log, and the ports done and left.
@@ -752,9 +775,11 @@ def restart_webapp_cluster(environment, *ports, **kwargs):
 
 def webapp_status(environment, port=None, **kwargs):
     """
-    Which ports run the webapp: per port its pid, the release it runs from,
-    whether that is the current release, uptime and whether it answers.
-    Without a port: the configured ports and any other port with a pid file.
+    Which ports run the webapp: per port supervisor's state (RUNNING, STARTING,
+    BACKOFF, FATAL, STOPPED; ABSENT when supervisor has no such program), its
+    pid, uptime, the release it runs (from its working directory), whether that
+    is the current release, and whether it answers HTTP. Without a port: the
+    configured ports and any other program of the environment's group.
 
     CLI Example:
 

@@ -169,6 +169,25 @@ def _act(ret, todo, action, kwargs, verb):
     return f"ports {ports} {verb}"
 
 
+def _programs(ret, name, ports, kwargs):
+    """The supervisor program file: written (or predicted) when it is not what the settings say."""
+    if ports is not None:
+        kwargs = dict(kwargs, ports=ports)
+    try:
+        res = __salt__["vumi.webapp_programs"](name, test=__opts__["test"], **kwargs)
+    except _ERRORS:
+        if not __opts__["test"]:
+            raise
+        res = {"file": "the program file", "changed": True}  # no release yet: the deploy comes first
+    if not res["changed"]:
+        return ""
+    ret["changes"]["programs"] = {"old": None, "new": res["file"]}
+    if __opts__["test"]:
+        ret["result"] = None
+        return f"{res['file']} would be written"
+    return f"{res['file']} written and loaded"
+
+
 def _describe(status):
     if status["running"]:
         return f"running release {status['release']} (pid {status['pid']})"
@@ -188,13 +207,19 @@ def webapp_running(name, ports=None, **kwargs):
         The ports to run, each its own process.
     """
     ret = _ret(name)
+    comments = []
     try:
         status = _status(name, ports, kwargs)
+        if status:
+            comments.append(_programs(ret, name, ports, kwargs))
+            if ret["changes"]:
+                status = _status(name, ports, kwargs)  # a replaced group restarted its webapps
     except _ERRORS as exc:
         return dict(ret, result=False, comment=str(exc))
-    comments = []
     for todo, action, verb in (
-        ([(p, "stopped") for p, s in status.items() if not s["running"]], "vumi.start_webapp", "started"),
+        # a port up but not answering yet (its group was just replaced) is waited for as a start
+        ([(p, _describe(s)) for p, s in status.items() if not s["running"] or (s["current"] and not s["answers"])],
+         "vumi.start_webapp", "started"),
         ([(p, _describe(s)) for p, s in status.items() if s["running"] and not s["current"]],
          "vumi.restart_webapp", "restarted"),
     ):  # fmt: skip

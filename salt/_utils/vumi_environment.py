@@ -32,12 +32,9 @@ def release_settings_module(cfg, paths, name):
     return module if os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py")) else None
 
 
-def for_release(cfg, paths, name, **extra):
-    """The environment of a process of release ``name`` (``extra`` adds e.g. ``VUMI_PORT``)."""
+def _base(cfg, venv):
     user = pwd.getpwnam(cfg["user"])  # callers checked it exists (vumi_files.runas_user)
-    venv = paths.venv(name)
-    manifest = vumi_releases.read_manifest(paths, name) or {}
-    env = {
+    return {
         "HOME": user.pw_dir,
         "USER": user.pw_name,
         "LOGNAME": user.pw_name,
@@ -45,12 +42,31 @@ def for_release(cfg, paths, name, **extra):
         "LANG": "C.UTF-8",
         "VIRTUAL_ENV": venv,
         "VUMI_ENV": cfg["environment"],
-        "VUMI_RELEASE": name,
-        "VUMI_REVISION": manifest.get("revision") or "",
     }
+
+
+def for_release(cfg, paths, name, **extra):
+    """The environment of a process of release ``name`` (``extra`` adds e.g. ``VUMI_PORT``)."""
+    manifest = vumi_releases.read_manifest(paths, name) or {}
+    env = dict(_base(cfg, paths.venv(name)), VUMI_RELEASE=name, VUMI_REVISION=manifest.get("revision") or "")
     module = release_settings_module(cfg, paths, name)
     if module:
         env["DJANGO_SETTINGS_MODULE"] = module
     env.update({key: str(value) for key, value in (cfg["env"] or {}).items()})
     env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def for_current(cfg, paths):
+    """
+    The environment of a supervised webapp, which runs whatever ``current`` is when it
+    starts: paths through ``current``, nothing that names one release (the app finds its
+    release from its working directory).
+    """
+    env = _base(cfg, paths.current_venv())
+    name = vumi_releases.current_release_safe(paths)
+    module = release_settings_module(cfg, paths, name) if name else None
+    if module:
+        env["DJANGO_SETTINGS_MODULE"] = module
+    env.update({key: str(value) for key, value in (cfg["env"] or {}).items()})
     return env

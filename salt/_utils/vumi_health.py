@@ -6,11 +6,10 @@ import contextlib
 import http.client
 import logging
 import os
-import re
 import socket
 import time
 
-from salt.exceptions import CommandExecutionError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import vumi_files
 import vumi_webapp
@@ -37,25 +36,19 @@ def spare_port(host):
 def health_check(cfg, paths, name):
     """
     Start one webapp of release ``name`` on a spare port (not through
-    ``current``: its own code folder and virtualenv), ask it (``probe``), stop it. Return the evidence; raise with it on failure.
+    ``current``: its own code folder and virtualenv; a child of this job, not
+    supervisor's), ask it (``probe``), stop it. Return the evidence; raise with it on failure.
     """
     port = spare_port(cfg["host"])
-    # names of their own: a leftover (its deploy killed) is found and stopped by vumi_layout.recover
-    pidfile = os.path.join(paths.pids, f"webapp.health.{port}.pid")
     logfile = os.path.join(paths.logs, f"webapp.health.{port}.log")
     try:
-        proc = vumi_webapp.spawn(cfg, paths, name, port, pidfile, logfile)
-    except CommandExecutionError as exc:
+        proc = vumi_webapp.spawn(cfg, paths, name, port, logfile)
+    except (CommandExecutionError, SaltInvocationError) as exc:
         raise CommandExecutionError(f"the webapp of release {name} did not start: {exc}") from None
-    started = vumi_webapp.proc_start_time(proc.pid)
     try:
         healthy, evidence = probe(cfg, port, proc)
     finally:
-        if started is not None:
-            vumi_webapp.signal_group(proc.pid, started, cfg["stop_timeout"], cfg["stop_signal"])
-        proc.poll()  # reaped: no zombie left in a long-running minion
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(pidfile)
+        vumi_webapp.stop_child(proc, cfg["stop_timeout"], cfg["stop_signal"])
     if not healthy:
         raise CommandExecutionError(
             f"health check of release {name} failed: {evidence}; last lines of {logfile}:\n{vumi_files.file_tail(logfile)}"
@@ -107,26 +100,3 @@ def answers(host, port, timeout=2.0):
         return False
     finally:
         conn.close()
-
-
-def stop_leftover_health_checks(paths):
-    """A health-check webapp whose deploy was killed: stop it (if it still is the process we started)."""
-    if not os.path.isdir(paths.pids):
-        return
-    for name in os.listdir(paths.pids):
-        match = re.match(r"^webapp\.health\.(\d+)\.pid$", name)
-        if not match:
-            continue
-        try:
-            with open(os.path.join(paths.pids, name), encoding="utf-8") as fh:
-                pid, started = fh.read().split()[:2]
-            pid = int(pid)
-        except (OSError, ValueError):
-            pid, started = None, None
-        if pid and vumi_webapp.proc_start_time(pid) == started:
-            log.info("stopping the health-check webapp (pid %s) left by an interrupted deploy", pid)
-            vumi_webapp.signal_group(pid, started, 5)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(paths.pids, name))
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(paths.logs, f"webapp.health.{match.group(1)}.log"))

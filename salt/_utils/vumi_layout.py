@@ -7,7 +7,6 @@ import os
 import shutil
 
 import vumi_files
-import vumi_health
 import vumi_history
 import vumi_releases
 
@@ -25,7 +24,7 @@ def recover(paths, runas=None):
     """
     After a crash (under the deploy lock: no deploy of ours is at work here):
     drop leftover temporary links, half-made clones, git's lock files in the
-    cache and health-check webapps; set incomplete releases aside.
+    cache; set incomplete releases aside.
     """
     vumi_releases.drop_switch_leftovers(paths)
     for name in os.listdir(paths.repositories):
@@ -40,7 +39,7 @@ def recover(paths, runas=None):
         for name in files:
             if name.endswith(".lock"):
                 os.remove(os.path.join(top, name))
-    vumi_health.stop_leftover_health_checks(paths)
+    # (the webapp of a health check killed with its deploy died with it: it is the job's child)
     current_name = vumi_releases.current_release(paths)
     # complete but never recorded, and newer than current: killed after its manifest,
     # before or during its health check (older unrecorded ones are left alone)

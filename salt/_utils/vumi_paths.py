@@ -60,6 +60,14 @@ class Paths:
     def venv(self, name):
         return os.path.join(self.release(name), "ve")
 
+    def current_code(self):
+        """The app's folder reached through ``current``: a supervised webapp's working directory."""
+        code = os.path.join(self.current, self.app)
+        return os.path.join(code, self._repo_tree) if self._repo_tree else code
+
+    def current_venv(self):
+        return os.path.join(self.current, "ve")
+
     def manifest(self, name):
         return os.path.join(self.release(name), MANIFEST)
 

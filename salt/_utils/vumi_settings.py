@@ -36,9 +36,10 @@ DEFAULTS = {
     "shared_dirs": ["logs", "tmp"],
     "shared_files": [],  # files of shared/ linked into each release (.env, config/local.py); must exist
     "settings_module": "environments.{env}",
-    "webapp_command": (
-        "{venv}/bin/python manage.py runserver {host}:{port} --settings={settings}"
-    ),
+    # gunicorn, a production server ({wsgi}: wsgi_module, else the one package with a wsgi.py)
+    "webapp_command": "{venv}/bin/gunicorn --bind {host}:{port} --workers 2 --threads 4 {wsgi}",
+    "wsgi_module": None,
+    "supervisor": {},  # see SUPERVISOR_DEFAULTS
     "start_timeout": 30,
     "stop_timeout": 10,
     "stop_signal": "SIGTERM",  # asks the webapp to stop; SIGKILL follows after stop_timeout
@@ -59,6 +60,16 @@ DEFAULTS = {
     "settings_extends": None,  # a module the rendered file imports first, e.g. environments.default
     "events": True,  # fire a Salt event per deploy stage: vumi/deploy/<env>/<stage>
     "environments": {},
+}
+
+
+SUPERVISOR_DEFAULTS = {
+    "conf_dir": "/etc/supervisor/conf.d",  # supervisord's [include] folder: one program file per environment
+    "conf_file": "/etc/supervisor/supervisord.conf",  # names the socket the calls use
+    "manage_service": True,  # the SLS installs and runs Debian's supervisor
+    "log_max_bytes": 50 * 1024 * 1024,  # a webapp's log is rotated at this size...
+    "log_backups": 10,  # ...keeping this many old ones
+    "start_retries": 3,  # supervisor's startretries: then FATAL
 }
 
 
@@ -244,7 +255,34 @@ def validate(cfg):
     cfg["env"] = environment(cfg["env"])
     cfg["pip_packages"] = pip_packages(cfg["pip_packages"])
     cfg["hooks"] = hooks(cfg["hooks"])
+    cfg["supervisor"] = supervisor(cfg["supervisor"])
+    wsgi = cfg["wsgi_module"]
+    if wsgi is not None and (not isinstance(wsgi, str) or not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", wsgi)):
+        raise SaltInvocationError(f"invalid wsgi_module {wsgi!r}: a module name like mysite.wsgi (or mysite.wsgi:application)")
+    if not isinstance(cfg["webapp_command"], str) or not cfg["webapp_command"].strip():
+        raise SaltInvocationError(f"invalid webapp_command {cfg['webapp_command']!r}: must be a command line")
     return cfg
+
+
+def supervisor(value):
+    """Pillar ``supervisor``, merged key by key onto ``SUPERVISOR_DEFAULTS`` and checked."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise SaltInvocationError(f"invalid supervisor {value!r}: must be a mapping ({', '.join(SUPERVISOR_DEFAULTS)})")
+    unknown = set(value) - set(SUPERVISOR_DEFAULTS)
+    if unknown:
+        raise SaltInvocationError(f"invalid supervisor key(s) {sorted(unknown)}: use {', '.join(SUPERVISOR_DEFAULTS)}")
+    conf = dict(SUPERVISOR_DEFAULTS, **value)
+    for key in ("conf_dir", "conf_file"):
+        if not isinstance(conf[key], str) or not os.path.isabs(conf[key]) or "\0" in conf[key]:
+            raise SaltInvocationError(f"invalid supervisor:{key} {conf[key]!r}: must be an absolute path")
+    if not isinstance(conf["manage_service"], bool):
+        raise SaltInvocationError(f"invalid supervisor:manage_service {conf['manage_service']!r}: must be true or false")
+    for key, low in (("log_max_bytes", 1024), ("log_backups", 0), ("start_retries", 0)):
+        if isinstance(conf[key], bool) or not isinstance(conf[key], int) or conf[key] < low:
+            raise SaltInvocationError(f"invalid supervisor:{key} {conf[key]!r}: must be an integer >= {low}")
+    return conf
 
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -356,7 +394,7 @@ def settings_module(cfg):
 
 
 #: mappings an environment (or a keyword argument) extends key by key instead of replacing
-MERGED = ("settings", "env", "hooks")
+MERGED = ("settings", "env", "hooks", "supervisor")
 
 #: settings whose values are secrets: masked by ``vumi.settings`` unless asked
 SECRET = ("settings", "env")

@@ -1,13 +1,16 @@
 """
-Webapp processes: one per port, started as the deploy user, tracked by a pid file with the
-process's start time; rolling restarts over several ports.
+Webapps: one supervisord program per configured port (``vumi_supervisor``), controlled
+through supervisor; rolling restarts over several ports; the command-line template.
+
+A start or restart returns when the process answers HTTP (the health probe's rule:
+gunicorn opens its port before the app has loaded). Nothing here reads a pid file or
+signals a process: supervisor starts, stops and restarts, and says which pid runs.
 """
 
 import contextlib
-import logging
+import ctypes
 import os
 import pwd
-import re
 import shlex
 import signal
 import socket
@@ -18,46 +21,11 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import vumi_environment
 import vumi_files
+import vumi_health
 import vumi_history
 import vumi_releases
 import vumi_settings
-
-log = logging.getLogger(__name__)
-
-
-def proc_start_time(pid):
-    """The process's start time in clock ticks since boot, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):  # zombie or dead: exited
-        return None
-    return fields[19]
-
-
-def read_pidfile(paths, port):
-    try:
-        with open(paths.pidfile(port), encoding="utf-8") as fh:
-            lines = fh.read().split()
-        return {"pid": int(lines[0]), "started": lines[1], "release": lines[2]}
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def ours(paths, port):
-    """The pid file's process if it is still the one we started; else drop the stale pid file."""
-    info = read_pidfile(paths, port)
-    if info is None:
-        if os.path.lexists(paths.pidfile(port)):
-            os.remove(paths.pidfile(port))
-        return None
-    if proc_start_time(info["pid"]) != info["started"]:
-        log.info("removing stale pid file %s (pid %s)", paths.pidfile(port), info["pid"])
-        os.remove(paths.pidfile(port))
-        return None
-    return info
+import vumi_supervisor
 
 
 def port_open(host, port, timeout=0.2):
@@ -68,140 +36,176 @@ def port_open(host, port, timeout=0.2):
         return False
 
 
-def webapp_command(cfg, paths, name, port, pidfile=None, logfile=None):
+def wsgi_module(cfg, code):
+    """
+    ``{wsgi}`` of the command line: ``wsgi_module``, else the one package beside
+    ``manage.py`` that has a ``wsgi.py`` (a ``django-admin startproject`` site's).
+    """
+    if cfg["wsgi_module"]:
+        return cfg["wsgi_module"]
+    try:
+        found = sorted(
+            entry.name for entry in os.scandir(code)
+            if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "wsgi.py"))
+        )  # fmt: skip
+    except OSError:
+        found = []
+    if len(found) != 1:
+        raise SaltInvocationError(
+            f"webapp_command uses {{wsgi}}, but the code folder has {len(found) or 'no'} package(s) with a "
+            f"wsgi.py{': ' + ', '.join(found) if found else ''}; set wsgi_module (e.g. mysite.wsgi)"
+        )
+    return f"{found[0]}.wsgi"
+
+
+def webapp_command(cfg, paths, name, port, logfile=None, supervised=False):
+    """
+    The command line of release ``name``'s webapp on ``port``; ``supervised``: the
+    program's, whose paths go through ``current`` (it runs whatever is published when it starts).
+    """
+    code = paths.current_code() if supervised else paths.code(name)
     fields = {
         "port": port,
         "host": cfg["host"],
-        "pidfile": pidfile or paths.pidfile(port),
+        "pidfile": paths.pidfile(port),  # for a command that insists on one: never read here
         "logfile": logfile or paths.logfile(port),
         "settings": vumi_settings.settings_module(cfg),
         "env": cfg["environment"],
         "branch": cfg["branch"],
-        "release": name,
-        "release_path": paths.release(name),
-        "code": paths.code(name),
-        "venv": paths.venv(name),
+        "code": code,
+        "venv": paths.current_venv() if supervised else paths.venv(name),
         "current": paths.current,
     }
+    template = cfg["webapp_command"]
+    if "{wsgi}" in template:
+        fields["wsgi"] = wsgi_module(cfg, paths.code(name))
     quoted = {k: shlex.quote(str(v)) for k, v in fields.items()}
     try:
-        return cfg["webapp_command"].format(**quoted)
+        return template.format(**quoted)
     except (KeyError, IndexError, ValueError) as exc:
-        raise SaltInvocationError(f"invalid webapp_command {cfg['webapp_command']!r}: {exc}") from None
+        raise SaltInvocationError(
+            f"invalid webapp_command {template!r}: {exc!r} is not a field "
+            f"(use {', '.join('{' + f + '}' for f in sorted(fields))})"
+        ) from None
 
 
-def reap(pid):
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+def _current(cfg, paths):
+    name = vumi_releases.current_release(paths)
+    if name is None or not os.path.isdir(paths.code(name)):
+        raise CommandExecutionError(f"{cfg['environment']} has no current release; deploy first")
+    return name
 
 
-def wait_dead(pid, started, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reap(pid)
-        if proc_start_time(pid) != started:
-            return True
-        time.sleep(0.02)
-    return False
+def _configured(cfg, port):
+    if port not in cfg["ports"]:
+        raise SaltInvocationError(
+            f"port {port} is not configured for {cfg['environment']} (ports: "
+            f"{', '.join(map(str, cfg['ports'])) or 'none'}); add it to pillar ports first"
+        )
+
+
+def programs(cfg, paths, test=False):
+    """Write the environment's supervisor programs (every configured port) and load them; True if changed."""
+    name = _current(cfg, paths)
+    text = vumi_supervisor.render_programs(
+        cfg, paths, lambda port: webapp_command(cfg, paths, name, port, supervised=True)
+    )
+    for folder in (paths.logs,):
+        vumi_files.makedirs(folder, vumi_files.runas_user(cfg), 0o750)  # the logs may tell secrets
+    return vumi_supervisor.write_programs(cfg, paths, text, test=test)
+
+
+def _release_of(paths, pid):
+    """The release a process runs, from its working directory (the kernel's word, not a file's)."""
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+    rel = os.path.relpath(cwd, paths.releases)
+    first = rel.split(os.sep, 1)[0]
+    return first if not rel.startswith("..") and vumi_settings.RELEASE_RE.match(first) else None
+
+
+def _answered(cfg, sup, name, port, logfile, deadline):
+    """Wait until the program answers HTTP; raise with supervisor's state and the log's tail if it does not."""
+    while True:
+        info = sup.info(name)
+        state = info["statename"] if info else "GONE"
+        # answering while STARTING counts: startsecs is supervisor's crash-loop guard, not readiness
+        if state in vumi_supervisor.UP and vumi_health.answers(cfg["host"], port, timeout=1):
+            return info
+        if state in ("FATAL", "STOPPED", "GONE"):  # EXITED, BACKOFF: supervisor starts it again
+            problem = f"is {state} in supervisor ({(info or {}).get('spawnerr') or 'exited'})"
+            break
+        if time.monotonic() >= deadline:
+            problem = f"did not answer HTTP within {cfg['start_timeout']:g}s (supervisor: {state})"
+            break
+        time.sleep(0.1)
+    raise CommandExecutionError(
+        f"webapp on port {port} {problem}; last lines of {logfile}:\n{vumi_files.file_tail(logfile)}"
+    )
+
+
+def _row(cfg, paths, port, info):
+    return {"port": port, "pid": info["pid"] if info else None,
+            "release": _release_of(paths, info["pid"]) if info and info["pid"] else None}  # fmt: skip
 
 
 def start(cfg, paths, port):
-    name = vumi_releases.current_release(paths)
-    if name is None:
-        raise CommandExecutionError(f"{cfg['environment']} has no current release; deploy first")
-    running = ours(paths, port)
-    if running:
-        return {"port": port, "pid": running["pid"], "release": running["release"],
-                "started": False, "comment": f"webapp already running on port {port}"}  # fmt: skip
-    if port_open(cfg["host"], port):
+    _configured(cfg, port)
+    _current(cfg, paths)
+    sup = vumi_supervisor.Supervisor(cfg, timeout=cfg["start_timeout"] + 30)
+    name = vumi_supervisor.full_name(cfg, port)
+    before = sup.info(name)
+    up = before is not None and before["statename"] in vumi_supervisor.UP + ("BACKOFF",)
+    if not up and port_open(cfg["host"], port):
         raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
-    proc = spawn(cfg, paths, name, port, paths.pidfile(port), paths.logfile(port))
-    return {"port": port, "pid": proc.pid, "release": name, "started": True,
-            "comment": f"webapp started on port {port}"}  # fmt: skip
-
-
-def spawn(cfg, paths, name, port, pidfile, logfile):
-    """
-    Start release ``name``'s webapp on ``port`` (its own process group, as
-    ``user``), record it in ``pidfile``, and return the process once the port
-    accepts connections; raise with the log's tail if it exits or never listens.
-    """
-    runas = vumi_files.runas_user(cfg)
-    for folder in (paths.logs, paths.pids):
-        vumi_files.makedirs(folder, runas)
-    env = vumi_environment.for_release(cfg, paths, name, VUMI_PORT=port)
-    command = webapp_command(cfg, paths, name, port, pidfile, logfile)
-    user = pwd.getpwnam(runas) if runas else None
-    try:  # O_NOFOLLOW: root must not append to wherever a link planted as the log points
-        fd = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
-    except OSError as exc:
-        raise CommandExecutionError(f"cannot open the webapp's log {logfile}: {exc}") from None
-    with open(fd, "ab") as logfh:
-        os.fchmod(logfh.fileno(), 0o640)  # the webapp's log may tell secrets: not for every user
-        vumi_files.chown(logfile, runas)
-        proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            ["/bin/sh", "-c", "exec " + command],
-            cwd=os.path.realpath(paths.code(name)),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=logfh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives the Salt job; its own process group
-            user=user.pw_uid if user else None,
-            group=user.pw_gid if user else None,
-            # the user's own groups, not root's: Popen would keep the caller's otherwise
-            extra_groups=os.getgrouplist(user.pw_name, user.pw_gid) if user else None,
-        )
-    started = proc_start_time(proc.pid)
-    vumi_files.write_atomic(pidfile, f"{proc.pid}\n{started}\n{name}\n", runas)
+    programs(cfg, paths)
+    before = sup.info(name)  # a new or replaced group has started its ports already
     deadline = time.monotonic() + cfg["start_timeout"]
-    while True:
-        if proc.poll() is not None:
-            problem = f"exited with code {proc.returncode}"
-            break
-        if port_open(cfg["host"], port):
-            return proc
-        if time.monotonic() >= deadline:
-            signal_group(proc.pid, started, cfg["stop_timeout"], cfg["stop_signal"])
-            problem = f"did not open the port within {cfg['start_timeout']:g}s"
-            break
-        time.sleep(0.05)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(pidfile)
-    raise CommandExecutionError(f"webapp on port {port} {problem}; last lines of {logfile}:\n{vumi_files.file_tail(logfile)}")
+    if before and before["statename"] in vumi_supervisor.UP and up and vumi_health.answers(cfg["host"], port):
+        return dict(_row(cfg, paths, port, before), started=False, comment=f"webapp already running on port {port}")
+    if not before or before["statename"] not in vumi_supervisor.UP + ("BACKOFF",):
+        _start_process(sup, name, port)
+    try:
+        info = _answered(cfg, sup, name, port, paths.logfile(port), deadline)
+    except CommandExecutionError:
+        # not serving: not left half-up (supervisor would keep restarting a crashing one)
+        with contextlib.suppress(vumi_supervisor.xmlrpc.client.Fault):
+            sup.call("supervisor.stopProcess", name, True)
+        raise
+    return dict(_row(cfg, paths, port, info), started=True, comment=f"webapp started on port {port}")
 
 
-def signal_group(pid, started, grace, sig="SIGTERM"):
-    """
-    Send ``sig`` to the process group, SIGKILL it after ``grace`` seconds (its
-    requests in flight get that long to finish); True if it had to be killed.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.Signals[sig])
-    if wait_dead(pid, started, grace):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    wait_dead(pid, started, 5)
-    return True
+def _start_process(sup, name, port):
+    try:
+        sup.call("supervisor.startProcess", name, False)
+    except vumi_supervisor.xmlrpc.client.Fault as fault:
+        if "ALREADY_STARTED" not in fault.faultString:
+            raise CommandExecutionError(f"supervisord could not start port {port}: {fault.faultString}") from None
 
 
 def stop(cfg, paths, port):
-    running = ours(paths, port)
-    if running is None:
+    _configured(cfg, port)
+    sup = vumi_supervisor.Supervisor(cfg, timeout=cfg["stop_timeout"] + 30)
+    name = vumi_supervisor.full_name(cfg, port)
+    info = sup.info(name)
+    if info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",):
         return {"port": port, "stopped": False, "comment": f"webapp not running on port {port}"}
-    # re-checked right before signalling: the pid still is the process we started
-    if proc_start_time(running["pid"]) == running["started"]:
-        killed = signal_group(running["pid"], running["started"], cfg["stop_timeout"], cfg["stop_signal"])
-    else:
-        killed = False
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(paths.pidfile(port))
-    return {"port": port, "pid": running["pid"], "release": running["release"], "stopped": True,
-            "killed": killed, "comment": f"webapp stopped on port {port}"}  # fmt: skip
+    row = _row(cfg, paths, port, info)
+    try:  # supervisor sends stop_signal to the group, and SIGKILL after stop_timeout
+        sup.call("supervisor.stopProcess", name, True)
+    except vumi_supervisor.xmlrpc.client.Fault as fault:
+        if "NOT_RUNNING" not in fault.faultString:
+            raise CommandExecutionError(f"supervisord could not stop port {port}: {fault.faultString}") from None
+    return dict(row, stopped=True, comment=f"webapp stopped on port {port}")
 
 
 def restart(cfg, paths, port):
+    _configured(cfg, port)
+    # what would make the start fail is found before the running process is stopped
+    _current(cfg, paths)
+    programs(cfg, paths)
     stopped = stop(cfg, paths, port)
     started = start(cfg, paths, port)
     return dict(started, old_pid=stopped.get("pid"), old_release=stopped.get("release"),
@@ -210,17 +214,12 @@ def restart(cfg, paths, port):
 
 @contextlib.contextmanager
 def port_lock(cfg, paths, port):
-    """
-    One start, stop or restart of a port at a time, across Salt jobs: without it two
-    jobs starting one port both find it free, the loser's process exits on the taken
-    port while its pid file replaces the winner's, and the running webapp can no
-    longer be stopped.
-    """
+    """One start, stop or restart of a port at a time, across Salt jobs."""
     if not os.path.isdir(paths.root):
         yield  # nothing deployed, nothing running: the action says so
         return
     vumi_files.refuse_links(paths)
-    vumi_files.makedirs(paths.pids, vumi_files.runas_user(cfg))  # the webapp may write its own pid file there
+    vumi_files.makedirs(paths.pids, vumi_files.runas_user(cfg))
     with vumi_history.flock(
         os.path.join(paths.pids, f"webapp.{port}.lock"),
         cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 10,
@@ -241,8 +240,10 @@ CLUSTER_VERBS = {"start": "started", "stop": "stopped", "restart": "restarted"}
 
 def cluster(action, cfg, paths, ports):
     ports = vumi_settings.parse_ports(ports) or cfg["ports"]
+    for port in ports:  # all refused before any is touched
+        _configured(cfg, port)
     done = []
-    # One port at a time, each serving again before the next one stops. The first
+    # One port at a time, each answering again before the next one stops. The first
     # failure stops the roll: the ports after it keep running what they ran.
     for index, port in enumerate(ports):
         try:
@@ -260,34 +261,93 @@ def cluster(action, cfg, paths, ports):
 
 
 def status(cfg, paths, port=None):
-    """Per port: running, pid, release, whether it is current, uptime, listening; see ``vumi.webapp_status``."""
-    if port is not None:
-        ports = [vumi_settings.parse_port(port)]
-    else:
-        found = []
-        if os.path.isdir(paths.pids):
-            for name in os.listdir(paths.pids):
-                match = re.match(r"^webapp\.(\d+)\.pid$", name)
-                if match:
-                    found.append(int(match.group(1)))
-        ports = sorted(set(cfg["ports"]) | set(found))
+    """Per port: supervisor's state, pid, uptime, release, whether it is current and answers; see ``vumi.webapp_status``."""
+    sup = vumi_supervisor.Supervisor(cfg)
+    group = vumi_supervisor.group_name(cfg)
+    known = {}
+    for info in sup.group(group):
+        suffix = info["name"].rsplit("-", 1)[-1]
+        if suffix.isdigit():
+            known[int(suffix)] = info
+    ports = [vumi_settings.parse_port(port)] if port is not None else sorted(set(cfg["ports"]) | set(known))
     current_name = vumi_releases.current_release_safe(paths)
-    ticks = os.sysconf("SC_CLK_TCK")
-    with open("/proc/uptime", encoding="utf-8") as fh:
-        boot_uptime = float(fh.read().split()[0])
     result = {}
     for p in ports:
-        info = ours(paths, p)
-        if info is None:
-            result[p] = {"running": False, "pid": None, "release": None, "current": False,
-                         "uptime": None, "listening": False}  # fmt: skip
-            continue
+        info = known.get(p)
+        running = bool(info) and info["statename"] in vumi_supervisor.UP
+        release = _release_of(paths, info["pid"]) if running and info["pid"] else None
         result[p] = {
-            "running": True,
-            "pid": info["pid"],
-            "release": info["release"],
-            "current": info["release"] == current_name,
-            "uptime": round(boot_uptime - int(info["started"]) / ticks, 1),
-            "listening": port_open(cfg["host"], p),
+            "state": info["statename"] if info else "ABSENT",
+            "running": running,
+            "pid": info["pid"] if running else None,
+            "release": release,
+            "current": release is not None and release == current_name,
+            "uptime": (info["now"] - info["start"]) if running else None,
+            "listening": running and port_open(cfg["host"], p),
+            "answers": running and vumi_health.answers(cfg["host"], p),
+            "configured": p in cfg["ports"],
         }
     return result
+
+
+# --------------------------------------------------------------------------
+# A release's webapp outside supervisor: the health check's, on a spare port
+# --------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    # runs in the child after it dropped to the user: if the Salt job dies, so does the webapp
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(cfg, paths, name, port, logfile):
+    """
+    Start release ``name``'s webapp on ``port`` as the deploy user, a child of this
+    job that dies with it (no pid file: nobody else needs to find it); returns the
+    ``Popen``, whose ``stop`` ends its process group.
+    """
+    runas = vumi_files.runas_user(cfg)
+    vumi_files.makedirs(paths.logs, runas, 0o750)
+    env = vumi_environment.for_release(cfg, paths, name, VUMI_PORT=port)
+    command = webapp_command(cfg, paths, name, port, logfile)
+    user = pwd.getpwnam(runas or pwd.getpwuid(os.getuid()).pw_name)
+    try:  # O_NOFOLLOW: root must not append to wherever a link planted as the log points
+        fd = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot open the webapp's log {logfile}: {exc}") from None
+    with open(fd, "ab") as logfh:
+        os.fchmod(logfh.fileno(), 0o640)
+        os.fchown(logfh.fileno(), user.pw_uid, user.pw_gid)
+        proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            ["/bin/sh", "-c", "exec " + command],
+            cwd=os.path.realpath(paths.code(name)),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logfh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as one
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=os.getgrouplist(user.pw_name, user.pw_gid),  # the user's groups, not root's
+            preexec_fn=_die_with_parent,  # pylint: disable=subprocess-popen-preexec-fn
+        )
+    return proc
+
+
+def stop_child(proc, grace, sig="SIGTERM"):
+    """Stop a webapp this job spawned (its process group), SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.Signals[sig])
+    try:
+        proc.wait(grace)
+        return False
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        return True

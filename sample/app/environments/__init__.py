@@ -1,1 +1,1 @@
-"""Settings modules, selected with ``--settings`` / DJANGO_SETTINGS_MODULE."""
+"""Settings modules, one per environment (Vumi's convention): DJANGO_SETTINGS_MODULE=environments.<env>."""

@@ -1,5 +1,1 @@
-GREETING = "hello from default"
-
-# Path of the sqlite database; relative paths are relative to the
-# directory the command runs in.
-DATABASE = "tmp/sample.sqlite"
+from sampleapp.settings import *  # noqa: F401,F403

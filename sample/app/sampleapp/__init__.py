@@ -1,1 +1,0 @@
-"""The sample web application deployed by vumi-salt."""
