@@ -130,6 +130,9 @@ def deployed(name, revision=None, **kwargs):
         "release": {"old": old.get("release"), "new": res["release"]},
         "revision": {"old": old.get("revision"), "new": res["revision"]},
     }
+    hooks = [k for k in res.get("timings", {}) if k.startswith(("before_publish[", "after_publish["))]
+    if hooks:  # what ran in the new release (migrate, collectstatic...), with their seconds
+        ret["changes"]["hooks"] = {"old": None, "new": {k: res["timings"][k] for k in hooks}}
     ret["comment"] = (
         f"{name} deployed release {res['release']} at {res['revision'][:12]} "
         f"({'; '.join(problems)})"
@@ -209,16 +212,16 @@ def webapp_running(name, ports=None, **kwargs):
     ret = _ret(name)
     comments = []
     try:
-        status = _status(name, ports, kwargs)
+        status = before = _status(name, ports, kwargs)
         if status:
             comments.append(_programs(ret, name, ports, kwargs))
-            if ret["changes"]:
-                status = _status(name, ports, kwargs)  # a replaced group restarted its webapps
+            if ret["changes"] and not __opts__["test"]:
+                status = _status(name, ports, kwargs)  # a new or replaced group started its webapps
     except _ERRORS as exc:
         return dict(ret, result=False, comment=str(exc))
     for todo, action, verb in (
-        # a port up but not answering yet (its group was just replaced) is waited for as a start
-        ([(p, _describe(s)) for p, s in status.items() if not s["running"] or (s["current"] and not s["answers"])],
+        # a port up but not answering yet (its group was just loaded) is waited for as a start
+        ([(p, _describe(before[p])) for p, s in status.items() if not s["running"] or (s["current"] and not s["answers"])],
          "vumi.start_webapp", "started"),
         ([(p, _describe(s)) for p, s in status.items() if s["running"] and not s["current"]],
          "vumi.restart_webapp", "restarted"),

@@ -34,7 +34,7 @@ def release_settings_module(cfg, paths, name):
 
 def _base(cfg, venv):
     user = pwd.getpwnam(cfg["user"])  # callers checked it exists (vumi_files.runas_user)
-    return {
+    env = {
         "HOME": user.pw_dir,
         "USER": user.pw_name,
         "LOGNAME": user.pw_name,
@@ -43,6 +43,9 @@ def _base(cfg, venv):
         "VIRTUAL_ENV": venv,
         "VUMI_ENV": cfg["environment"],
     }
+    if cfg.get("database"):  # pillar env may still name another URL: it comes later
+        env[cfg["database"]["url_env"]] = cfg["database"]["url"]
+    return env
 
 
 def for_release(cfg, paths, name, **extra):

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import urllib.parse
 
 from salt.exceptions import SaltInvocationError
 
@@ -40,6 +41,9 @@ DEFAULTS = {
     "webapp_command": "{venv}/bin/gunicorn --bind {host}:{port} --workers 2 --threads 4 {wsgi}",
     "wsgi_module": None,
     "supervisor": {},  # see SUPERVISOR_DEFAULTS
+    # a PostgreSQL role and database for the environment (salt/vumi/database.sls makes them);
+    # its URL reaches every process as DATABASE_URL. See DATABASE_DEFAULTS
+    "database": None,
     "start_timeout": 30,
     "stop_timeout": 10,
     "stop_signal": "SIGTERM",  # asks the webapp to stop; SIGKILL follows after stop_timeout
@@ -70,6 +74,20 @@ SUPERVISOR_DEFAULTS = {
     "log_max_bytes": 50 * 1024 * 1024,  # a webapp's log is rotated at this size...
     "log_backups": 10,  # ...keeping this many old ones
     "start_retries": 3,  # supervisor's startretries: then FATAL
+}
+
+
+DATABASE_DEFAULTS = {
+    "name": "{app}_{env}",  # the database; {app} and {env} (as a Python name) are filled in
+    "user": "{app}_{env}",  # its owner, the role the app logs in as
+    "password": None,  # required
+    "host": "127.0.0.1",
+    "port": 5432,
+    "url_env": "DATABASE_URL",  # the variable that hands the URL to the app
+    # how database.sls reaches the server to make them (Salt's postgres_* db_user, db_password, user)
+    "admin_user": None,
+    "admin_password": None,
+    "runas": "postgres",
 }
 
 
@@ -256,12 +274,44 @@ def validate(cfg):
     cfg["pip_packages"] = pip_packages(cfg["pip_packages"])
     cfg["hooks"] = hooks(cfg["hooks"])
     cfg["supervisor"] = supervisor(cfg["supervisor"])
+    cfg["database"] = database(cfg["database"], cfg)
     wsgi = cfg["wsgi_module"]
     if wsgi is not None and (not isinstance(wsgi, str) or not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", wsgi)):
         raise SaltInvocationError(f"invalid wsgi_module {wsgi!r}: a module name like mysite.wsgi (or mysite.wsgi:application)")
     if not isinstance(cfg["webapp_command"], str) or not cfg["webapp_command"].strip():
         raise SaltInvocationError(f"invalid webapp_command {cfg['webapp_command']!r}: must be a command line")
     return cfg
+
+
+SQL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def database(value, cfg):
+    """Pillar ``database``: None, or a mapping merged onto ``DATABASE_DEFAULTS``, with its ``url``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise SaltInvocationError(f"invalid database {value!r}: must be a mapping ({', '.join(DATABASE_DEFAULTS)})")
+    unknown = set(value) - set(DATABASE_DEFAULTS) - {"url"}
+    if unknown:
+        raise SaltInvocationError(f"invalid database key(s) {sorted(unknown)}: use {', '.join(DATABASE_DEFAULTS)}")
+    db = dict(DATABASE_DEFAULTS, **{k: v for k, v in value.items() if k != "url"})
+    for key in ("name", "user"):
+        if not isinstance(db[key], str):
+            raise SaltInvocationError(f"invalid database:{key} {db[key]!r}: must be a name")
+        db[key] = db[key].replace("{app}", cfg["app"]).replace("{env}", env_module(cfg["environment"]))
+        if not SQL_NAME_RE.match(db[key]):
+            raise SaltInvocationError(f"invalid database:{key} {db[key]!r}: letters, digits and _ (at most 63)")
+    if not isinstance(db["password"], str) or not db["password"]:
+        raise SaltInvocationError("invalid database:password: must be a non-empty string (the role's password)")
+    if not isinstance(db["host"], str) or not re.match(r"^[A-Za-z0-9_.:-]+$", db["host"]):
+        raise SaltInvocationError(f"invalid database:host {db['host']!r}")
+    db["port"] = parse_port(db["port"])
+    if not isinstance(db["url_env"], str) or not ENV_NAME_RE.match(db["url_env"]):
+        raise SaltInvocationError(f"invalid database:url_env {db['url_env']!r}: must be a variable name")
+    host = f"[{db['host']}]" if ":" in db["host"] else db["host"]
+    db["url"] = f"postgres://{db['user']}:{urllib.parse.quote(db['password'], safe='')}@{host}:{db['port']}/{db['name']}"
+    return db
 
 
 def supervisor(value):
@@ -394,7 +444,7 @@ def settings_module(cfg):
 
 
 #: mappings an environment (or a keyword argument) extends key by key instead of replacing
-MERGED = ("settings", "env", "hooks", "supervisor")
+MERGED = ("settings", "env", "hooks", "supervisor", "database")
 
 #: settings whose values are secrets: masked by ``vumi.settings`` unless asked
 SECRET = ("settings", "env")
@@ -404,6 +454,11 @@ def masked(cfg):
     """The settings as ``vumi.settings`` shows them: the values of secret mappings masked, and URL passwords."""
     shown = dict(cfg, **{key: {k: "**********" for k in (cfg[key] or {})} for key in SECRET if cfg.get(key)})
     shown["repo_url"] = mask_credentials(cfg["repo_url"])
+    if cfg.get("database"):
+        shown["database"] = dict(cfg["database"], url=mask_credentials(cfg["database"]["url"]))
+        for key in ("password", "admin_password"):
+            if shown["database"][key]:
+                shown["database"][key] = "**********"
     return shown
 
 

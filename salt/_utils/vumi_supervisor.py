@@ -139,6 +139,11 @@ def _env_value(key, value):
     return f"{key}={quote}{_value(value, f'env {key}')}{quote}"
 
 
+def stop_wait(cfg):
+    """supervisor's stopwaitsecs: whole seconds, at least one."""
+    return max(1, int(round(cfg["stop_timeout"])))
+
+
 def render_programs(cfg, paths, command_for):
     """The text of the environment's program file; ``command_for(port)`` renders a port's command line."""
     conf = cfg["supervisor"]
@@ -164,7 +169,7 @@ def render_programs(cfg, paths, command_for):
             "startsecs=5",
             f"startretries={conf['start_retries']}",
             f"stopsignal={cfg['stop_signal'][3:]}",
-            f"stopwaitsecs={max(1, int(round(cfg['stop_timeout'])))}",
+            f"stopwaitsecs={stop_wait(cfg)}",
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",

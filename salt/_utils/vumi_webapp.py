@@ -193,12 +193,15 @@ def stop(cfg, paths, port):
     if info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",):
         return {"port": port, "stopped": False, "comment": f"webapp not running on port {port}"}
     row = _row(cfg, paths, port, info)
+    began = time.monotonic()
     try:  # supervisor sends stop_signal to the group, and SIGKILL after stop_timeout
         sup.call("supervisor.stopProcess", name, True)
     except vumi_supervisor.xmlrpc.client.Fault as fault:
         if "NOT_RUNNING" not in fault.faultString:
             raise CommandExecutionError(f"supervisord could not stop port {port}: {fault.faultString}") from None
-    return dict(row, stopped=True, comment=f"webapp stopped on port {port}")
+    # supervisor does not say whether it had to kill: a stop that took all of stop_timeout did
+    killed = time.monotonic() - began >= vumi_supervisor.stop_wait(cfg) - 0.2
+    return dict(row, stopped=True, killed=killed, comment=f"webapp stopped on port {port}")
 
 
 def restart(cfg, paths, port):

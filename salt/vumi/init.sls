@@ -23,9 +23,15 @@ vumi-environment-missing:
 {%- else %}
 {%-   set with_nginx = [] %}
 {%-   for env in vumi.envs if vumi.of[env].nginx.enabled %}{% do with_nginx.append(env) %}{% endfor %}
-{%-   if with_nginx %}
+{%-   set with_database = [] %}
+{%-   for env in vumi.envs if vumi.of[env].database %}{% do with_database.append(env) %}{% endfor %}
 
 include:
+  - vumi.supervisor
+{%-   if with_database %}
+  - vumi.database
+{%-   endif %}
+{%-   if with_nginx %}
   - vumi.nginx
 {%-   endif %}
 {%-   for env in vumi.envs %}
@@ -43,9 +49,14 @@ vumi-{{ env }}-layout:
 vumi-{{ env }}-deployed:
   vumi.deployed:
     - name: {{ env | json }}
-{%-       if sls.layout %}
+{%-       if sls.layout or vumi.of[env].database %}
     - require:
+{%-         if sls.layout %}
       - vumi: vumi-{{ env }}-layout
+{%-         endif %}
+{%-         if vumi.of[env].database %}
+      - postgres_database: vumi-{{ env }}-database
+{%-         endif %}
 {%-       endif %}
 {%-     endif %}
 {%-     if sls.webapp %}
@@ -54,6 +65,10 @@ vumi-{{ env }}-deployed:
 vumi-{{ env }}-webapp:
   vumi.webapp_running:
     - name: {{ env | json }}
+{%-       if vumi.supervisor.manage_service %}
+    - require:
+      - service: vumi-supervisor-running
+{%-       endif %}
 {%-       if sls.deploy %}
     - watch:
       - vumi: vumi-{{ env }}-deployed

@@ -15,26 +15,18 @@ rolling restart took. Nothing here touches /etc/nginx or the system's nginx.
 """
 
 import getpass
-import json
 import os
 import pathlib
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
-import urllib.request
 
 import make_repo as sample
 import pytest
-from helpers import alive, http_get, module_env, stop_webapps
+from helpers import alive, http_get, module_env
+from nginx_support import NGINX, Load, Nginx, port_open
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 ENV = "staging"
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-)
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs Debian's nginx)")
 
@@ -45,7 +37,7 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.
 
 
 @pytest.fixture(scope="module")
-def deployed(minion_opts, origin, tmp_path_factory):
+def deployed(minion_opts, origin, tmp_path_factory, supervisord):
     """``staging`` deployed once from its own upstream clone (a fresh virtualenv costs seconds)."""
     # settings from the minion options alone; the pillar of each state run adds the rest
     with module_env(
@@ -54,29 +46,26 @@ def deployed(minion_opts, origin, tmp_path_factory):
         tmp_path_factory.mktemp("nginx"),
         user=getpass.getuser(),
         start_timeout=20,
-        stop_timeout=8,  # more than the sample app's own grace (5 s)
+        stop_timeout=8,
+        supervisor=dict(supervisord.settings(), start_retries=1),
     ) as env:
-        try:
-            env.vumi.deploy(ENV)
-            yield env
-        finally:
-            stop_webapps(env.vumi, ENV)
+        env.vumi.deploy(ENV)
+        yield env
 
 
 @pytest.fixture
 def vumi(deployed):
-    """The module of the deployed environment (the conftest's ``webapps`` stops ports through it)."""
     return deployed.vumi
 
 
 @pytest.fixture
 def cluster(vumi, webapps, free_port):
-    """Start the webapp on ``n`` fresh loopback ports (stopped at teardown); returns the ports."""
+    """Start the webapp on ``n`` fresh loopback ports (configured as ``ports`` for the call); returns them."""
 
-    def start(n):
+    def start(n, **kwargs):
         ports = [free_port() for _ in range(n)]
         webapps.extend((ENV, p) for p in ports)
-        vumi.start_webapp_cluster(ENV, *ports)
+        vumi.start_webapp_cluster(ENV, *ports, ports=ports, **kwargs)
         return ports
 
     return start
@@ -101,82 +90,8 @@ def site_file(conf_dir):
     return pathlib.Path(conf_dir) / f"vumi-{ENV}.conf"
 
 
-class Nginx:
-    """A real nginx with its own prefix, config, logs and temp dirs, on a loopback port."""
-
-    def __init__(self, prefix, port, sites):
-        self.prefix, self.port, self.sites = pathlib.Path(prefix), port, pathlib.Path(sites)
-        self.conf = self.prefix / "nginx.conf"
-        self.proc = None
-
-    def write_config(self):
-        p = self.prefix
-        temp = "\n".join(
-            f"    {kind}_temp_path {p}/temp/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        self.conf.write_text(
-            f"user {getpass.getuser()};\n"
-            "worker_processes 1;\n"
-            f"error_log {p}/error.log info;\n"
-            "events { worker_connections 1024; }\n"
-            "http {\n"
-            f"    access_log {p}/access.log;\n"
-            f"{temp}\n"
-            f"    include {self.sites}/*.conf;\n"
-            "}\n"
-        )
-
-    def command(self, *args):
-        return [NGINX, "-p", f"{self.prefix}/", "-c", str(self.conf), "-e", f"{self.prefix}/error.log", *args]
-
-    def check(self):
-        return subprocess.run(self.command("-t"), capture_output=True, text=True, check=False, timeout=30)
-
-    def start(self):
-        self.write_config()
-        checked = self.check()
-        assert checked.returncode == 0, checked.stderr
-        with open(self.prefix / "stderr.log", "wb") as stderr:
-            self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                self.command("-g", f"daemon off; pid {self.prefix}/nginx.pid;"),
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-            )
-        deadline = time.monotonic() + 10
-        while not port_open(self.port):
-            assert self.proc.poll() is None, (self.prefix / "stderr.log").read_text() + self.errors()
-            assert time.monotonic() < deadline, "nginx did not open its port"
-            time.sleep(0.02)
-        return self
-
-    def reload(self):
-        """SIGHUP, as ``nginx -s reload`` sends it: the master re-reads the config (keeps the old one if bad)."""
-        marker = (self.prefix / "error.log").stat().st_size
-        self.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "reconfiguring" not in self.errors(marker):
-            assert time.monotonic() < deadline, self.errors()
-            time.sleep(0.02)
-        time.sleep(0.3)  # the new workers take over
-
-    def errors(self, offset=0):
-        with open(self.prefix / "error.log", encoding="utf-8", errors="replace") as fh:
-            fh.seek(offset)
-            return fh.read()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
-def nginx(tmp_path, free_port):
+def nginx(tmp_path, free_port):  # pylint: disable=redefined-outer-name
     """A real nginx including the sites of ``<tmp>/sites`` (the test starts it); stopped at teardown."""
     sites = tmp_path / "sites"
     sites.mkdir()
@@ -194,85 +109,11 @@ def nginx(tmp_path, free_port):
 # --------------------------------------------------------------------------
 
 
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def apply_sls(deployed, sls, pillar):
     """``state.sls``/``state.apply`` through the loader; the rendering must succeed."""
     ret = deployed.loaders.modules.state.apply(sls, pillar=pillar)
     assert not ret.errors, ret.errors
     return {state.id: state for state in ret}
-
-
-class Load:
-    """
-    Requests through nginx from a few threads until stopped, or until ``max_requests``
-    or ``max_seconds`` are reached (the load is bounded whatever happens). Each
-    answer is kept: (time, status, release, port, pid) or the error.
-    """
-
-    def __init__(self, port, threads=4, max_requests=30000, max_seconds=120, path="/"):
-        self.url = f"http://127.0.0.1:{port}{path}"
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        self.max_requests, self.max_seconds = max_requests, max_seconds
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.answers, self.failed = [], []
-        self.sent = 0
-
-    def _run(self):
-        deadline = time.monotonic() + self.max_seconds
-        while not self.stopping.is_set() and time.monotonic() < deadline:
-            with self.lock:
-                if self.sent >= self.max_requests:
-                    return
-                self.sent += 1
-            try:
-                with urllib.request.urlopen(self.url, timeout=10) as resp:
-                    status, body = resp.status, resp.read()
-                data = json.loads(body)
-                answer = (time.monotonic(), status, data["release"], data["port"], data["pid"])
-            except (OSError, ValueError, KeyError) as exc:  # urllib's errors are OSErrors
-                answer = (time.monotonic(), getattr(exc, "code", None), None, None, repr(exc))
-            with self.lock:
-                (self.answers if answer[1] == 200 else self.failed).append(answer)
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    def wait_for(self, count, timeout=10):
-        """Until ``count`` more answers came in (the load is flowing)."""
-        with self.lock:
-            target = len(self.answers) + count
-        deadline = time.monotonic() + timeout
-        while len(self.answers) < target:
-            assert time.monotonic() < deadline, f"the load stalled: {self.failed[-3:]}"
-            time.sleep(0.01)
-
-    def since(self, moment):
-        with self.lock:
-            return [a for a in self.answers if a[0] >= moment]
-
-
-def report(what, load, began, ended, ports):
-    """The figures (pytest -s): requests sent and failed in all, those answered during the roll, its duration."""
-    during = sum(1 for a in load.answers if began <= a[0] <= ended)
-    print(
-        f"\n[nginx load] {what}: cluster of {len(ports)} ports, requests sent {load.sent}, "
-        f"failed {len(load.failed)}, answered during the roll {during}, the roll took {ended - began:.2f}s"
-    )
 
 
 # --------------------------------------------------------------------------
@@ -360,7 +201,7 @@ def test_rolling_restart_and_rollout_behind_nginx_drop_no_request(deployed, vumi
     with Load(nginx.port) as load:
         load.wait_for(50)
         began = time.monotonic()
-        restarted = vumi.restart_webapp_cluster(ENV, *ports)
+        restarted = vumi.restart_webapp_cluster(ENV, *ports, ports=ports)
         ended = time.monotonic()
         load.wait_for(50)
     report("restart_webapp_cluster", load, began, ended, ports)
@@ -415,7 +256,7 @@ def test_a_release_that_does_not_come_back_stops_the_roll(deployed, vumi, cluste
     apply_sls(deployed, "vumi.nginx", pillar)
     nginx.start()
     good = vumi.current(ENV)
-    pids = {p: vumi.webapp_status(ENV, p)[p]["pid"] for p in ports}
+    pids = {p: vumi.webapp_status(ENV, p, ports=ports)[p]["pid"] for p in ports}
     wsgi = deployed.repo / "sampleapp" / "wsgi.py"
     sample.git(deployed.repo, "checkout", "-q", ENV)
     original = wsgi.read_text()
@@ -434,7 +275,7 @@ def test_a_release_that_does_not_come_back_stops_the_roll(deployed, vumi, cluste
             load.wait_for(50)
             # the module's own rolling restart fails the same way, with the evidence
             with pytest.raises(CommandExecutionError) as exc:
-                vumi.restart_webapp_cluster(ENV, *ports)
+                vumi.restart_webapp_cluster(ENV, *ports, ports=ports)
             ended = time.monotonic()
             load.wait_for(50)
         report("a broken release: webapp_running, then restart_webapp_cluster, both stopped", load, began, ended, ports)
@@ -447,7 +288,7 @@ def test_a_release_that_does_not_come_back_stops_the_roll(deployed, vumi, cluste
         assert set(webapp.changes) == set()
 
         message = str(exc.value)
-        assert f"webapp on port {first} exited with code 1" in message
+        assert f"webapp on port {first} is FATAL in supervisor" in message
         assert f"webapp.{first}.log" in message and "broken on purpose" in message  # the log's tail
         assert f"stopped at port {first}: restarted none; left as they were: {second}, {third}" in message
 
@@ -463,7 +304,7 @@ def test_a_release_that_does_not_come_back_stops_the_roll(deployed, vumi, cluste
         # heal: back to the good release, the first port running again, the branch fixed
         if vumi.current(ENV)["release"] != good["release"]:
             vumi.rollback(ENV)
-        vumi.start_webapp(ENV, first)
+        vumi.start_webapp(ENV, first, ports=ports)
         sample.commit_file(deployed.repo, ENV, "sampleapp/wsgi.py", original, "fixed")
     assert broken["release"] != good["release"]
     assert vumi.current(ENV)["release"] == good["release"]
@@ -525,7 +366,7 @@ def test_stop_lets_requests_in_flight_finish(vumi, cluster):
     client.start()
     time.sleep(0.3)  # the request is in flight
     began = time.monotonic()
-    stopped = vumi.stop_webapp(ENV, port)
+    stopped = vumi.stop_webapp(ENV, port, ports=[port])
     took = time.monotonic() - began
     client.join(20)
     assert stopped["stopped"] is True and stopped["killed"] is False
@@ -536,13 +377,13 @@ def test_stop_lets_requests_in_flight_finish(vumi, cluster):
 
 
 def test_stop_timeout_bounds_the_wait(vumi, cluster):
-    (port,) = cluster(1)
+    (port,) = cluster(1, stop_timeout=1)
     results = []
     client = threading.Thread(target=slow_request, args=(port, 20, results))
     client.start()
     time.sleep(0.3)
     began = time.monotonic()
-    stopped = vumi.stop_webapp(ENV, port, stop_timeout=1)
+    stopped = vumi.stop_webapp(ENV, port, ports=[port], stop_timeout=1)
     took = time.monotonic() - began
     client.join(30)
     assert stopped["stopped"] is True and stopped["killed"] is True
@@ -556,17 +397,18 @@ def test_stop_signal_is_the_one_configured(vumi, webapps, free_port):
     webapps.append((ENV, port))
     # ignores SIGTERM, leaves on SIGUSR1 (like a server whose graceful stop is another signal)
     command = (
-        "{venv}/bin/python -c \"import signal, socket, sys, time; "
+        "{venv}/bin/python -c \"import signal, sys, http.server as h; "
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(0)); "
-        "s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)\""
+        "h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler).serve_forever()\""
     )
-    ret = vumi.start_webapp(ENV, port, webapp_command=command)
+    kwargs = {"ports": [port], "webapp_command": command, "stop_signal": "usr1", "stop_timeout": 5}
+    ret = vumi.start_webapp(ENV, port, **kwargs)
     assert vumi.settings(ENV, stop_signal="usr1")["stop_signal"] == "SIGUSR1"
     with pytest.raises(SaltInvocationError, match="invalid stop_signal 'SIGNOPE'"):
-        vumi.stop_webapp(ENV, port, stop_signal="SIGNOPE")
+        vumi.stop_webapp(ENV, port, **dict(kwargs, stop_signal="SIGNOPE"))
     assert alive(ret["pid"])  # a bad signal name signals nothing
     began = time.monotonic()
-    stopped = vumi.stop_webapp(ENV, port, stop_signal="SIGUSR1", stop_timeout=5)
+    stopped = vumi.stop_webapp(ENV, port, **kwargs)
     assert stopped["killed"] is False and time.monotonic() - began < 2
     assert not alive(ret["pid"])
