@@ -110,8 +110,11 @@ def programs(cfg, paths, test=False):
     text = vumi_supervisor.render_programs(
         cfg, paths, lambda port: webapp_command(cfg, paths, name, port, supervised=True)
     )
-    for folder in (paths.logs,):
-        vumi_files.makedirs(folder, vumi_files.runas_user(cfg), 0o750)  # the logs may tell secrets
+    vumi_files.makedirs(paths.logs, vumi_files.runas_user(cfg), 0o750)  # the logs may tell secrets
+    for port in cfg["ports"]:
+        # supervisord (root) opens the log: never through a link the deploy user planted
+        if os.path.islink(paths.logfile(port)):
+            raise CommandExecutionError(f"cannot open the webapp's log {paths.logfile(port)}: it is a symlink; refusing")
     return vumi_supervisor.write_programs(cfg, paths, text, test=test)
 
 

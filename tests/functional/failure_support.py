@@ -69,9 +69,14 @@ class ModuleLoaders:
         self.loaders.reset_state()
 
 
+#: the session's supervisord (pillar ``supervisor``), set by the modules' ``mod`` fixtures
+SUPERVISOR = {}
+
+
 def base_settings(base_dir, repo, **more):
     return dict(
         {
+            "supervisor": dict(SUPERVISOR),
             "base_dir": str(base_dir),
             "app": "vumi",
             "repo_url": str(repo),

@@ -31,6 +31,7 @@ import types
 import pytest
 from salt.exceptions import CommandExecutionError
 
+import failure_support
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from failure_support import (
     ModuleLoaders,
@@ -71,8 +72,9 @@ def _report():
 
 
 @pytest.fixture(scope="module")
-def mod(minion_opts, origin, tmp_path_factory):
+def mod(minion_opts, origin, tmp_path_factory, supervisord):
     """The module's loader and the virtualenv every environment here starts from."""
+    failure_support.SUPERVISOR.update(supervisord.settings())
     top = tmp_path_factory.mktemp("failures")
     loaders = ModuleLoaders(minion_opts, top)
     try:
@@ -91,7 +93,7 @@ def _free_port():
 class Env(types.SimpleNamespace):
     def use(self, **more):
         """Swap the settings (the loader reads them as minion options); health checks on unless ``more`` says."""
-        self.settings = dict(base_settings(self.base_dir, self.repo), health_check=True)
+        self.settings = dict(base_settings(self.base_dir, self.repo), health_check=True, supervisor=self.supervisor)
         self.settings.update(more)
         self.loaders.use(self.settings)
         return self.vumi
@@ -102,7 +104,7 @@ class Env(types.SimpleNamespace):
 
 
 @pytest.fixture
-def env(mod, tmp_path):
+def env(mod, tmp_path, supervisor):
     """``staging`` ready to deploy: its own upstream repo and base_dir, the seeded virtualenv, health checks on."""
     base_dir = tmp_path / "srv"
     base_dir.mkdir()
@@ -113,6 +115,7 @@ def env(mod, tmp_path):
         base_dir=base_dir,
         root=env_root(base_dir, ENV),
         top=tmp_path,
+        supervisor=supervisor.settings(),
     )
     env.use()
     seed_venv(mod.seed, base_dir)
@@ -122,7 +125,7 @@ def env(mod, tmp_path):
         with contextlib.suppress(Exception):
             for port, info in env.vumi.webapp_status(ENV).items():
                 if info["running"]:
-                    env.vumi.stop_webapp(ENV, port)
+                    env.vumi.stop_webapp(ENV, port, ports=[port])
         kill_processes_under(base_dir)  # the safety net: nothing a test started outlives it
 
 
@@ -158,7 +161,7 @@ def test_health_gate_checks_the_new_release_on_a_spare_port_and_leaves_nothing_r
     vumi = env.vumi
     old = vumi.deploy(ENV)
     port = _free_port()
-    vumi.start_webapp(ENV, port)
+    vumi.start_webapp(ENV, port, ports=[port])
     old_release, old_pid = serving(port)
     assert old_release == old["release"]
 
@@ -387,7 +390,7 @@ def test_a_failure_at_each_stage_keeps_current_and_the_old_webapp(env, case):
     vumi = env.vumi
     good = vumi.deploy(ENV)["release"]
     port = _free_port()
-    vumi.start_webapp(ENV, port)
+    vumi.start_webapp(ENV, port, ports=[port])
     old = serving(port)
     assert old[0] == good
     tip = sample.git(env.repo, "rev-parse", ENV)
@@ -689,9 +692,9 @@ def test_a_second_deploy_gives_up_after_lock_timeout_naming_the_holder_while_exe
         started = time.monotonic()
         out = slow.vumi.execute(ENV, "./manage.py showsettings")
         port = _free_port()
-        run = slow.vumi.start_webapp(ENV, port)
+        run = slow.vumi.start_webapp(ENV, port, ports=[port])
         assert serving(port)[1] == run["pid"]
-        slow.vumi.stop_webapp(ENV, port)
+        slow.vumi.stop_webapp(ENV, port, ports=[port])
         quick = time.monotonic() - started
         held_throughout = lock_holder(root) == a.pid and not lock_free(root)
 
@@ -776,7 +779,7 @@ def test_files_and_the_webapp_belong_to_the_configured_user(mod, system_user, re
         result = vumi.deploy(ENV)
         assert result["virtualenv_built"] is True  # built by the user, with Debian's python
         port = _free_port()
-        run = vumi.start_webapp(ENV, port)
+        run = vumi.start_webapp(ENV, port, ports=[port])
         assert serving(port) == (result["release"], run["pid"])
 
         with open(f"/proc/{run['pid']}/status", encoding="utf-8") as fh:
@@ -807,6 +810,6 @@ def test_files_and_the_webapp_belong_to_the_configured_user(mod, system_user, re
         valid = current_problem(root) is None
         TALLY.add("ownership", valid, f"user {system_user.pw_name}: {sum(1 for _ in root.rglob('*'))} paths "
                                       "owned by it, none world-writable; webapp uid/gid its own")  # fmt: skip
-        vumi.stop_webapp(ENV, port)
+        vumi.stop_webapp(ENV, port, ports=[port])
     finally:
         kill_processes_under(base_dir)

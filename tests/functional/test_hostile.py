@@ -22,6 +22,7 @@ import types
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import failure_support
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from failure_support import (
     ModuleLoaders,
@@ -54,8 +55,9 @@ def _report():
 
 
 @pytest.fixture(scope="module")
-def target(minion_opts, origin, tmp_path_factory):
+def target(minion_opts, origin, tmp_path_factory, supervisord):
     """``staging`` deployed once; a folder of victims beside it; a commit it has not deployed yet."""
+    failure_support.SUPERVISOR.update(supervisord.settings())
     top = tmp_path_factory.mktemp("hostile")
     loaders = ModuleLoaders(minion_opts, top)
     repo = clone_origin(origin, top / "upstream")
@@ -103,13 +105,19 @@ def _port():
         return sock.getsockname()[1]
 
 
+def _start(t, port=None, **kwargs):
+    """start_webapp on a port configured for the call (an unconfigured one is refused first)."""
+    port = port or _port()
+    return t.vumi.start_webapp(ENV, port, ports=[port], **kwargs)
+
+
 def names(bad, named=None):
     """A hostile environment name through the functions that take one, and the states."""
     named = named or repr(bad)
     return case(
         f"environment {bad!r}"[:80], named,
         module=[lambda t: t.vumi.deploy(bad), lambda t: t.vumi.layout(bad), lambda t: t.vumi.rollback(bad),
-                lambda t: t.vumi.execute(bad, "true"), lambda t: t.vumi.start_webapp(bad, _port())],
+                lambda t: t.vumi.execute(bad, "true"), lambda t: t.vumi.start_webapp(bad, 8000, ports=[8000])],
         state=[lambda t: t.states.deployed(bad), lambda t: t.states.webapp_running(bad, ports=[_port()])],
     )  # fmt: skip
 
@@ -208,7 +216,7 @@ def planted(relpath, named="is a symlink; refusing", to="victim-dir", plant=None
     return case(
         what or f"{relpath} planted as a symlink to outside", named,
         module=[lambda t: t.vumi.deploy(ENV), lambda t: t.vumi.layout(ENV), lambda t: t.vumi.cleanup(ENV),
-                lambda t: t.vumi.start_webapp(ENV, _port()), lambda t: t.vumi.create_virtualenv(ENV)],
+                _start, lambda t: t.vumi.create_virtualenv(ENV)],
         state=[lambda t: t.states.deployed(ENV)],
         plant=plant or _link_instead(relpath, to), sls=True,
     )  # fmt: skip
@@ -288,7 +296,7 @@ CASES = [
     case("cleanup limit '1; rm -rf /'", "'1; rm -rf /'", module=[lambda t: t.vumi.cleanup(ENV, limit="1; rm -rf /")]),
     case("a NUL in a command", "invalid command", module=[lambda t: t.vumi.execute(ENV, "true\x00rm -rf /")]),
     case("webapp_command with an unknown field", "invalid webapp_command",
-         module=[lambda t: t.vumi.start_webapp(ENV, _port(), webapp_command="{nope} {port}")],
+         module=[lambda t: _start(t, webapp_command="{nope} {port}")],
          state=[lambda t: t.states.webapp_running(ENV, ports=[_port()], webapp_command="{nope} {port}")]),  # fmt: skip
     # symlinks planted in the layout, pointing outside it
     planted("releases"),
@@ -306,7 +314,7 @@ CASES = [
     planted("current", "points outside the releases", plant=_current_points_outside,
             what="current pointing outside (absolute link)"),
     case("a webapp log planted as a symlink to outside", "cannot open the webapp's log",
-         module=[lambda t: t.vumi.start_webapp(ENV, t.port)],
+         module=[lambda t: _start(t, t.port)],
          state=[lambda t: t.states.webapp_running(ENV, ports=[t.port])],
          plant=lambda t: _link_instead(f"shared/logs/webapp.{t.port}.log", "victim-file")(t)),  # fmt: skip
 ]

@@ -65,7 +65,7 @@ def test_env_reaches_the_webapp_execute_and_hooks_and_salts_environment_does_not
     assert (root / "shared" / "tmp" / "hook.out").read_text() == f"postgres://app@127.0.0.1:5432/app|{own_home()}|unset"
     assert "hooks" in deployed["timings"] and "before_publish[0]" in deployed["timings"]
 
-    vumi.start_webapp(ENV, port, env=env, webapp_command=ENV_APP_COMMAND)
+    vumi.start_webapp(ENV, port, ports=[port], env=env, webapp_command=ENV_APP_COMMAND)
     status, seen = http_get(port)
     assert status == 200
     assert seen["DATABASE_URL"] == env["DATABASE_URL"] and seen["WORKERS"] == "3"
@@ -86,13 +86,13 @@ def test_django_settings_module_only_when_the_release_has_it(vumi, envapp, repo,
     sample.git(repo, "rm", "--quiet", "-r", "environments")
     sample.git(repo, "commit", "--quiet", "-m", "no environments package")
     vumi.deploy(ENV, webapp_command=ENV_APP_COMMAND)
-    vumi.start_webapp(ENV, port, webapp_command=ENV_APP_COMMAND)
+    vumi.start_webapp(ENV, port, ports=[port], webapp_command=ENV_APP_COMMAND)
     assert "DJANGO_SETTINGS_MODULE" not in http_get(port)[1]
     assert "DJANGO_SETTINGS_MODULE" not in vumi.execute(ENV, "env")["stdout"]
     # pillar settings write the module: then it is set
-    vumi.stop_webapp(ENV, port)
+    vumi.stop_webapp(ENV, port, ports=[port])
     vumi.deploy(ENV, webapp_command=ENV_APP_COMMAND, settings={"GREETING": "from pillar"})
-    vumi.start_webapp(ENV, port, webapp_command=ENV_APP_COMMAND)
+    vumi.start_webapp(ENV, port, ports=[port], webapp_command=ENV_APP_COMMAND)
     assert http_get(port)[1]["DJANGO_SETTINGS_MODULE"] == "environments.staging"
 
 
@@ -102,7 +102,7 @@ def test_a_failing_before_publish_hook_fails_the_deploy_and_leaves_current_servi
     port = free_port()
     webapps.append((ENV, port))
     good = vumi.deploy(ENV)
-    vumi.start_webapp(ENV, port)
+    vumi.start_webapp(ENV, port, ports=[port])
     before = http_get(port)[1]
     sample.commit_file(repo, ENV, "NEWS", "a migration that fails\n", "bad migration")
     hooks = {"before_publish": ["echo migrating", {"run": "echo 'relation does not exist' >&2; exit 4", "once": True}]}

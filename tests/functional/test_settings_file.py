@@ -135,12 +135,12 @@ def test_settings_rendered_from_pillar_private_and_used(states, vumi, base_dir, 
     # manage.py runs with it (and with what it extends: syncdb finds DATABASE)
     assert showsettings(vumi) == {"settings": "environments.staging", "greeting": "hello from pillar"}
     res = vumi.managepy(ENV, "syncdb")
-    assert res["retcode"] == 0 and "Synced 2 tables into tmp/sample.sqlite" in res["stdout"], res
+    assert res["retcode"] == 0 and "Applying pages.0001_initial... OK" in res["stdout"], res
 
     # and so does the webapp: {settings} of the command line is the same module
     port = free_port()
     webapps.append((ENV, port))
-    vumi.start_webapp(ENV, port)
+    vumi.start_webapp(ENV, port, ports=[port])
     body = serving(port)
     assert (body["greeting"], body["settings"], body["release"]) == (
         "hello from pillar", "environments.staging", release,
@@ -264,7 +264,7 @@ def test_managepy_does_not_run_a_shell_and_paths_are_configurable(
     assert "hello from staging" in settings_file(base_dir).read_text()
     port = free_port()
     webapps.append((ENV, port))
-    vumi.start_webapp(ENV, port, **custom)
+    vumi.start_webapp(ENV, port, ports=[port], **custom)
     assert serving(port)["settings"] == "local_settings.staging_live"
     assert serving(port)["greeting"] == "hello from pillar"
     # idempotent with these settings too

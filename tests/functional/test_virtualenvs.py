@@ -445,7 +445,7 @@ def test_execute_and_the_webapp_run_in_the_release_virtualenv(vumi, root, seeded
 
     port = free_port()
     webapps.append((ENV, port))
-    started = vumi.start_webapp(ENV, port)
+    started = vumi.start_webapp(ENV, port, ports=[port])
     pid = started["pid"]
     status, body = http_get(port)
     assert status == 200
@@ -459,5 +459,5 @@ def test_execute_and_the_webapp_run_in_the_release_virtualenv(vumi, root, seeded
     assert argv[0].decode() == str(ve / "bin" / "python")
     assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(ve / "bin" / "python")
 
-    vumi.stop_webapp(ENV, port)
+    vumi.stop_webapp(ENV, port, ports=[port])
     assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"))

@@ -178,7 +178,7 @@ def test_execute_production_over_ssh(synced, host):
     code, data, proc = salt_ssh(synced, line)
     assert code == 0 and isinstance(data, dict), (proc.stdout, proc.stderr)
     show(synced, line, data, "nested")
-    assert data["retcode"] == 0 and "Synced 2 tables into tmp/sample.sqlite" in data["stdout"], data
+    assert data["retcode"] == 0 and "Applying pages.0001_initial... OK" in data["stdout"], data
     assert data["release"] == body["release"]
     assert (host.env_root("production") / "shared" / "tmp" / "sample.sqlite").is_file()
     assert serving(port, "production")["pid"] == body["pid"]
