@@ -41,8 +41,10 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "sample"))
+sys.path.insert(0, str(REPO / "tests"))
 
 import make_repo as sample  # noqa: E402
+from supervisor_support import Supervisord  # noqa: E402  (a supervisord of the bench's own)
 
 SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
 
@@ -91,7 +93,8 @@ class Bench:
             sample.git(self.upstream, "commit", "--quiet", "-m", "real wheels")
             sample.git(self.upstream, "branch", "--quiet", "--force", "staging", "master")
         self.real = names
-        requirements = "--no-index\n--find-links wheels\nvumi-sample-lib==1.0\n" + "".join(
+        # the sample's own (Django, gunicorn, psycopg from the wheelhouse), plus the heavy ones
+        requirements = (self.upstream / "config" / "requirements.pip").read_text() + "".join(
             f"{name}=={version}\n" for _, name, version in extra
         ) + "".join(f"{name}\n" for name in names)
         sample.commit_file(self.upstream, "staging", "config/requirements.pip", requirements, "heavier")
@@ -102,8 +105,10 @@ class Bench:
         (pillar / "top.sls").write_text("base:\n  '*':\n    - vumi.defaults\n    - vumi.staging\n    - bench\n")
         (pillar / "vumi").symlink_to(REPO / "pillar" / "vumi")
         self.port = 18123
+        self.supervisord = Supervisord(work / "supervisor").start()  # what runs the webapp
         (pillar / "bench.sls").write_text(
             json.dumps({"vumi": {
+                "supervisor": self.supervisord.settings(),
                 "base_dir": str(work / "srv"),
                 "repo_url": str(self.upstream),
                 "user": os.environ.get("USER") or subprocess.check_output(["id", "-un"], text=True).strip(),
@@ -228,6 +233,7 @@ def ssh_ratios(work, runs):
                     logins.append((ssh_support.sessions(sshd) - before) / len(hosts))
         finally:
             ssh_support.salt_ssh(ctl, "web-*", "vumi.stop_webapp_cluster staging")
+            fleet_support.kill_leftover_webapps(hosts)  # and each host's supervisord
     return {"noop": median(noop), "one": median(one), "noop_logins": median(noop_logins),
             "one_logins": median(one_logins)}  # fmt: skip
 
@@ -317,9 +323,7 @@ def main():
             ssh = None  # the other figures still print
             print(f"(salt-ssh section failed: {exc!r})")
     finally:
-        with_webapp = bench.root / "shared" / "tmp" / "pids"
-        if with_webapp.is_dir() and any(with_webapp.iterdir()):
-            bench.salt_call("vumi.stop_webapp_cluster", "staging")
+        bench.supervisord.remove()  # and with it the webapp it ran
         shutil.rmtree(work, ignore_errors=True)
 
     rows = [

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """
-How long does ``vumi.restart_webapp`` leave the port refusing connections?
+How long does ``vumi.restart_webapp`` leave the port refusing connections, and how
+long is a port down after ``kill -9`` of its webapp?
 
-Deploys the bundled sample app into a temporary directory (its own git repo,
-base_dir and Salt root; nothing outside it is touched), starts the webapp on a
-free loopback port, then restarts it ``--runs`` times (default 10) through
+Deploys the bundled sample app (Django on gunicorn) into a temporary directory (its
+own git repo, base_dir, Salt root and supervisord; nothing outside it is touched),
+starts the webapp on a free loopback port, then restarts it ``--runs`` times (default 10) through
 ``salt.client.Caller`` (what ``salt-call --local`` uses) while a probe thread
 connects to the port every ``--interval`` ms (default 2). For each restart it
 prints the longest stretch during which connections were refused, then the
@@ -17,25 +18,34 @@ is not answered within ``--timeout`` ms (default 100; on loopback an accepted
 connect takes microseconds): a server that stopped accepting with a full
 backlog makes clients hang (their SYN is dropped) rather than be refused.
 
-    .venv/bin/python bench/restart_downtime.py [--runs 10] [--interval 2] [--timeout 100] [--keep]
+Then it kills the webapp's process (gunicorn's master) with SIGKILL ``--kills`` times
+(default 5) and prints the seconds until the port answers HTTP from a new process that
+supervisor started, with no Salt run: each, and the median.
+
+    .venv/bin/python bench/restart_downtime.py [--runs 10] [--kills 5] [--interval 2] [--timeout 100] [--keep]
 """
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
+import signal
 import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "sample"))
+sys.path.insert(0, str(REPO / "tests"))
 
 import make_repo  # noqa: E402  (the bundled sample app's repo builder)
+from supervisor_support import Supervisord  # noqa: E402  (a supervisord of our own, as the tests start it)
 import salt.client  # noqa: E402
 import salt.config  # noqa: E402
 
@@ -86,7 +96,16 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def caller_for(top):
+def answering_master(port):
+    """The pid of the gunicorn master answering on ``port`` (its worker's parent), or None."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as resp:
+            return json.loads(resp.read())["ppid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def caller_for(top, port, supervisor):
     """A masterless Caller whose Salt root, settings and pillar all live under ``top``."""
     upstream = make_repo.make_repo(top / "upstream")
     (top / "srv").mkdir()
@@ -102,7 +121,8 @@ def caller_for(top):
         "file_roots": {"base": [str(top / "states")]},
         "pillar_roots": {"base": [str(top / "pillar")]},  # not the repo's: no /var/praekelt
         "module_dirs": [str(REPO / "salt" / "_modules")],
-        "vumi": {"base_dir": str(top / "srv"), "repo_url": str(upstream), "ports": []},
+        "vumi": {"base_dir": str(top / "srv"), "repo_url": str(upstream), "ports": [port],
+                 "supervisor": supervisor.settings()},
     }
     (conf / "minion").write_text(json.dumps(minion, indent=2))  # JSON is YAML
     opts = salt.config.minion_config(str(conf / "minion"))
@@ -116,6 +136,7 @@ def caller_for(top):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--interval", type=float, default=2.0, help="ms between probes")
     parser.add_argument("--timeout", type=float, default=100.0, help="ms a probe waits to be accepted")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -124,8 +145,10 @@ def main(argv=None):
     top = pathlib.Path(tempfile.mkdtemp(prefix="vumi-bench-"))
     caller = None
     port = free_port()
+    supervisor = Supervisord()
     try:
-        caller = caller_for(top)
+        supervisor.start()
+        caller = caller_for(top, port, supervisor)
         started = time.monotonic()
         deployed = caller.cmd("vumi.deploy", ENV)
         print(f"deployed {deployed['release']} ({deployed['revision'][:10]}) "
@@ -155,12 +178,33 @@ def main(argv=None):
         print(f"median {statistics.median(downtimes):.1f} ms, worst {max(downtimes):.1f} ms, "
               f"best {min(downtimes):.1f} ms over {len(downtimes)} restarts "
               f"(probe every {args.interval:g} ms, unanswered after {args.timeout:g} ms counts as refused)")
+
+        backs = []
+        for run in range(1, args.kills + 1):
+            pid = caller.cmd("vumi.webapp_status", ENV, port)[port]["pid"]
+            while answering_master(port) != pid:
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            while True:
+                now = answering_master(port)
+                if now not in (None, pid):
+                    break
+                if time.monotonic() - t0 > 60:
+                    raise SystemExit(f"kill {run}: the port did not come back within 60 s")
+                time.sleep(0.02)
+            backs.append(time.monotonic() - t0)
+            print(f"kill {run}: pid {pid} killed, port answering again from pid {now} after {backs[-1]:.2f} s")
+        if backs:
+            print(f"kill -9 to answering again: median {statistics.median(backs):.2f} s over {len(backs)} kills, "
+                  f"worst {max(backs):.2f} s (supervisor restarts it; no Salt run)")
     finally:
         if caller is not None:
             try:
                 caller.cmd("vumi.stop_webapp", ENV, port)
             except Exception as exc:  # pylint: disable=broad-except
                 print(f"could not stop the webapp on port {port}: {exc}", file=sys.stderr)
+        supervisor.remove()
         if args.keep:
             print(f"kept {top}")
         else:

@@ -8,12 +8,11 @@ import contextlib
 import dataclasses
 import getpass
 import json
-import os
 import pathlib
-import signal
 import socket
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
+from supervisor_support import Supervisord
 from saltfactories.utils import random_string
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -42,6 +41,7 @@ class Host:
     base_dir: pathlib.Path
     repo: pathlib.Path
     ports: dict  # environment -> [ports]
+    supervisord: Supervisord = None  # the host's own, as its init system would run it
 
     def pillar(self):
         return {
@@ -51,6 +51,7 @@ class Host:
                 "user": getpass.getuser(),
                 "start_timeout": 20,
                 "stop_timeout": 5,
+                "supervisor": self.supervisord.settings(),
                 "environments": {env: {"ports": ports} for env, ports in self.ports.items()},
             }
         }
@@ -71,7 +72,7 @@ def make_host(root, host_id, ports):
     base_dir = root / "srv"
     base_dir.mkdir(parents=True)
     repo = sample.make_repo(root / "upstream" / "sampleapp")
-    return Host(id=host_id, base_dir=base_dir, repo=repo, ports=ports)
+    return Host(id=host_id, base_dir=base_dir, repo=repo, ports=ports, supervisord=Supervisord().start())
 
 
 def write_pillar(pillar_dir, hosts):
@@ -130,26 +131,15 @@ def make_hosts(master, tmp_path_factory, layouts):
     return hosts
 
 
-def _start_ticks(pid):
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def kill_leftover_webapps(hosts):
     """
-    Last resort after the tests' own ``vumi.stop_webapp_cluster``: signal what a
-    pid file still names, only if its start time says it is the process we
-    started. Returns the pid files that were still there.
+    After the tests' own ``vumi.stop_webapp_cluster``: each host's supervisord (which the
+    test started) is stopped, and with it whatever it still ran. Returns the programs
+    that were still running.
     """
     leftovers = []
     for host in hosts:
-        for pidfile in host.base_dir.glob("vumi/*/shared/tmp/pids/webapp.*.pid"):
-            leftovers.append(str(pidfile))
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                pid, started = pidfile.read_text().split()[:2]
-                if _start_ticks(int(pid)) == started:
-                    os.killpg(int(pid), signal.SIGKILL)
+        with contextlib.suppress(OSError, ConnectionError):
+            leftovers += [n for n, p in host.supervisord.processes().items() if p["statename"] in ("RUNNING", "STARTING")]
+        host.supervisord.remove()
     return leftovers

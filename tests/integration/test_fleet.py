@@ -79,7 +79,7 @@ def assert_serving(host, env):
         assert body["env"] == env, (host.id, port, body)
         assert body["revision"] == host.revision(env), (host.id, port, body)
         assert body["port"] == port
-        pids[port] = body["pid"]
+        pids[port] = body["ppid"]
     return pids
 
 

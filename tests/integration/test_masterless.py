@@ -108,7 +108,7 @@ def serving(host, env):
         status, body = http_get(port)
         assert status == 200, (port, body)
         assert (body["env"], body["revision"], body["port"]) == (env, host.revision(env), port)
-        pids[port] = body["pid"]
+        pids[port] = body["ppid"]
     return pids
 
 

@@ -162,10 +162,10 @@ def test_restart_webapp_over_ssh(synced, host):
     code, data, proc = salt_ssh(synced, line)
     assert code == 0 and isinstance(data, dict), (proc.stdout, proc.stderr)
     show(synced, line, data, "nested")
-    assert data["old_pid"] == before["pid"] and data["pid"] != before["pid"], data
+    assert data["old_pid"] == before["ppid"] and data["pid"] != before["ppid"], data
     after = serving(port, "staging")
-    assert after["pid"] == data["pid"] and after["release"] == before["release"], after
-    assert serving(other, "staging")["pid"] == other_before["pid"]  # its port only
+    assert after["ppid"] == data["pid"] and after["release"] == before["release"], after
+    assert serving(other, "staging")["ppid"] == other_before["ppid"]  # its port only
 
 
 def test_execute_production_over_ssh(synced, host):
@@ -181,7 +181,7 @@ def test_execute_production_over_ssh(synced, host):
     assert data["retcode"] == 0 and "Applying pages.0001_initial... OK" in data["stdout"], data
     assert data["release"] == body["release"]
     assert (host.env_root("production") / "shared" / "tmp" / "sample.sqlite").is_file()
-    assert serving(port, "production")["pid"] == body["pid"]
+    assert serving(port, "production")["ppid"] == body["ppid"]
 
     # a failing command fails the salt-ssh job
     code, data, proc = salt_ssh(synced, 'vumi.execute production "./manage.py fail"')

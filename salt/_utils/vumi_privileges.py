@@ -1,0 +1,195 @@
+"""
+Privilege separation: what works inside an environment's tree runs as its deploy user.
+
+``as_user`` runs a function in a child process that has dropped to the user's uid, gid
+and groups, with a clean environment (the user's ``HOME``, ``USER``, ``LOGNAME``, a plain
+``PATH``), and hands its result, or its error, back to the Salt job. Root keeps what
+needs root: the root-owned ``<base_dir>`` and ``<base_dir>/<app>``, the environment's own
+folder (made once, for the user), supervisor's program files, nginx's site, and talking
+to supervisor.
+
+The child speaks JSON lines on a pipe (never pickle: root must not run what a process
+of the user's could write); the events it fires are relayed by the parent, since the
+event bus is root's.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import pwd
+import stat
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import vumi_history
+
+log = logging.getLogger(__name__)
+
+PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+#: the errors that cross the pipe as themselves; anything else becomes a CommandExecutionError
+ERRORS = {"SaltInvocationError": SaltInvocationError, "CommandExecutionError": CommandExecutionError}
+
+
+def dropping(cfg):
+    """The deploy user's passwd entry when this process is root and the user is not; else None."""
+    if os.geteuid() != 0 or cfg["user"] == "root":
+        return None
+    try:
+        return pwd.getpwnam(cfg["user"])
+    except KeyError:
+        raise SaltInvocationError(f"user {cfg['user']!r} does not exist") from None
+
+
+def _drop(user):
+    os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+    if os.getuid() != user.pw_uid or os.geteuid() != user.pw_uid:
+        raise OSError(f"could not drop to {user.pw_name}")
+    os.environ.clear()
+    os.environ.update(
+        HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name, PATH=PLAIN_PATH, LANG="C.UTF-8"
+    )
+    with contextlib.suppress(OSError):
+        os.chdir("/")
+
+
+def _error(exc):
+    name = type(exc).__name__ if type(exc).__name__ in ERRORS else "CommandExecutionError"
+    message = str(exc) if isinstance(exc, tuple(ERRORS.values())) else f"{type(exc).__name__}: {exc}"
+    info = getattr(exc, "info", None)
+    try:
+        json.dumps(info)
+    except (TypeError, ValueError):
+        info = None
+    return {"error": name, "message": message, "info": info}
+
+
+def as_user(cfg, salt, opts, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` as the deploy user (here, when nothing is to be dropped)."""
+    user = dropping(cfg)
+    if user is None:
+        return fn(*args, **kwargs)
+    events = cfg.get("events") and vumi_history.event_bus_up(opts)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into Salt
+        code = 0
+        try:
+            os.close(read_fd)
+            out = os.fdopen(write_fd, "w", encoding="utf-8")
+            vumi_history.RELAY = (lambda message: (out.write(json.dumps(message) + "\n"), out.flush())) if events else (lambda message: None)
+            try:
+                _drop(user)
+                message = {"result": fn(*args, **kwargs)}
+            except BaseException as exc:  # pylint: disable=broad-except
+                message = _error(exc)
+            try:
+                text = json.dumps(message)
+            except (TypeError, ValueError) as exc:
+                text = json.dumps(_error(CommandExecutionError(f"a result that is not plain data: {exc}")))
+            out.write(text + "\n")
+            out.flush()
+        except BaseException:  # pylint: disable=broad-except
+            code = 1
+        finally:
+            os._exit(code)  # pylint: disable=protected-access
+    os.close(write_fd)
+    last = None
+    with os.fdopen(read_fd, encoding="utf-8", errors="replace") as pipe:
+        for line in pipe:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict) and "event" in message:
+                _relay(salt, message)
+            else:
+                last = message
+    _, status = os.waitpid(pid, 0)
+    if not isinstance(last, dict) or not ({"result", "error"} & set(last)):
+        raise CommandExecutionError(
+            f"the process of user {user.pw_name} ended without an answer (wait status {status}): "
+            "was it killed?"
+        )
+    if "error" in last:
+        error = ERRORS.get(last.get("error"), CommandExecutionError)
+        if error is CommandExecutionError and last.get("info") is not None:
+            raise CommandExecutionError(str(last.get("message")), info=last["info"])
+        raise error(str(last.get("message")))
+    return last["result"]
+
+
+def _relay(salt, message):
+    tag, data = message.get("event"), message.get("data")
+    if isinstance(tag, str) and tag.startswith("vumi/") and isinstance(data, dict):
+        try:
+            salt["event.send"](tag, data)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.debug("could not relay the %s event: %s", tag, exc)
+
+
+# --------------------------------------------------------------------------
+# What root makes: the folders above an environment, and the environment's own
+# --------------------------------------------------------------------------
+
+
+def _root_dir(path):
+    """``path`` a real folder of root's, 0755: made, or an existing one (a link refused) taken back."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # a link: refused here
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != 0 or info.st_gid != 0:
+            log.warning("%s belonged to uid %s: given back to root (one environment's user must not own it)", path, info.st_uid)
+            os.fchown(fd, 0, 0)
+        if stat.S_IMODE(info.st_mode) & 0o022 or stat.S_IMODE(info.st_mode) != 0o755:
+            os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
+
+
+def ensure_env_root(cfg, paths, user):
+    """
+    ``<base_dir>`` and ``<base_dir>/<app>`` root's (0755); the environment's folder made
+    once, for its user. Everything inside it, the user makes.
+    """
+    for path in _parents(cfg["base_dir"]) + [cfg["base_dir"], paths.app_dir]:
+        if not os.path.isdir(path) or os.path.islink(path):
+            if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+                raise CommandExecutionError(f"{path} is not a folder (a link or a file); refusing")
+        if path in (cfg["base_dir"], paths.app_dir):
+            _root_dir(path)
+        elif not os.path.isdir(path):
+            os.mkdir(path, 0o755)
+    try:
+        os.mkdir(paths.root, 0o755)
+        made = True
+    except FileExistsError:
+        made = False
+    fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        if made or info.st_uid == 0:  # a folder root made, now or for root before: the user's
+            os.fchown(fd, user.pw_uid, user.pw_gid)
+        elif info.st_uid != user.pw_uid:
+            raise CommandExecutionError(
+                f"{paths.root} belongs to uid {info.st_uid}, not to {user.pw_name}: another user's environment; refusing"
+            )
+    finally:
+        os.close(fd)
+
+
+def _parents(path):
+    """The folders above ``path`` that do not exist yet, outermost first."""
+    missing = []
+    parent = os.path.dirname(path)
+    while parent and parent != "/" and not os.path.exists(parent):
+        missing.insert(0, parent)
+        parent = os.path.dirname(parent)
+    return missing
