@@ -87,6 +87,7 @@ if _HELPERS is not None:
     import vumi_layout  # noqa: E402
     import vumi_paths  # noqa: E402
     import vumi_pipeline  # noqa: E402
+    import vumi_privileges  # noqa: E402
     import vumi_releases  # noqa: E402
     import vumi_settings  # noqa: E402
     import vumi_supervisor  # noqa: E402
@@ -179,6 +180,22 @@ def _context(environment, kwargs):
     return cfg, vumi_paths.Paths(cfg)
 
 
+def _as_user(cfg, found, fn, *args, make_root=False):
+    """
+    ``fn(*args)`` as the environment's deploy user (vumi_privileges): root acts on no
+    path that user can write. ``make_root``: first, root makes ``<base_dir>/<app>`` (root's)
+    and the environment's folder (the user's), as a deploy or a layout needs.
+    """
+    user = vumi_privileges.dropping(cfg)
+    if user is not None and make_root:
+        vumi_privileges.ensure_env_root(cfg, found, user)
+    return vumi_privileges.as_user(cfg, __salt__, __opts__, fn, *args)
+
+
+def _run_deploy(fn, d):
+    return _as_user(d.cfg, d.paths, fn, d, make_root=True)
+
+
 def _deploy(environment, kwargs, revision=None, release=None, run_once=True):
     cfg, found = _context(environment, kwargs)
     who = vumi_history.who(__opts__, kwargs)
@@ -265,7 +282,7 @@ def prepare(environment, revision=None, release=None, run_once=True, **kwargs):
 
         salt '*' vumi.prepare staging
     """
-    return vumi_pipeline.prepare(_deploy(environment, kwargs, revision, release, run_once))
+    return _run_deploy(vumi_pipeline.prepare, _deploy(environment, kwargs, revision, release, run_once))
 
 
 def publish(environment, release, **kwargs):
@@ -279,7 +296,7 @@ def publish(environment, release, **kwargs):
 
         salt '*' vumi.publish staging 20261126_153000
     """
-    return vumi_pipeline.publish(_deploy(environment, kwargs, release=release))
+    return _run_deploy(vumi_pipeline.publish, _deploy(environment, kwargs, release=release))
 
 
 def deploy(environment, revision=None, run_once=True, **kwargs):
@@ -323,7 +340,7 @@ def deploy(environment, revision=None, run_once=True, **kwargs):
         salt '*' vumi.deploy staging
         salt '*' vumi.deploy production revision=3f2a1c9
     """
-    return vumi_pipeline.deploy(_deploy(environment, kwargs, revision, run_once=run_once))
+    return _run_deploy(vumi_pipeline.deploy, _deploy(environment, kwargs, revision, run_once=run_once))
 
 
 def layout(environment, test=False, **kwargs):
@@ -336,7 +353,10 @@ def layout(environment, test=False, **kwargs):
 
         salt '*' vumi.layout staging
     """
-    return vumi_layout.ensure_tree(*_context(environment, kwargs), test=test)
+    cfg, found = _context(environment, kwargs)
+    if test:
+        return vumi_layout.ensure_tree(cfg, found, test=True)
+    return _as_user(cfg, found, vumi_layout.ensure_tree, cfg, found, make_root=True)
 
 
 def update(environment, **kwargs):
@@ -351,7 +371,8 @@ def update(environment, **kwargs):
 
         salt '*' vumi.update staging
     """
-    return vumi_pipeline.update(_deploy(environment, kwargs))
+    d = _deploy(environment, kwargs)
+    return _as_user(d.cfg, d.paths, vumi_pipeline.update, d)
 
 
 def create_virtualenv(environment, release=None, **kwargs):
@@ -367,7 +388,8 @@ def create_virtualenv(environment, release=None, **kwargs):
 
         salt '*' vumi.create_virtualenv staging
     """
-    return vumi_virtualenv.rebuild(__salt__, *_context(environment, kwargs), release)
+    cfg, found = _context(environment, kwargs)
+    return _as_user(cfg, found, vumi_virtualenv.rebuild, __salt__, cfg, found, release)
 
 
 # --------------------------------------------------------------------------
@@ -398,11 +420,8 @@ def execute(environment, command, release=None, **kwargs):
     cfg, found = _context(environment, kwargs)
     if not isinstance(command, str) or not command.strip() or "\0" in command:
         raise SaltInvocationError(f"invalid command {command!r}")
-    name = vumi_releases.resolve_release(found, release)
-    # the operator's own shell line; at most OUTPUT_LIMIT bytes of each stream are kept
-    res = vumi_commands.run_shell(
-        command, found.code(name), vumi_files.runas_user(cfg), vumi_environment.for_release(cfg, found, name)
-    )
+    res = _as_user(cfg, found, _execute, cfg, found, command, release)
+    name = res.pop("release")
     if res["retcode"] != 0:
         __context__["retcode"] = res["retcode"]
     return {
@@ -413,6 +432,15 @@ def execute(environment, command, release=None, **kwargs):
         "retcode": res["retcode"],
         "truncated": res["truncated"],
     }
+
+
+def _execute(cfg, found, command, release):
+    name = vumi_releases.resolve_release(found, release)
+    # the operator's own shell line; at most OUTPUT_LIMIT bytes of each stream are kept
+    res = vumi_commands.run_shell(
+        command, found.code(name), vumi_files.runas_user(cfg), vumi_environment.for_release(cfg, found, name)
+    )
+    return dict(res, release=name)
 
 
 def managepy(environment, command, release=None, **kwargs):
@@ -473,7 +501,15 @@ def rollback(environment, release=None, restart=True, **kwargs):
         salt '*' vumi.rollback staging 20261126_153000
         salt '*' vumi.rollback staging restart=False
     """
-    return vumi_releases.rollback(*_context(environment, kwargs), release, restart, vumi_history.who(__opts__, kwargs))
+    cfg, found = _context(environment, kwargs)
+    if not isinstance(restart, bool):
+        raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
+    who = vumi_history.who(__opts__, kwargs)
+    # the switch as the user; the restart through supervisor, root's part
+    res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, False, who)
+    if restart:
+        res["restarted"] = vumi_releases.restart_running(cfg, found)
+    return res
 
 
 def cleanup(environment, limit=None, **kwargs):
@@ -490,7 +526,8 @@ def cleanup(environment, limit=None, **kwargs):
 
         salt '*' vumi.cleanup staging limit=3
     """
-    return vumi_releases.cleanup(*_context(environment, kwargs), limit)
+    cfg, found = _context(environment, kwargs)
+    return _as_user(cfg, found, vumi_releases.cleanup, cfg, found, limit)
 
 
 def discard(environment, release, **kwargs):
@@ -513,7 +550,8 @@ def discard(environment, release, **kwargs):
 
         salt 'web*' vumi.discard staging 20261126_153000
     """
-    return vumi_releases.discard(*_context(environment, kwargs), release)
+    cfg, found = _context(environment, kwargs)
+    return _as_user(cfg, found, vumi_releases.discard, cfg, found, release)
 
 
 def environments(**kwargs):
@@ -623,7 +661,7 @@ def lock(environment, reason=None, **kwargs):
         salt 'web*' vumi.lock production reason="incident 42: payments down"
     """
     cfg, found = _context(environment, kwargs)
-    return vumi_history.lock(cfg, found, reason, vumi_history.who(__opts__, kwargs))
+    return _as_user(cfg, found, vumi_history.lock, cfg, found, reason, vumi_history.who(__opts__, kwargs))
 
 
 def unlock(environment, **kwargs):
@@ -637,7 +675,7 @@ def unlock(environment, **kwargs):
         salt 'web*' vumi.unlock production
     """
     cfg, found = _context(environment, kwargs)
-    return vumi_history.unlock(cfg, found, vumi_history.who(__opts__, kwargs))
+    return _as_user(cfg, found, vumi_history.unlock, cfg, found, vumi_history.who(__opts__, kwargs))
 
 
 def locked(environment, **kwargs):

@@ -127,14 +127,24 @@ def event_bus_up(opts):
     )
 
 
+#: in a process of the deploy user's (vumi_privileges.as_user): where events go instead of the bus,
+#: which is root's; the parent fires them
+RELAY = None
+
+
 def event(d, stage, started, outcome, **extra):
     """Live progress: ``salt-run state.event`` (or the minion's bus, masterless) shows each stage."""
-    if d.events is None:
+    if RELAY is not None:
+        d.events = d.cfg["events"]
+    elif d.events is None:
         d.events = d.cfg["events"] and event_bus_up(d.opts)
     if not d.events:
         return
     data = {"env": d.cfg["environment"], "stage": stage, "release": d.release, "revision": d.sha,
             "elapsed": round(time.monotonic() - started, 3), "outcome": outcome, **extra}  # fmt: skip
+    if RELAY is not None:
+        RELAY({"event": f"vumi/deploy/{d.cfg['environment']}/{stage}", "data": data})
+        return
     try:
         d.salt["event.send"](f"vumi/deploy/{d.cfg['environment']}/{stage}", data)
     except Exception as exc:  # pylint: disable=broad-except

@@ -13,9 +13,23 @@ import vumi_releases
 log = logging.getLogger(__name__)
 
 
+def webapp_logs(cfg, paths):
+    """
+    Each configured port's log, made by the user (0640) before supervisord, which is root,
+    opens it: the file stays the user's.
+    """
+    for port in cfg["ports"]:
+        fd = os.open(paths.logfile(port), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        try:
+            vumi_files.own_like_parent(paths.logfile(port), fd)
+        finally:
+            os.close(fd)
+
+
 def layout(d):
     for path in d.paths.tree():
-        vumi_files.makedirs(path, d.runas)
+        vumi_files.makedirs(path, d.runas, d.paths.mode(path))
+    webapp_logs(d.cfg, d.paths)
     d.previous = vumi_releases.current_release(d.paths)
     recover(d.paths, d.runas)
 
@@ -63,4 +77,6 @@ def ensure_tree(cfg, paths, test=False):
     if test:
         return {"path": paths.root, "created": [p for p in paths.tree() if not os.path.isdir(p)]}
     runas = vumi_files.runas_user(cfg)
-    return {"path": paths.root, "created": [p for p in paths.tree() if vumi_files.makedirs(p, runas)]}
+    created = [p for p in paths.tree() if vumi_files.makedirs(p, runas, paths.mode(p))]
+    webapp_logs(cfg, paths)
+    return {"path": paths.root, "created": created}

@@ -45,6 +45,10 @@ class Paths:
             self.virtualenvs,
         ]  # fmt: skip
 
+    def mode(self, folder):
+        """A folder's mode in the tree: the logs may tell secrets, the rest is 0755."""
+        return 0o750 if folder == self.logs else 0o755
+
     def release(self, name):
         vumi_settings.check_name(name, "release", vumi_settings.RELEASE_RE)
         return os.path.join(self.releases, name)

@@ -72,7 +72,7 @@ def as_user(cfg, salt, opts, fn, *args, **kwargs):
     user = dropping(cfg)
     if user is None:
         return fn(*args, **kwargs)
-    events = cfg.get("events") and vumi_history.event_bus_up(opts)
+    events = bool(opts is not None and cfg.get("events") and vumi_history.event_bus_up(opts))
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into Salt

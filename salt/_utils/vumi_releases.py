@@ -326,11 +326,14 @@ def rollback(cfg, paths, release=None, restart=True, who=None):
                             branch=cfg["branch"], **(who or {}))  # fmt: skip
         if cfg["remove_rolled_back"] and previous and previous != target:
             vumi_files.remove_tree(paths.release(previous))
-    restarted = []
-    if restart:
-        running = [p for p, s in vumi_webapp.status(cfg, paths).items() if s["running"]]
-        restarted = [r["port"] for r in vumi_webapp.cluster(vumi_webapp.restart, cfg, paths, running)] if running else []
+    restarted = restart_running(cfg, paths) if restart else []
     return {"release": target, "previous": previous, "revision": manifest.get("revision"), "restarted": restarted}
+
+
+def restart_running(cfg, paths):
+    """Restart the running ports onto ``current``, one at a time (supervisor's: root's part of a rollback)."""
+    running = [p for p, s in vumi_webapp.status(cfg, paths).items() if s["running"] and p in cfg["ports"]]
+    return [r["port"] for r in vumi_webapp.cluster(vumi_webapp.restart, cfg, paths, running)] if running else []
 
 
 def rolled_back_from(paths):

@@ -23,6 +23,8 @@ import vumi_environment
 import vumi_files
 import vumi_health
 import vumi_history
+import vumi_layout
+import vumi_privileges
 import vumi_releases
 import vumi_settings
 import vumi_supervisor
@@ -110,11 +112,14 @@ def programs(cfg, paths, test=False):
     text = vumi_supervisor.render_programs(
         cfg, paths, lambda port: webapp_command(cfg, paths, name, port, supervised=True)
     )
-    vumi_files.makedirs(paths.logs, vumi_files.runas_user(cfg), 0o750)  # the logs may tell secrets
+    if not os.path.isdir(paths.logs) or os.path.islink(paths.logs):
+        raise CommandExecutionError(f"{paths.logs} is not a folder: run vumi.layout {cfg['environment']} first")
     for port in cfg["ports"]:
         # supervisord (root) opens the log: never through a link the deploy user planted
         if os.path.islink(paths.logfile(port)):
             raise CommandExecutionError(f"cannot open the webapp's log {paths.logfile(port)}: it is a symlink; refusing")
+    if not test:  # the user makes the logs, so they stay the user's when supervisord opens them
+        vumi_privileges.as_user(cfg, None, None, vumi_layout.webapp_logs, cfg, paths)
     return vumi_supervisor.write_programs(cfg, paths, text, test=test)
 
 
@@ -221,13 +226,14 @@ def restart(cfg, paths, port):
 @contextlib.contextmanager
 def port_lock(cfg, paths, port):
     """One start, stop or restart of a port at a time, across Salt jobs."""
-    if not os.path.isdir(paths.root):
-        yield  # nothing deployed, nothing running: the action says so
+    folder = cfg["supervisor"]["conf_dir"]
+    if not os.path.isdir(paths.root) or not os.path.isdir(folder):
+        yield  # nothing deployed, or no supervisor: the action says so
         return
     vumi_files.refuse_links(paths)
-    vumi_files.makedirs(paths.pids, vumi_files.runas_user(cfg))
+    # in root's folder beside the program file: root creates nothing in the user's tree
     with vumi_history.flock(
-        os.path.join(paths.pids, f"webapp.{port}.lock"),
+        os.path.join(folder, f".{vumi_supervisor.program_name(cfg, port)}.lock"),
         cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 10,
         lambda holder: CommandExecutionError(
             f"another job is still starting or stopping the webapp on port {port}: {holder}"
@@ -320,13 +326,15 @@ def spawn(cfg, paths, name, port, logfile):
     env = vumi_environment.for_release(cfg, paths, name, VUMI_PORT=port)
     command = webapp_command(cfg, paths, name, port, logfile)
     user = pwd.getpwnam(runas or pwd.getpwuid(os.getuid()).pw_name)
+    drop = os.geteuid() == 0 and user.pw_uid != 0  # already the user (vumi_privileges): nothing to drop
     try:  # O_NOFOLLOW: root must not append to wherever a link planted as the log points
         fd = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
     except OSError as exc:
         raise CommandExecutionError(f"cannot open the webapp's log {logfile}: {exc}") from None
     with open(fd, "ab") as logfh:
         os.fchmod(logfh.fileno(), 0o640)
-        os.fchown(logfh.fileno(), user.pw_uid, user.pw_gid)
+        if drop:
+            os.fchown(logfh.fileno(), user.pw_uid, user.pw_gid)
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             ["/bin/sh", "-c", "exec " + command],
             cwd=os.path.realpath(paths.code(name)),
@@ -335,9 +343,9 @@ def spawn(cfg, paths, name, port, logfile):
             stdout=logfh,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped as one
-            user=user.pw_uid,
-            group=user.pw_gid,
-            extra_groups=os.getgrouplist(user.pw_name, user.pw_gid),  # the user's groups, not root's
+            user=user.pw_uid if drop else None,
+            group=user.pw_gid if drop else None,
+            extra_groups=os.getgrouplist(user.pw_name, user.pw_gid) if drop else None,  # the user's, not root's
             preexec_fn=_die_with_parent,  # pylint: disable=subprocess-popen-preexec-fn
         )
     return proc

@@ -130,10 +130,10 @@ def env(mod, tmp_path, supervisor):
 
 
 def serving(port):
-    """(release, pid) of the webapp answering on ``port``."""
+    """(release, pid) of the webapp answering on ``port`` (the pid supervisor runs: gunicorn's master)."""
     status, body = http_get(port)
     assert status == 200, body
-    return body["release"], body["pid"]
+    return body["release"], body["ppid"]
 
 
 def health_files(root):
@@ -801,12 +801,15 @@ def test_files_and_the_webapp_belong_to_the_configured_user(mod, system_user, re
         assert st.st_uid == system_user.pw_uid and not st.st_mode & stat.S_IWOTH
         assert not_owned == [], not_owned
         assert writable == [], writable
-        pidfile = root / "shared" / "tmp" / "pids" / f"webapp.{port}.pid"
+        assert not (root / "shared" / "tmp" / "pids" / f"webapp.{port}.pid").exists()  # supervisor tracks it
         logfile = root / "shared" / "logs" / f"webapp.{port}.log"
-        assert stat.S_IMODE(pidfile.stat().st_mode) == 0o644
         assert stat.S_IMODE(logfile.stat().st_mode) == 0o640
-        for folder in ("releases", "shared", "shared/logs", "shared/tmp/pids", "shared/virtualenvs"):
+        assert stat.S_IMODE((root / "shared" / "logs").stat().st_mode) == 0o750  # logs may tell secrets
+        for folder in ("releases", "shared", "shared/tmp/pids", "shared/virtualenvs"):
             assert stat.S_IMODE((root / folder).stat().st_mode) == 0o755, folder
+        # above the environment: root's, so that no environment's user can replace another's
+        for folder in (base_dir, base_dir / "vumi"):
+            assert (folder.stat().st_uid, stat.S_IMODE(folder.stat().st_mode)) == (0, 0o755), folder
         valid = current_problem(root) is None
         TALLY.add("ownership", valid, f"user {system_user.pw_name}: {sum(1 for _ in root.rglob('*'))} paths "
                                       "owned by it, none world-writable; webapp uid/gid its own")  # fmt: skip
