@@ -6,6 +6,8 @@ import logging
 import os
 import shutil
 
+from salt.exceptions import CommandExecutionError
+
 import vumi_files
 import vumi_history
 import vumi_releases
@@ -48,7 +50,10 @@ def recover(paths, runas=None):
         if name.startswith(".removing-"):  # a prune killed mid-way
             vumi_files.remove_tree(os.path.join(paths.releases, name))
     # a git killed mid-fetch or mid-checkout leaves index.lock, refs/...lock: every later git fails
-    for top, dirs, files in os.walk(os.path.join(paths.repo, ".git")):
+    git_dir = os.path.join(paths.repo, ".git")
+    if os.path.islink(git_dir):
+        raise CommandExecutionError(f"{git_dir} is a symlink; refusing to use the cached repository")
+    for top, dirs, files in os.walk(git_dir):
         dirs[:] = [n for n in dirs if n != "objects"]
         for name in files:
             if name.endswith(".lock"):

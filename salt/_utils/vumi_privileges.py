@@ -14,6 +14,7 @@ event bus is root's.
 """
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -67,11 +68,27 @@ def _error(exc):
     return {"error": name, "message": message, "info": info}
 
 
+#: what the child may use, loaded before it drops: Salt's or Python's own files may be
+#: out of the user's reach (an interpreter under /root, a onedir install closed to others)
+SALT_FUNCTIONS = ("cmd.run_all", "event.send", "virtualenv.create", "pip.install")
+MODULES = ("_strptime", "encodings.idna", "tempfile", "glob", "shlex", "hashlib", "zipfile", "uuid")
+
+
+def _warm(salt):
+    for name in MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    for name in SALT_FUNCTIONS if salt is not None else ():
+        with contextlib.suppress(Exception):  # pylint: disable=broad-except
+            salt[name]  # pylint: disable=pointless-statement  (the loader loads it now)
+
+
 def as_user(cfg, salt, opts, fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` as the deploy user (here, when nothing is to be dropped)."""
     user = dropping(cfg)
     if user is None:
         return fn(*args, **kwargs)
+    _warm(salt)
     events = bool(opts is not None and cfg.get("events") and vumi_history.event_bus_up(opts))
     read_fd, write_fd = os.pipe()
     pid = os.fork()

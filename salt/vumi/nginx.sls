@@ -7,7 +7,10 @@
     init.sls this file asks the host for them (vumi.settings) while it renders. -#}
 {%- from "vumi/map.jinja" import vumi with context %}
 {%- set sites = [] %}
-{%- for env in vumi.envs if vumi.env or vumi.of[env].nginx.enabled %}
+{%- set known = (pillar.get("vumi", {}).get("environments") or {}).keys() | list %}
+{%- set listed = pillar.get("vumi", {}).get("deploy") or [] %}
+{#- a site only for an environment this host deploys: one its pillar names (a typo gets none) #}
+{%- for env in vumi.envs if (vumi.env or vumi.of[env].nginx.enabled) and (env in known or env in listed) %}
 {%-   set nginx = vumi.of[env].nginx %}
 {%-   set settings = salt["vumi.settings"](env) %}
 {%-   set name = settings.app ~ "-" ~ salt["vumi.env_dirname"](env) %}
@@ -26,15 +29,32 @@
 {%-   endif %}
 {#-   nginx -t on the new site alone, before it replaces the old one: a wrapper
       config includes it inside http {}. Salt appends the temporary file's path ($1). #}
+{%-   set temps = [] %}
+{%-   for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] %}{% do temps.append(kind ~ "_temp_path %s/" ~ kind ~ ";") %}{% endfor %}
 {%-   set check = "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; "
-                  ~ "printf 'pid %s/nginx.pid;\\nevents {}\\nhttp {\\n    include \"%s\";\\n}\\n' \"$d\" \"$1\" >\"$d/nginx.conf\"; "
+                  ~ "printf 'pid %s/nginx.pid;\\nerror_log %s/error.log;\\nevents {}\\nhttp {\\n    access_log off;\\n    "
+                  ~ (temps | join(" ")) ~ "\\n    include \"%s\";\\n}\\n' \"$d\" \"$d\" "
+                  ~ (['"$d"'] * 5) | join(" ") ~ " \"$1\" >\"$d/nginx.conf\"; "
                   ~ nginx.test_cmd ~ " -p \"$d/\" -c \"$d/nginx.conf\"" %}
+{%-   set media = nginx.media.strip("/") if nginx.media else none %}
 {%-   if not settings.ports %}
 
 vumi-{{ env }}-nginx-site:
   test.fail_without_changes:
     - name: {{ site | json }}
     - comment: {{ ("nginx needs at least one webapp port: set vumi:environments:" ~ env ~ ":ports") | json }}
+{%-   elif (nginx.ssl_certificate is none) != (nginx.ssl_certificate_key is none) %}
+
+vumi-{{ env }}-nginx-site:
+  test.fail_without_changes:
+    - name: {{ site | json }}
+    - comment: {{ "nginx: ssl_certificate and ssl_certificate_key go together: set both, or neither" | json }}
+{%-   elif media and (".." in media.split("/") or "\\" in media) %}
+
+vumi-{{ env }}-nginx-site:
+  test.fail_without_changes:
+    - name: {{ site | json }}
+    - comment: {{ ("invalid vumi:nginx:media " ~ nginx.media ~ ": must be a folder inside shared/") | json }}
 {%-   elif static and (".." in static.split("/") or "\\" in static) %}
 
 vumi-{{ env }}-nginx-site:
@@ -58,6 +78,10 @@ vumi-{{ env }}-nginx-site:
         connect_timeout: {{ nginx.connect_timeout | string | json }}
         static_url: {{ nginx.static_url | json }}
         static_dir: {{ ((current ~ "/" ~ settings.app ~ "/" ~ static ~ "/") if static else none) | json }}
+        media_url: {{ nginx.media_url | json }}
+        media_dir: {{ ((salt["vumi.paths"](env).shared ~ "/" ~ media ~ "/") if media else none) | json }}
+        ssl_certificate: {{ nginx.ssl_certificate | json }}
+        ssl_certificate_key: {{ nginx.ssl_certificate_key | json }}
 {%-     if nginx.test_cmd %}
     - check_cmd: {{ ("/bin/sh -c " ~ (check | quote) ~ " vumi-nginx-check") | json }}
 {%-     endif %}

@@ -17,6 +17,7 @@ rolling restart took. Nothing here touches /etc/nginx or the system's nginx.
 import getpass
 import os
 import pathlib
+import subprocess
 import threading
 import time
 
@@ -412,3 +413,41 @@ def test_stop_signal_is_the_one_configured(vumi, webapps, free_port):
     stopped = vumi.stop_webapp(ENV, port, **kwargs)
     assert stopped["killed"] is False and time.monotonic() - began < 2
     assert not alive(ret["pid"])
+
+
+# --------------------------------------------------------------------------
+# Real sites: uploads, TLS, and no site for an environment the host does not deploy
+# --------------------------------------------------------------------------
+
+OPENSSL = "/usr/bin/openssl"
+
+
+@pytest.mark.skipif(not os.access(OPENSSL, os.X_OK), reason="openssl makes the test's certificate")
+def test_site_serves_uploads_from_shared_and_takes_a_certificate(deployed, cluster, nginx, tmp_path):
+    ports = cluster(1)
+    media = deployed.root / "shared" / "public" / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    (media / "photo.txt").write_text("an upload\n")
+    cert, key = tmp_path / "site.crt", tmp_path / "site.key"
+    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)  # fmt: skip
+    pillar = nginx_pillar(ports, nginx.sites, nginx.port, media="public/media",
+                          ssl_certificate=str(cert), ssl_certificate_key=str(key))  # fmt: skip
+    (site,) = apply_sls(deployed, "vumi.nginx", pillar).values()
+    assert site.result is True, site.comment  # nginx -t took the certificate
+    text = site_file(nginx.sites).read_text()
+    assert f"alias {deployed.root}/shared/public/media/;" in text  # the same for every release
+    assert f"ssl_certificate {cert};" in text and f"ssl_certificate_key {key};" in text
+    nginx.start()
+    assert http_get(nginx.port, "/media/photo.txt") == (200, "an upload\n")
+
+    half = nginx_pillar(ports, nginx.sites, nginx.port, ssl_certificate=str(cert))
+    (state,) = apply_sls(deployed, "vumi.nginx", half).values()
+    assert state.result is False and "go together" in state.comment
+
+
+def test_no_site_for_an_environment_the_host_does_not_deploy(deployed, tmp_path):
+    pillar = nginx_pillar([8000], tmp_path, 8080)
+    pillar["branch"] = "stagign"  # a typo: no such environment in pillar
+    ret = deployed.loaders.modules.state.apply("vumi.nginx", pillar=pillar)
+    assert not list(tmp_path.glob("*.conf")), [s.comment for s in ret]
