@@ -44,7 +44,7 @@ GIT_EMAIL = "vumi-salt-sample@example.invalid"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _IGNORED = ("__pycache__", "*.pyc", "*.pyo", "tmp", "public", "*.sqlite", ".git")
 
-__all__ = ["build_wheel", "make_repo", "commit_file", "git"]
+__all__ = ["build_wheel", "make_repo", "commit_file", "git", "requirements"]
 
 
 def git(repo, *args):
@@ -138,6 +138,15 @@ def build_wheel(package_dir, name, version, out_dir):
     return wheel_path
 
 
+def requirements(wheelhouse=None):
+    """The text of the repository's requirements file (what ``make_repo`` commits)."""
+    wheelhouse = Path(wheelhouse) if wheelhouse else WHEELHOUSE
+    text = (APP_DIR / REQUIREMENTS).read_text()
+    if any(wheelhouse.glob("*.whl")):
+        text = "--no-index\n--find-links %s\n%s" % (wheelhouse.absolute(), text)
+    return text
+
+
 def make_repo(dest, branches=("staging", "production"), extra_wheels=(), wheelhouse=None):
     """Create a non-bare git repository with the sample app at ``dest``.
 
@@ -160,10 +169,7 @@ def make_repo(dest, branches=("staging", "production"), extra_wheels=(), wheelho
     build_wheel(LIB_DIR, LIB_NAME, LIB_VERSION, wheels)
     for package_dir, name, version in extra_wheels:
         build_wheel(package_dir, name, version, wheels)
-    wheelhouse = Path(wheelhouse) if wheelhouse else WHEELHOUSE
-    if any(wheelhouse.glob("*.whl")):
-        requirements = dest / REQUIREMENTS
-        requirements.write_text("--no-index\n--find-links %s\n%s" % (wheelhouse.absolute(), requirements.read_text()))
+    (dest / REQUIREMENTS).write_text(requirements(wheelhouse))
 
     git(dest, "init", "-q", "-b", "master")
     git(dest, "add", "-A")

@@ -20,6 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "sample"))
 
 import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder)
+import helpers  # noqa: E402
 from helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
 from supervisor_support import Supervisord  # noqa: E402
 
@@ -99,6 +100,17 @@ def base_dir(tmp_path):
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory):
+    """
+    One pip and uv cache for the session's environments deployed as root (setting
+    ``cache_dir``, as an operator shares one between a user's environments): each
+    test's fresh environment installs Django from a warm cache, not from the wheels.
+    """
+    helpers.SHARED_CACHE = str(tmp_path_factory.mktemp("caches"))
+    return helpers.SHARED_CACHE
+
+
 @pytest.fixture(scope="session")
 def supervisord():
     """A real supervisord for the session (from .venv, its own config and socket), stopped at the end."""
@@ -126,6 +138,7 @@ def vumi_config(repo, base_dir, supervisor):
         "start_timeout": 20,
         "stop_timeout": 5,
         "supervisor": supervisor.settings(),
+        "cache_dir": helpers.SHARED_CACHE,
     }
 
 

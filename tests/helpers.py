@@ -17,6 +17,9 @@ from saltfactories.utils.functional import Loaders
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
+#: the session's pip and uv cache (setting ``cache_dir``), set by tests/conftest.py
+SHARED_CACHE = None
+
 
 def http_get(port, path="/", timeout=5):
     """GET from the webapp on 127.0.0.1: (status, body as JSON when it is JSON, else text)."""
@@ -117,7 +120,8 @@ def module_env(minion_opts, origin, top, env="staging", **settings):
     repo = clone_origin(origin, top / "upstream")
     base_dir = top / "srv"
     base_dir.mkdir()
-    config = {"base_dir": str(base_dir), "app": "vumi", "repo_url": str(repo), "ports": [], **settings}
+    config = {"base_dir": str(base_dir), "app": "vumi", "repo_url": str(repo), "ports": [], "cache_dir": SHARED_CACHE,
+              **settings}  # fmt: skip
     no_pillar = top / "pillar"
     no_pillar.mkdir()
     with loaders_for(minion_opts, config, no_pillar) as loaders:

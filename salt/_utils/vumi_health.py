@@ -46,7 +46,11 @@ def health_check(cfg, paths, name):
     except (CommandExecutionError, SaltInvocationError) as exc:
         raise CommandExecutionError(f"the webapp of release {name} did not start: {exc}") from None
     try:
-        healthy, evidence = probe(cfg, port, proc)
+        opened = _wait_open(cfg, port, proc)
+        healthy, evidence = probe(cfg, port, proc) if opened is None else (False, opened)
+        if opened is not None and proc.poll() is not None:
+            raise CommandExecutionError(f"the webapp of release {name} did not start: {opened}; last lines of "
+                                        f"{logfile}:\n{vumi_files.file_tail(logfile)}")  # fmt: skip
     finally:
         vumi_webapp.stop_child(proc, cfg["stop_timeout"], cfg["stop_signal"])
     if not healthy:
@@ -56,6 +60,19 @@ def health_check(cfg, paths, name):
     with contextlib.suppress(FileNotFoundError):
         os.remove(logfile)  # kept only when it failed, as evidence
     return {"port": port, "path": cfg["health_path"] or "/", "evidence": evidence}
+
+
+def _wait_open(cfg, port, proc):
+    """None once the port accepts connections; else what happened: it exited, or ``start_timeout`` passed."""
+    deadline = time.monotonic() + cfg["start_timeout"]
+    while True:
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        if vumi_webapp.port_open(cfg["host"], port):
+            return None
+        if time.monotonic() >= deadline:
+            return f"did not open the port within {cfg['start_timeout']:g}s"
+        time.sleep(0.05)
 
 
 def probe(cfg, port, proc):

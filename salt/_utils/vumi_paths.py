@@ -25,8 +25,10 @@ class Paths:
         self.shared = os.path.join(self.root, "shared")
         self.logs = os.path.join(self.shared, "logs")
         self.tmp = os.path.join(self.shared, "tmp")
-        self.pip_cache = os.path.join(self.tmp, "cache", "pip")
-        self.uv_cache = os.path.join(self.tmp, "cache", "uv")
+        # pip's and uv's caches: the environment's own, or a folder of the user's shared by its environments
+        caches = cfg.get("cache_dir") or os.path.join(self.tmp, "cache")
+        self.pip_cache = os.path.join(caches, "pip")
+        self.uv_cache = os.path.join(caches, "uv")
         self.pids = os.path.join(self.tmp, "pids")
         self.repositories = os.path.join(self.shared, "repositories")
         self.repo = os.path.join(self.repositories, cfg["app"])
@@ -41,9 +43,8 @@ class Paths:
         """The folders ``layout`` makes, parents first."""
         return [
             self.root, self.releases, self.shared, self.logs, self.repositories,
-            self.tmp, os.path.join(self.tmp, "cache"), self.pip_cache, self.uv_cache, self.pids,
-            self.virtualenvs,
-        ]  # fmt: skip
+            self.tmp, os.path.join(self.tmp, "cache"), self.pids, self.virtualenvs,
+        ] + [cache for cache in (self.pip_cache, self.uv_cache) if cache.startswith(self.root + os.sep)]  # fmt: skip
 
     def mode(self, folder):
         """A folder's mode in the tree: the logs may tell secrets, the rest is 0755."""

@@ -33,6 +33,7 @@ DEFAULTS = {
     "host": "127.0.0.1",
     "python": None,  # interpreter for virtualenvs; None: the one running Salt
     "reuse_virtualenvs": True,
+    "cache_dir": None,  # pip's and uv's caches (pip/, uv/ in it); None: shared/tmp/cache of the environment
     "installer": "uv",  # uv where the deploy user can run it, else pip; "pip": always pip
     "shared_dirs": ["logs", "tmp"],
     "shared_files": [],  # files of shared/ linked into each release (.env, config/local.py); must exist
@@ -216,6 +217,9 @@ def validate(cfg):
     if not isinstance(cfg["repo_url"], str) or not cfg["repo_url"] or cfg["repo_url"].startswith("-"):
         raise SaltInvocationError(f"invalid repo_url {cfg['repo_url']!r}")
     relpath(cfg["requirements"], "requirements")
+    cache = cfg["cache_dir"]
+    if cache is not None and (not isinstance(cache, str) or not os.path.isabs(cache) or "\0" in cache):
+        raise SaltInvocationError(f"invalid cache_dir {cache!r}: an absolute path, or null for the environment's own")
     if cfg["repo_tree"] is not None:
         cfg["repo_tree"] = relpath(cfg["repo_tree"], "repo_tree").strip("/") or None
     depth = cfg["git_depth"]

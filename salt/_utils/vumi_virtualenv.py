@@ -189,6 +189,8 @@ def build_venv(salt, cfg, paths, venv, code, runas):
     """
     if os.path.lexists(venv):
         shutil.rmtree(venv)  # half-built by an earlier, interrupted deploy
+    for cache in (paths.pip_cache, paths.uv_cache):  # a cache_dir of the user's: made by the user
+        vumi_files.makedirs(cache, runas)
     uv = uv_binary(salt, cfg, runas)
     if uv is not None:
         _build_with_uv(salt, cfg, paths, venv, code, runas, uv)

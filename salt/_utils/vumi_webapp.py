@@ -85,8 +85,9 @@ def webapp_command(cfg, paths, name, port, logfile=None, supervised=False):
     try:
         return template.format(**quoted)
     except (KeyError, IndexError, ValueError) as exc:
+        what = f"{{{exc.args[0]}}} is not a field" if isinstance(exc, KeyError) else str(exc)
         raise SaltInvocationError(
-            f"invalid webapp_command {template!r}: {exc!r} is not a field "
+            f"invalid webapp_command {template!r}: {what} "
             f"(use {', '.join('{' + f + '}' for f in sorted(fields))})"
         ) from None
 

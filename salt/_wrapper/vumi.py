@@ -30,7 +30,7 @@ FUNCTIONS = (
     "settings", "paths", "releases", "current", "remote_revision", "prepare", "publish",
     "deploy", "layout", "update", "create_virtualenv", "execute", "managepy", "rollback",
     "cleanup", "discard", "start_webapp", "stop_webapp", "restart_webapp",
-    "start_webapp_cluster", "stop_webapp_cluster", "restart_webapp_cluster", "webapp_status",
+    "start_webapp_cluster", "stop_webapp_cluster", "restart_webapp_cluster", "webapp_status", "webapp_programs",
     "lock", "unlock", "locked", "check", "environments", "summary",
 )  # fmt: skip
 WITH_SETTINGS = ("deploy", "prepare", "current", "settings")

@@ -22,6 +22,7 @@ import yaml
 from saltfactories.utils import random_string
 from saltfactories.utils.functional import Loaders
 
+import helpers
 from helpers import alive, clone_origin, env_root  # noqa: F401  (clone_origin: for the test modules)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -74,8 +75,11 @@ SUPERVISOR = {}
 
 
 def base_settings(base_dir, repo, **more):
+    # the session's cache is root's: an environment of another user keeps its own
+    shared = {"cache_dir": helpers.SHARED_CACHE} if more.get("user", ME) == ME else {}
     return dict(
         {
+            **shared,
             "supervisor": dict(SUPERVISOR),
             "base_dir": str(base_dir),
             "app": "vumi",
@@ -211,17 +215,21 @@ def history(root):
 
 
 def processes_under(path):
-    """Pids of live processes whose working folder is under ``path`` (webapps of an environment)."""
-    found = []
+    """
+    Pids of live processes whose working folder is under ``path`` (webapps of an
+    environment), each webapp once: its top process (gunicorn's master), not its workers.
+    """
+    found = {}
     path = os.path.realpath(path)
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, IndexError):
             cwd = os.readlink(f"/proc/{pid}/cwd")
             if (cwd == path or cwd.startswith(path + "/")) and alive(int(pid)):
-                found.append(int(pid))
-    return found
+                with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+                    found[int(pid)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+    return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
 def kill_processes_under(path):

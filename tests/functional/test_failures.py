@@ -300,7 +300,7 @@ def test_the_sls_keeps_the_old_webapp_serving_when_the_new_release_is_unhealthy(
 def _commit_missing_package(env):
     sample.commit_file(
         env.repo, ENV, "config/requirements.pip",
-        "--no-index\n--find-links wheels\nvumi-sample-lib==1.0\nvumi-no-such-package==1.0\n",
+        sample.requirements() + "vumi-no-such-package==1.0\n",
         "Require a package that exists nowhere here",
     )  # fmt: skip
 
@@ -355,7 +355,7 @@ def _read_only(relpath, also=None):
 
 def _add_requirement_comment(env):
     sample.commit_file(env.repo, ENV, "config/requirements.pip",
-                       "--no-index\n--find-links wheels\nvumi-sample-lib==1.0\n# changed\n", "New requirements")  # fmt: skip
+                       sample.requirements() + "# changed\n", "New requirements")  # fmt: skip
 
 
 def _unreachable(env):
@@ -584,7 +584,7 @@ def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path):
         seeded = sample.git(repo, "rev-parse", ENV)
         for i, delay in enumerate((0.2, 0.8, 1.6)):
             sample.commit_file(repo, ENV, "config/requirements.pip",
-                               f"--no-index\n--find-links wheels\nvumi-sample-lib==1.0\n# build {i}\n", f"Build {i}")  # fmt: skip
+                               sample.requirements() + f"# build {i}\n", f"Build {i}")  # fmt: skip
             crasher.crash(ENV, crasher.new_virtualenv(), delay, converge_at=seeded if i < 2 else None)
         # that last deploy built for real: the half-built virtualenv was not trusted
         assert vumi.current(ENV)["virtualenv_ok"] is True
@@ -607,8 +607,8 @@ def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path):
 
 def slow_webapp(seconds):
     """A webapp that takes ``seconds`` to start: the health check holds the deploy lock that long."""
-    script = f'sleep {seconds}; exec "$0" manage.py runserver "$1" --settings="$2"'
-    return f"sh -c '{script}' {{venv}}/bin/python {{host}}:{{port}} {{settings}}"
+    script = f'sleep {seconds}; exec "$0" --bind "$1" sampleapp.wsgi'
+    return f"sh -c '{script}' {{venv}}/bin/gunicorn {{host}}:{{port}}"
 
 
 @pytest.fixture
@@ -702,7 +702,7 @@ def test_a_second_deploy_gives_up_after_lock_timeout_naming_the_holder_while_exe
     finally:
         ra = finish(a)
     assert out["retcode"] == 0
-    assert held_throughout and quick < 1.5, quick
+    assert held_throughout and quick < 6, quick  # execute, a start and a stop: not waiting for the lock
 
     assert ra.returncode == 0, ra.text
     assert rb.returncode != 0

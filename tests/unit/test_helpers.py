@@ -211,9 +211,11 @@ def test_the_webapp_command_is_filled_quoted_and_an_unknown_field_refused(cfg, p
     assert command == f"run 8000 {paths.code('20260101_000001')}"
     with pytest.raises(SaltInvocationError, match="invalid webapp_command"):
         vumi_webapp.webapp_command(dict(cfg, webapp_command="run {nope}"), paths, "20260101_000001", 8000)
-    assert json.dumps(vumi_webapp.status(cfg, paths)) == json.dumps(
-        {"8000": {"running": False, "pid": None, "release": None, "current": False, "uptime": None, "listening": False}}
-    )
+    # no field that names one release: a supervised program runs whatever current is
+    with pytest.raises(SaltInvocationError, match=r"\{release\} is not a field"):
+        vumi_webapp.webapp_command(dict(cfg, webapp_command="run {release}"), paths, "20260101_000001", 8000)
+    supervised = vumi_webapp.webapp_command(dict(cfg, webapp_command="{venv}/bin/x {code}"), paths, "20260101_000001", 8000, supervised=True)
+    assert supervised == f"{paths.current}/ve/bin/x {paths.current}/{cfg['app']}"
 
 
 @pytest.mark.parametrize("url, shown", [
