@@ -209,6 +209,8 @@ def webapp_running(name, ports=None, **kwargs):
     ports
         The ports to run, each its own process.
     """
+    if ports is not None:  # the ports named here are the configured ones for every call below
+        kwargs = dict(kwargs, ports=ports)
     ret = _ret(name)
     comments = []
     try:
@@ -242,6 +244,8 @@ def webapp_dead(name, ports=None, **kwargs):
     """
     Stop the webapp of environment ``name`` on ``ports`` (default: pillar ``ports``).
     """
+    if ports is not None:  # the ports named here are the configured ones for every call below
+        kwargs = dict(kwargs, ports=ports)
     ret = _ret(name)
     try:
         status = _status(name, ports, kwargs)
@@ -260,6 +264,8 @@ def mod_watch(name, sfun=None, ports=None, **kwargs):
     release is current, so every port of ``webapp_running`` is restarted, one
     at a time.
     """
+    if ports is not None:  # the ports named here are the configured ones for every call below
+        kwargs = dict(kwargs, ports=ports)
     ret = _ret(name)
     if sfun != "webapp_running":
         return dict(ret, result=False, comment=f"vumi.{sfun} does not support watch")

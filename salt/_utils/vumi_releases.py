@@ -379,7 +379,8 @@ def discard(cfg, paths, release):
                 f"release {release} has been published before; refusing to discard it (see vumi.cleanup)"
             )
         revision = (read_manifest(paths, release) or {}).get("revision")
-        shutil.rmtree(path)
+        # out of sight in one rename, then deleted: killed mid-way, nothing left looks complete
+        vumi_files.remove_tree(path)
         vumi_history.record(paths, "discard", release=release, revision=revision)
     return {"release": release, "discarded": True, "revision": revision,
             "comment": f"release {release} discarded"}  # fmt: skip

@@ -309,7 +309,7 @@ def _commit_crash_at_start(env):
     sample.git(env.repo, "checkout", "-q", ENV)
     wsgi = (env.repo / "sampleapp" / "wsgi.py").read_text()
     sample.commit_file(env.repo, ENV, "sampleapp/wsgi.py",
-                       "raise SystemExit('crashing at start on purpose')\n" + wsgi, "Crash at start")  # fmt: skip
+                       "raise RuntimeError('crashing at start on purpose')\n" + wsgi, "Crash at start")  # fmt: skip
 
 
 def _commit_health_fail(env):
@@ -371,7 +371,7 @@ FAILURES = {
         ["'0123456789abcdef0123456789abcdef01234567' is not in"]),
     "fetch: an unreachable repo": (None, _unreachable, "fetch", ["git fetch http://127.0.0.1:", "failed"]),
     "health: a webapp that exits at start": (
-        _commit_crash_at_start, {}, "health", ["did not start", "exited with code 1", "crashing at start on purpose"]),
+        _commit_crash_at_start, {}, "health", ["the webapp exited with code 3", "crashing at start on purpose"]),
     "health: /health answers 500": (
         _commit_health_fail, {"health_path": "/health"}, "health", ["answered HTTP 500 Internal Server Error", "unhealthy: HEALTH_FAIL"]),
     "health: a webapp that never listens": (

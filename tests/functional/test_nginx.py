@@ -15,6 +15,7 @@ rolling restart took. Nothing here touches /etc/nginx or the system's nginx.
 """
 
 import getpass
+import json
 import os
 import pathlib
 import subprocess
@@ -24,7 +25,7 @@ import time
 import make_repo as sample
 import pytest
 from helpers import alive, http_get, module_env
-from nginx_support import NGINX, Load, Nginx, port_open
+from nginx_support import NGINX, Load, Nginx, port_open, report
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 ENV = "staging"
@@ -262,7 +263,7 @@ def test_a_release_that_does_not_come_back_stops_the_roll(deployed, vumi, cluste
     sample.git(deployed.repo, "checkout", "-q", ENV)
     original = wsgi.read_text()
     sample.commit_file(
-        deployed.repo, ENV, "sampleapp/wsgi.py", original + '\nraise SystemExit("broken on purpose")\n', "broken"
+        deployed.repo, ENV, "sampleapp/wsgi.py", original + '\nraise RuntimeError("broken on purpose")\n', "broken"
     )
     try:
         # vumi.deploy makes it current (starting the webapp is not its job, and the

@@ -112,7 +112,7 @@ def test_a_failing_before_publish_hook_fails_the_deploy_and_leaves_current_servi
     assert "failed at stage 'hooks'" in message and "exit 4" in message and "relation does not exist" in message
     assert current_target(base_dir) == f"releases/{good['release']}"
     assert release_dirs(base_dir) == [good["release"]]  # the new one went to failed/
-    assert http_get(port)[1]["pid"] == before["pid"]
+    assert http_get(port)[1]["ppid"] == before["ppid"]
     history = [json.loads(line) for line in (env_root(base_dir) / "history.log").read_text().splitlines()]
     assert history[-1]["action"] == "failed" and history[-1]["stage"] == "hooks"
     assert "relation does not exist" in history[-1]["reason"] and "exit 4" in history[-1]["reason"]
@@ -209,6 +209,6 @@ def test_rollback_restarts_the_webapps_onto_the_old_release_and_holds(loaders, v
     assert vumi.current(ENV)["rolled_back_from"] is None
 
     # restart=False only switches
-    pids = {p: http_get(p)[1]["pid"] for p in ports}
+    pids = {p: http_get(p)[1]["ppid"] for p in ports}
     assert vumi.rollback(ENV, restart=False, ports=ports)["restarted"] == []
-    assert {p: http_get(p)[1]["pid"] for p in ports} == pids
+    assert {p: http_get(p)[1]["ppid"] for p in ports} == pids

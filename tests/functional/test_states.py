@@ -108,7 +108,7 @@ def serving(port):
     status, body = http_get(port)
     assert status == 200, body
     assert body["app"] == "sampleapp" and body["env"] == ENV and body["port"] == port, body
-    return body["release"], body["revision"], body["pid"]
+    return body["release"], body["revision"], body["ppid"]
 
 
 def port_closed(port):
@@ -425,7 +425,7 @@ def test_sls_deploys_runs_and_follows_the_branch(loaders, vumi, repo, base_dir, 
     first_sha = tip(repo)
     assert ret.deployed.changes["release"] == {"old": None, "new": first}
     assert ret.deployed.changes["revision"] == {"old": None, "new": first_sha}
-    assert set(ret.webapp.changes) == {str(p) for p in ports}
+    assert set(ret.webapp.changes) == {str(p) for p in ports} | {"programs"}  # its program file, written
     pids = {}
     for port in ports:
         release, revision, pids[port] = serving(port)

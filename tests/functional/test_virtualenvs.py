@@ -450,7 +450,7 @@ def test_execute_and_the_webapp_run_in_the_release_virtualenv(vumi, root, seeded
     status, body = http_get(port)
     assert status == 200
     # vumi_sample_lib is installed only in the virtualenv, never in the interpreter it was made from
-    assert (body["lib"], body["release"], body["pid"]) == (sample.LIB_VERSION, name, pid)
+    assert (body["lib"], body["release"], body["ppid"]) == (sample.LIB_VERSION, name, pid)
     environ = dict(
         item.split(b"=", 1) for item in pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
     )

@@ -204,7 +204,7 @@ def test_start_without_a_release_fails_clearly_and_writes_nothing(vumi, free_por
     port = free_port()
     with pytest.raises(CommandExecutionError, match="no current release"):
         vumi.start_webapp("production", port, ports=[port])
-    assert list(pathlib.Path(supervisor.conf_dir).iterdir()) == []
+    assert list(pathlib.Path(supervisor.conf_dir).glob("*.conf")) == []
     assert not port_open(port)
 
 
@@ -216,7 +216,7 @@ def test_a_port_that_is_not_configured_is_refused(vumi, free_port, supervisor, a
     assert f"port {other} is not configured for staging" in str(exc.value)
     assert str(configured) in str(exc.value)
     assert not port_open(other)
-    assert list(pathlib.Path(supervisor.conf_dir).iterdir()) == []  # no program written, none started
+    assert list(pathlib.Path(supervisor.conf_dir).glob("*.conf")) == []  # no program written, none started
 
 
 # --------------------------------------------------------------------------
@@ -458,7 +458,7 @@ def test_supervisord_not_running_is_a_clear_error_and_writes_nothing(vumi, free_
         with pytest.raises(CommandExecutionError) as exc:
             vumi.start_webapp(ENV, port, ports=[port], supervisor=away.settings())
         assert "supervisord is not reachable" in str(exc.value) and str(away.conf_file) in str(exc.value)
-        assert list(away.conf_dir.iterdir()) == []
+        assert list(away.conf_dir.glob("*.conf")) == []
     finally:
         away.remove()
 
@@ -497,7 +497,7 @@ def test_bad_ports_are_rejected(vumi, supervisor, call, value):
         call(vumi, value)
     assert repr(value) in str(exc.value)
     assert "port" in str(exc.value)
-    assert list(pathlib.Path(supervisor.conf_dir).iterdir()) == []
+    assert list(pathlib.Path(supervisor.conf_dir).glob("*.conf")) == []
 
 
 # --------------------------------------------------------------------------
