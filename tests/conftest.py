@@ -178,16 +178,3 @@ def webapps(vumi, supervisor):
     started = []
     yield started
     supervisor.clear()
-
-
-#: test files whose tests stand alone (a fixture of their own per test, or module
-#: fixtures each worker can make again): spread over the xdist workers, test by test.
-#: Every other file keeps its tests together on one worker, in order (``--dist loadgroup``).
-SPREAD = {"test_failures.py", "test_hostile.py", "test_webapp.py", "test_peer_parity.py"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        name = item.path.name
-        if name not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(name=name))

@@ -6,7 +6,6 @@ so the bundle takes the same code path as on a real host.
 """
 
 import contextlib
-import os
 import pathlib
 import shutil
 import signal

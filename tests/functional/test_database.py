@@ -14,7 +14,7 @@ import time
 
 import make_repo as sample
 import pytest
-from helpers import http_get, loaders_for, pillar_tree, write_override
+from helpers import http_get, loaders_for, pillar_tree
 from nginx_support import NGINX, Load, Nginx
 from postgres_support import Postgres, bin_dir
 

@@ -26,6 +26,7 @@ import tarfile
 import textwrap
 import types
 
+import helpers
 import pytest
 import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -232,8 +233,7 @@ def test_first_deploy_builds_the_layout_a_release_and_its_virtualenv(first):
     name = result["release"]
 
     # the layout of CONTRACT.md
-    for folder in ("releases", "shared/logs", "shared/repositories/vumi/.git",
-                   "shared/tmp/cache/pip", "shared/tmp/pids"):  # fmt: skip
+    for folder in ("releases", "shared/logs", "shared/repositories/vumi/.git", "shared/tmp/pids"):
         assert (root / folder).is_dir(), folder
     assert release_dirs(base_dir) == [name]
     assert len(name) == 15 and name[8] == "_" and name.replace("_", "").isdigit()
@@ -270,10 +270,8 @@ def test_first_deploy_builds_the_layout_a_release_and_its_virtualenv(first):
     python = venv_python(base_dir, name)
     out = run_python(python, "import sys, vumi_sample_lib; print(sys.prefix != sys.base_prefix)")
     assert out == "True"
-    # pip was run with its cache in shared/tmp/cache/pip; a local wheel is not
-    # cached by pip, so the folder stays empty here (see the requirements
-    # change test for a build that fills it)
-    assert pathlib.Path(vumi.paths("staging")["pip_cache"]).is_dir()
+    # the installer's cache (here the session's cache_dir; by default shared/tmp/cache)
+    assert (pathlib.Path(helpers.SHARED_CACHE) / "uv").is_dir()
 
     # the history
     (entry,) = history(base_dir)

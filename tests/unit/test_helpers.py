@@ -8,7 +8,6 @@ small real implementation over ``subprocess``.
 
 import getpass
 import http.server
-import json
 import os
 import pathlib
 import subprocess

@@ -1,0 +1,388 @@
+"""
+Never break what runs (issue #5), the crash half: deploys SIGKILLed at 20+ moments,
+and concurrent deploys (the health gate, injected failures and file ownership are in
+test_failures.py; one file each, so that the test workers share them out).
+
+Everything is real: git repositories, virtualenvs, webapp processes on free
+loopback ports answering HTTP, ``salt-call --local`` in subprocesses killed
+with SIGKILL. Speed: one virtualenv is built for the module and copied into
+each environment, where deploys reuse it (same requirements), so most deploys
+only move code (~0.1 s) and the kills land in fetch, cut, link, manifest,
+health and publish; a few tests build a virtualenv for real.
+
+Run with ``pytest -s`` to see, per group, how many cases left ``current`` valid.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+import types
+
+import pytest
+
+import failure_support
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
+from failure_support import (
+    ModuleLoaders,
+    Tally,
+    base_settings,
+    build_seed,
+    clone_origin,
+    current_problem,
+    current_state,
+    finish,
+    history,
+    kill_processes_under,
+    leftovers,
+    lock_free,
+    lock_holder,
+    processes_under,
+    salt_call,
+    salt_call_config,
+    seed_venv,
+    wait_for,
+)
+from helpers import env_root, http_get
+
+ENV = "staging"
+TALLY = Tally()
+
+
+# --------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    print("\n" + TALLY.report())
+
+
+@pytest.fixture(scope="module")
+def mod(minion_opts, origin, tmp_path_factory, supervisord):
+    """The module's loader and the virtualenv every environment here starts from."""
+    failure_support.SUPERVISOR.update(supervisord.settings())
+    top = tmp_path_factory.mktemp("failures")
+    loaders = ModuleLoaders(minion_opts, top)
+    try:
+        seed = build_seed(loaders, top, origin)
+        yield types.SimpleNamespace(loaders=loaders, seed=seed, origin=origin)
+    finally:
+        loaders.close()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serving(port):
+    """(release, pid) of the webapp answering on ``port`` (the pid supervisor runs: gunicorn's master)."""
+    status, body = http_get(port)
+    assert status == 200, body
+    return body["release"], body["ppid"]
+
+
+# --------------------------------------------------------------------------
+# 4. SIGKILL at 20+ moments across the stages
+# --------------------------------------------------------------------------
+
+
+def _releases(root):
+    folder = root / "releases"
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")} if folder.is_dir() else set()
+
+
+def _landed(root, before):
+    """Where a kill landed, read from what it left."""
+    if [e for e in history(root)[before["lines"]:] if e["action"] == "deploy"]:
+        return "after the deploy (finished first)"
+    if current_state(root) != before["current"]:
+        return "publish/prune (current already switched)"
+    new = sorted(_releases(root) - before["releases"])
+    venvs = root / "shared" / "virtualenvs"
+    building = [p for p in venvs.iterdir() if not (p / ".vumi-complete").exists()] if venvs.is_dir() else []
+    if not new:
+        if list((root / "shared" / "repositories").glob("vumi.clone-*")):
+            return "fetch (first clone)"
+        return "layout/fetch" if lock_holder(root) else "before the lock"
+    release = root / "releases" / new[-1]
+    if list((root / "shared" / "tmp" / "pids").glob("webapp.health.*.pid")):
+        return "health (a health-check webapp is left running)"
+    if (release / "release.json").exists():
+        return "health (manifest written)"
+    if building:
+        return "virtualenv (half-built)"
+    if os.path.lexists(release / "ve"):
+        return "virtualenv/manifest"
+    if os.path.lexists(release / "vumi" / "logs"):
+        return "link_shared/settings/virtualenv"
+    return "cut_release"
+
+
+class Crasher:
+    """Deploys through salt-call, SIGKILLed at a moment a trigger picks; then what is left is checked."""
+
+    def __init__(self, vumi, conf, base_dir):
+        self.vumi, self.conf, self.base_dir = vumi, conf, base_dir
+        self.landed = []
+
+    def crash(self, name, trigger, delay=0.0, converge_at=None):
+        """
+        SIGKILL the deploy's process group when ``trigger(root, proc)`` is true
+        (then after ``delay``), check what is left, then deploy again (at
+        revision ``converge_at``) and check that it converged.
+        """
+        root = env_root(self.base_dir, name)
+        before = {"lines": len(history(root)), "current": current_state(root), "releases": _releases(root)}
+        proc = salt_call(self.conf, "vumi.deploy", name)
+        try:
+            fired = wait_for(lambda: trigger(root, proc) or proc.poll() is not None, timeout=60)
+            assert fired, "the deploy neither reached its marker nor ended"
+            time.sleep(delay)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        landed = _landed(root, before)
+        self.landed.append(landed)
+
+        # what the kill left: current as it was (or a complete new release), no lock held
+        problem = current_problem(root)
+        valid = problem is None or (before["current"] is None and current_state(root) is None)
+        TALLY.add("crash (SIGKILL)", valid, f"{name}: killed in {landed}")
+        assert valid, f"after a kill in {landed}: {problem}"
+        assert lock_free(root), "a killed deploy left its lock held"
+
+        # the next deploy converges without help
+        result = self.vumi.deploy(name, revision=converge_at)
+        assert current_state(root) == ("link", f"releases/{result['release']}")
+        assert current_problem(root) is None
+        assert leftovers(root) == [], landed
+        assert processes_under(root) == [], f"{landed}: a webapp was left running"
+
+    # triggers
+    @staticmethod
+    def holds_lock(root, proc):
+        return lock_holder(root) == proc.pid
+
+    @staticmethod
+    def clone_started(root, proc):
+        return list(root.glob("shared/repositories/vumi.clone-*"))
+
+    @staticmethod
+    def health_check_running(root, proc):
+        return Crasher.holds_lock(root, proc) and list(root.glob("shared/tmp/pids/webapp.health.*.pid"))
+
+    def new_release_has(self, sub):
+        known = _releases(env_root(self.base_dir, ENV))
+        return lambda root, proc: any(os.path.lexists(root / "releases" / n / sub) for n in _releases(root) - known)
+
+    @staticmethod
+    def current_switched(root):
+        was = current_state(root)
+        return lambda root, proc: current_state(root) != was
+
+    def new_virtualenv(self):
+        known = set(os.listdir(env_root(self.base_dir, ENV) / "shared" / "virtualenvs"))
+        return lambda root, proc: set(os.listdir(root / "shared" / "virtualenvs")) - known
+
+
+def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path):
+    repo = clone_origin(mod.origin, tmp_path / "upstream")
+    base_dir = tmp_path / "srv"
+    base_dir.mkdir()
+    fresh = ["fresh1", "fresh2"]  # never deployed: a kill can land in the first clone
+    settings = base_settings(base_dir, repo, health_check=True, keep_releases=3,
+                             environments={name: {"branch": ENV} for name in fresh})  # fmt: skip
+    mod.loaders.use(settings)
+    vumi = mod.loaders.vumi
+    crasher = Crasher(vumi, salt_call_config(tmp_path / "call", settings), base_dir)
+    for name in [ENV, *fresh]:
+        seed_venv(mod.seed, base_dir, name)
+    staging = env_root(base_dir, ENV)
+    try:
+        vumi.deploy(ENV)  # something to keep: current exists from here on
+
+        # one deploy's body (from taking the lock to its history line) through salt-call
+        lines = len(history(staging))
+        proc = salt_call(crasher.conf, "vumi.deploy", ENV)
+        assert wait_for(lambda: crasher.holds_lock(staging, proc), timeout=60)
+        locked = time.monotonic()
+        assert wait_for(lambda: len(history(staging)) > lines, timeout=60)
+        body = time.monotonic() - locked
+        assert finish(proc).returncode == 0
+
+        for name in fresh:  # in the first clone
+            crasher.crash(name, crasher.clone_started)
+        crasher.crash(ENV, crasher.new_release_has(""))  # cut_release: its folder exists
+        crasher.crash(ENV, crasher.new_release_has("vumi/logs"))  # link_shared
+        crasher.crash(ENV, crasher.new_release_has("release.json"))  # manifest written, health next
+        for delay in (0, 0.05):  # a health-check webapp runs
+            crasher.crash(ENV, crasher.health_check_running, delay)
+        crasher.crash(ENV, crasher.current_switched(staging))  # publish done, prune and history not yet
+        for k in range(10):  # moments spread over the whole body, denser at its start
+            crasher.crash(ENV, crasher.holds_lock, body * (k / 10) ** 2)
+        # during virtualenv builds (new requirements each time); the deploys after the
+        # first two go back to the seeded requirements (fast), the last one builds for real
+        seeded = sample.git(repo, "rev-parse", ENV)
+        for i, delay in enumerate((0.2, 0.8, 1.6)):
+            sample.commit_file(repo, ENV, "config/requirements.pip",
+                               sample.requirements() + f"# build {i}\n", f"Build {i}")  # fmt: skip
+            crasher.crash(ENV, crasher.new_virtualenv(), delay, converge_at=seeded if i < 2 else None)
+        # that last deploy built for real: the half-built virtualenv was not trusted
+        assert vumi.current(ENV)["virtualenv_ok"] is True
+        out = vumi.execute(ENV, "python -c 'import vumi_sample_lib; print(vumi_sample_lib.VERSION)'")
+        assert out["retcode"] == 0, out
+    finally:
+        kill_processes_under(base_dir)  # the safety net, should a check above fail with a webapp left
+
+    landed = crasher.landed
+    print(f"\n[issue5] crash: one deploy's body took {body:.3f}s through salt-call; kills landed in:")
+    for where in sorted(set(landed)):
+        print(f"[issue5]   {landed.count(where):2d} x {where}")
+    assert len(landed) >= 20
+    assert len({w.split(" ")[0] for w in landed}) >= 6, landed  # spread over the stages
+
+
+# --------------------------------------------------------------------------
+# 5. Concurrency: one deploy of an environment at a time, environments in parallel
+# --------------------------------------------------------------------------
+
+def slow_webapp(seconds):
+    """A webapp that takes ``seconds`` to start: the health check holds the deploy lock that long."""
+    script = f'sleep {seconds}; exec "$0" --bind "$1" sampleapp.wsgi'
+    return f"sh -c '{script}' {{venv}}/bin/gunicorn {{host}}:{{port}}"
+
+
+@pytest.fixture
+def slow(mod, tmp_path):
+    """Two environments whose deploys hold their lock for 1.5 s+ (a slow-starting webapp in the health check)."""
+    repo = clone_origin(mod.origin, tmp_path / "upstream")
+    base_dir = tmp_path / "srv"
+    base_dir.mkdir()
+    mod.loaders.use(base_settings(base_dir, repo, health_check=True))  # here: the normal webapp
+    for name in (ENV, "production"):
+        seed_venv(mod.seed, base_dir, name)
+        mod.loaders.vumi.deploy(name)  # a current release, deployed fast (a normal webapp)
+    conf = salt_call_config(tmp_path / "call", base_settings(base_dir, repo, health_check=True,
+                                                             webapp_command=slow_webapp(1.5)))  # fmt: skip
+    try:
+        yield types.SimpleNamespace(vumi=mod.loaders.vumi, base_dir=base_dir, conf=conf, tmp=tmp_path)
+    finally:
+        kill_processes_under(base_dir)
+
+
+class LockWatcher(threading.Thread):
+    """Samples who holds each environment's lock, every 5 ms."""
+
+    def __init__(self, roots):
+        super().__init__(daemon=True)
+        self.roots, self.samples, self.stop = roots, [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.samples.append(tuple(lock_holder(r) if not lock_free(r) else None for r in self.roots))
+            time.sleep(0.005)
+
+    def holders(self, index):
+        """The sequence of holders of one lock, repeats collapsed."""
+        seq = []
+        for sample_ in self.samples:
+            if sample_[index] is not None and (not seq or seq[-1] != sample_[index]):
+                seq.append(sample_[index])
+        return seq
+
+
+def test_two_deploys_of_one_environment_run_one_after_the_other(slow):
+    root = env_root(slow.base_dir, ENV)
+    lines = len(history(root))
+    watcher = LockWatcher([root])
+    watcher.start()
+    a = salt_call(slow.conf, "vumi.deploy", ENV)
+    b = salt_call(slow.conf, "vumi.deploy", ENV)
+    ra, rb = finish(a), finish(b)
+    watcher.stop.set()
+    watcher.join()
+
+    assert ra.returncode == 0, ra.text
+    assert rb.returncode == 0, rb.text
+    holders = watcher.holders(0)
+    assert sorted(holders) == sorted([a.pid, b.pid]), holders  # each held it once, never interleaved
+    first, second = (ra, rb) if holders[0] == a.pid else (rb, ra)
+    entries = [e for e in history(root)[lines:] if e["action"] == "deploy"]
+    assert [e["release"] for e in entries] == [first.data["release"], second.data["release"]]
+    # the second started from what the first made current: they did not overlap
+    assert second.data["previous"] == first.data["release"]
+    for e in entries:
+        assert e["timings"]["health"] >= 1.5
+    for name in (first.data["release"], second.data["release"]):
+        assert (root / "releases" / name / "release.json").is_file()
+    valid = current_problem(root) is None
+    assert valid and os.readlink(root / "current") == f"releases/{second.data['release']}"
+    assert leftovers(root) == []
+    TALLY.add("concurrency", valid, "two deploys of one environment: both succeeded, one after the other")
+
+
+def test_a_second_deploy_gives_up_after_lock_timeout_naming_the_holder_while_execute_and_webapps_go_on(slow):
+    root = env_root(slow.base_dir, ENV)
+    good = os.readlink(root / "current")
+    a = salt_call(slow.conf, "vumi.deploy", ENV, f"webapp_command={slow_webapp(4)}")
+    try:
+        assert wait_for(lambda: lock_holder(root) == a.pid and not lock_free(root), timeout=60)
+        b = salt_call(slow.conf, "vumi.deploy", ENV, "lock_timeout=0.3")
+
+        # meanwhile, execute and webapp control do not wait for the deploy lock
+        started = time.monotonic()
+        out = slow.vumi.execute(ENV, "./manage.py showsettings")
+        port = _free_port()
+        run = slow.vumi.start_webapp(ENV, port, ports=[port])
+        assert serving(port)[1] == run["pid"]
+        slow.vumi.stop_webapp(ENV, port, ports=[port])
+        quick = time.monotonic() - started
+        held_throughout = lock_holder(root) == a.pid and not lock_free(root)
+
+        rb = finish(b)
+    finally:
+        ra = finish(a)
+    assert out["retcode"] == 0
+    assert held_throughout and quick < 6, quick  # execute, a start and a stop: not waiting for the lock
+
+    assert ra.returncode == 0, ra.text
+    assert rb.returncode != 0
+    assert f"another deploy of {ENV} holds the lock" in rb.text, rb.text
+    assert f'"pid": {a.pid}' in rb.text.replace('\\"', '"'), rb.text
+    assert ra.data["previous"] == os.path.basename(good)
+    valid = current_problem(root) is None
+    assert valid and os.readlink(root / "current") == f"releases/{ra.data['release']}"
+    assert leftovers(root) == []
+    TALLY.add("concurrency", valid, f"lock_timeout 0.3: the second failed naming holder pid {a.pid}")
+
+
+def test_deploys_of_two_environments_run_in_parallel(slow):
+    roots = [env_root(slow.base_dir, ENV), env_root(slow.base_dir, "production")]
+    watcher = LockWatcher(roots)
+    watcher.start()
+    started = time.monotonic()
+    procs = [salt_call(slow.conf, "vumi.deploy", name) for name in (ENV, "production")]
+    results = [finish(p) for p in procs]
+    took = time.monotonic() - started
+    watcher.stop.set()
+    watcher.join()
+    assert all(r.returncode == 0 for r in results), [r.text for r in results]
+    both_held = [s for s in watcher.samples if s[0] is not None and s[1] is not None]
+    assert both_held, "the two environments' deploys never held their locks at the same time"
+    bodies = [sum(r.data["timings"].values()) for r in results]
+    print(f"\n[issue5] two environments in parallel: {took:.2f}s in all, deploy bodies {bodies[0]:.2f}s "
+          f"and {bodies[1]:.2f}s, both locks held at once in {len(both_held)} samples")  # fmt: skip
+    for root in roots:
+        valid = current_problem(root) is None
+        TALLY.add("concurrency", valid, f"{root.name}: deployed in parallel with the other environment")
+        assert valid
