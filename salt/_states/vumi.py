@@ -223,9 +223,11 @@ def webapp_running(name, ports=None, **kwargs):
         return dict(ret, result=False, comment=str(exc))
     for todo, action, verb in (
         # a port up but not answering yet (its group was just loaded) is waited for as a start
-        ([(p, _describe(before[p])) for p, s in status.items() if not s["running"] or (s["current"] and not s["answers"])],
+        # and one that loading the program file started is reported as started (it was stopped)
+        ([(p, _describe(before[p])) for p, s in status.items()
+          if not before[p]["running"] or not s["running"] or (s["current"] and not s["answers"])],
          "vumi.start_webapp", "started"),
-        ([(p, _describe(s)) for p, s in status.items() if s["running"] and not s["current"]],
+        ([(p, _describe(s)) for p, s in status.items() if before[p]["running"] and s["running"] and not s["current"]],
          "vumi.restart_webapp", "restarted"),
     ):  # fmt: skip
         comments.append(_act(ret, todo, action, kwargs, verb))

@@ -34,6 +34,16 @@ include:
 {%-   if with_nginx %}
   - vumi.nginx
 {%-   endif %}
+{%-   set users = [] %}
+{%-   for env in vumi.envs if vumi.manage_user and vumi.of[env].user != "root" and vumi.of[env].user not in users %}
+{%-     do users.append(vumi.of[env].user) %}
+
+{#- pillar vumi:manage_user: the deploy user, a system account #}
+vumi-user-{{ vumi.of[env].user }}:
+  user.present:
+    - name: {{ vumi.of[env].user | json }}
+    - system: true
+{%-   endfor %}
 {%-   for env in vumi.envs %}
 {%-     set sls = vumi.of[env].sls %}
 {%-     if sls.layout %}
@@ -43,6 +53,10 @@ include:
 vumi-{{ env }}-layout:
   vumi.tree:
     - name: {{ env | json }}
+{%-       if vumi.of[env].user in users %}
+    - require:
+      - user: vumi-user-{{ vumi.of[env].user }}
+{%-       endif %}
 {%-     endif %}
 {%-     if sls.deploy %}
 

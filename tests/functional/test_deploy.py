@@ -26,7 +26,6 @@ import tarfile
 import textwrap
 import types
 
-import helpers
 import pytest
 import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -271,7 +270,7 @@ def test_first_deploy_builds_the_layout_a_release_and_its_virtualenv(first):
     out = run_python(python, "import sys, vumi_sample_lib; print(sys.prefix != sys.base_prefix)")
     assert out == "True"
     # the installer's cache (here the session's cache_dir; by default shared/tmp/cache)
-    assert (pathlib.Path(helpers.SHARED_CACHE) / "uv").is_dir()
+    assert pathlib.Path(first.vumi.paths("staging")["uv_cache"]).is_dir()
 
     # the history
     (entry,) = history(base_dir)

@@ -298,12 +298,13 @@ def test_webapp_running_restarts_old_releases_and_webapp_dead_stops(
 
     ret = states.webapp_running(ENV, ports=ports, test=True)
     assert ret.result is None, ret.comment
-    assert ret.changes == {str(p): {"old": "stopped", "new": "started"} for p in ports}
+    assert ret.changes == {str(p): {"old": "stopped", "new": "started"} for p in ports} | {
+        "programs": ret.changes.get("programs")}  # and the program file, to be written
     assert all(port_closed(p) for p in ports)
 
     ret = states.webapp_running(ENV, ports=ports)
     assert ret.result is True, ret.comment
-    assert set(ret.changes) == {str(p) for p in ports}
+    assert set(ret.changes) - {"programs"} == {str(p) for p in ports}
     pids = {}
     for port in ports:
         release, revision, pids[port] = serving(port)

@@ -454,9 +454,11 @@ def test_execute_and_the_webapp_run_in_the_release_virtualenv(vumi, root, seeded
     environ = dict(
         item.split(b"=", 1) for item in pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
     )
-    assert environ[b"VIRTUAL_ENV"].decode() == str(ve)
+    # a supervised program runs through current: its virtualenv is current's, this release's
+    assert os.path.realpath(environ[b"VIRTUAL_ENV"].decode()) == os.path.realpath(ve)
     argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert argv[0].decode() == str(ve / "bin" / "python")
+    # gunicorn of that virtualenv, its interpreter the virtualenv's
+    assert os.path.realpath(argv[1].decode()) == os.path.realpath(ve / "bin" / "gunicorn"), argv
     assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(ve / "bin" / "python")
 
     vumi.stop_webapp(ENV, port, ports=[port])
