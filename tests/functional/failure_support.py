@@ -13,17 +13,19 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import types
 
+import pytest
 import yaml
 from saltfactories.utils import random_string
 from saltfactories.utils.functional import Loaders
 
 import helpers
-from helpers import alive, clone_origin, env_root  # noqa: F401  (clone_origin: for the test modules)
+from helpers import alive, clone_origin, env_root, http_get  # noqa: F401  (clone_origin: for the test modules)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ME = getpass.getuser()
@@ -68,6 +70,32 @@ class ModuleLoaders:
     def close(self):
         self.settings.clear()
         self.loaders.reset_state()
+
+
+@pytest.fixture(scope="module")
+def mod(minion_opts, origin, tmp_path_factory, supervisord):
+    """The module's loader and the virtualenv every environment here starts from (a fixture)."""
+    SUPERVISOR.update(supervisord.settings())
+    top = tmp_path_factory.mktemp("failures")
+    loaders = ModuleLoaders(minion_opts, top)
+    try:
+        seed = build_seed(loaders, top, origin)
+        yield types.SimpleNamespace(loaders=loaders, seed=seed, origin=origin)
+    finally:
+        loaders.close()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serving(port):
+    """(release, pid) of the webapp answering on ``port`` (the pid supervisor runs: gunicorn's master)."""
+    status, body = http_get(port)
+    assert status == 200, body
+    return body["release"], body["ppid"]
 
 
 #: the session's supervisord (pillar ``supervisor``), set by the modules' ``mod`` fixtures

@@ -29,13 +29,10 @@ import types
 import pytest
 from salt.exceptions import CommandExecutionError
 
-import failure_support
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from failure_support import (
-    ModuleLoaders,
     Tally,
     base_settings,
-    build_seed,
     clone_origin,
     current_problem,
     current_state,
@@ -46,7 +43,9 @@ from failure_support import (
     seed_venv,
     snapshot,
 )
-from helpers import env_root, http_get
+from failure_support import mod, serving  # noqa: F401  (mod: the fixture of the module)
+from failure_support import free_port as _free_port
+from helpers import env_root
 
 ENV = "staging"
 TALLY = Tally()
@@ -61,25 +60,6 @@ TALLY = Tally()
 def _report():
     yield
     print("\n" + TALLY.report())
-
-
-@pytest.fixture(scope="module")
-def mod(minion_opts, origin, tmp_path_factory, supervisord):
-    """The module's loader and the virtualenv every environment here starts from."""
-    failure_support.SUPERVISOR.update(supervisord.settings())
-    top = tmp_path_factory.mktemp("failures")
-    loaders = ModuleLoaders(minion_opts, top)
-    try:
-        seed = build_seed(loaders, top, origin)
-        yield types.SimpleNamespace(loaders=loaders, seed=seed, origin=origin)
-    finally:
-        loaders.close()
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Env(types.SimpleNamespace):
@@ -119,13 +99,6 @@ def env(mod, tmp_path, supervisor):
                 if info["running"]:
                     env.vumi.stop_webapp(ENV, port, ports=[port])
         kill_processes_under(base_dir)  # the safety net: nothing a test started outlives it
-
-
-def serving(port):
-    """(release, pid) of the webapp answering on ``port`` (the pid supervisor runs: gunicorn's master)."""
-    status, body = http_get(port)
-    assert status == 200, body
-    return body["release"], body["ppid"]
 
 
 def health_files(root):

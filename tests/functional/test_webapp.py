@@ -24,6 +24,7 @@ import urllib.request
 import make_repo as sample
 import pytest
 from helpers import alive, http_get, module_env
+from nginx_support import port_open
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 from supervisor_support import Supervisord
 
@@ -87,14 +88,6 @@ def logfile(root, port):
 
 def program_file(supervisor):
     return pathlib.Path(supervisor.conf_dir) / "vumi-staging.conf"
-
-
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def wait_for(predicate, timeout=5.0):
