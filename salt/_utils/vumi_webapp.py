@@ -119,6 +119,12 @@ def programs(cfg, paths, test=False):
         # supervisord (root) opens the log: never through a link the deploy user planted
         if os.path.islink(paths.logfile(port)):
             raise CommandExecutionError(f"cannot open the webapp's log {paths.logfile(port)}: it is a symlink; refusing")
+    # a port another process holds would crash-loop under supervisor: refused before the file says it
+    sup = vumi_supervisor.Supervisor(cfg)
+    for port in cfg["ports"]:
+        info = sup.info(vumi_supervisor.full_name(cfg, port))
+        if (info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",)) and port_open(cfg["host"], port):
+            raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
     if not test:  # the user makes the logs, so they stay the user's when supervisord opens them
         vumi_privileges.as_user(cfg, None, None, vumi_layout.webapp_logs, cfg, paths)
     return vumi_supervisor.write_programs(cfg, paths, text, test=test)
