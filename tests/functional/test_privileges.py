@@ -242,16 +242,27 @@ SETUID = re.compile(r"^(?P<pid>\d+)\s+set(?:res|re)?uid\((?P<uid>\d+)")
 
 def root_writes_in(trace, tree):
     """Calls of root's processes (not those that dropped to the user, nor their children) that changed ``tree``."""
-    dropped, found = set(), []
-    for line in trace.splitlines():
+    lines = trace.splitlines()
+    parent, dropped_at = {}, set()
+    for line in lines:  # first the family tree: a child's lines may come before its parent's clone returns
         clone = CLONE.match(line)
-        if clone and clone.group("pid") in dropped:
-            dropped.add(clone.group("child"))
+        if clone:
+            parent[clone.group("child")] = clone.group("pid")
         setuid = SETUID.match(line)
         if setuid and setuid.group("uid") != "0":
-            dropped.add(setuid.group("pid"))
+            dropped_at.add(setuid.group("pid"))
+
+    def dropped(pid):
+        while pid is not None:
+            if pid in dropped_at:
+                return True
+            pid = parent.get(pid)
+        return False
+
+    found = []
+    for line in lines:
         match = WRITES.match(line)
-        if not match or match.group("pid") in dropped or match.group("ret").startswith("-"):
+        if not match or dropped(match.group("pid")) or match.group("ret").startswith("-"):
             continue
         args = match.group("args")
         if match.group("call") in ("openat", "open") and not re.search(r"O_WRONLY|O_RDWR|O_CREAT|O_TRUNC", args):
