@@ -180,7 +180,7 @@ def render_programs(cfg, paths, command_for):
     return "\n".join(lines) + "\n"
 
 
-def write_programs(cfg, paths, text, test=False):
+def write_programs(cfg, paths, text, test=False, sup=None):
     """
     Make the program file say ``text`` (root's, 0600); if it changed, have supervisord
     read it and apply it to this environment's group alone. True if anything changed.
@@ -193,7 +193,7 @@ def write_programs(cfg, paths, text, test=False):
         same = False
     except OSError as exc:
         raise CommandExecutionError(f"cannot read {path}: {exc}") from None
-    sup = Supervisor(cfg)
+    sup = sup or Supervisor(cfg)
     sup.ping()  # not running: say so before anything is written
     group = group_name(cfg)
     loaded = bool(sup.group(group))
@@ -228,14 +228,3 @@ def apply_group(sup, group):
         except xmlrpc.client.Fault as fault:
             if "ALREADY_ADDED" not in fault.faultString:
                 raise CommandExecutionError(f"supervisord could not add {group}: {fault.faultString}") from None
-
-
-def remove_programs(cfg):
-    """Drop the environment's program file and group (its webapps stop)."""
-    path = program_file(cfg)
-    if not os.path.exists(path):
-        return False
-    os.remove(path)
-    sup = Supervisor(cfg)
-    apply_group(sup, group_name(cfg))
-    return True

@@ -125,9 +125,10 @@ def programs(cfg, paths, test=False):
         info = sup.info(vumi_supervisor.full_name(cfg, port))
         if (info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",)) and port_open(cfg["host"], port):
             raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
-    if not test:  # the user makes the logs, so they stay the user's when supervisord opens them
+    if not test and not all(os.path.exists(paths.logfile(port)) for port in cfg["ports"]):
+        # the user makes the logs, so they stay the user's when supervisord opens them
         vumi_privileges.as_user(cfg, None, None, vumi_layout.webapp_logs, cfg, paths)
-    return vumi_supervisor.write_programs(cfg, paths, text, test=test)
+    return vumi_supervisor.write_programs(cfg, paths, text, test=test, sup=sup)
 
 
 def _release_of(paths, pid):
