@@ -23,8 +23,10 @@ over to the helpers in ``salt/_utils/vumi_*.py``, one file per concern
 :depends: git
 """
 
+import contextlib
 import importlib.abc
 import importlib.util
+import json
 import logging
 import os
 import shlex
@@ -82,6 +84,7 @@ if _HELPERS is not None:
     import vumi_commands  # noqa: E402
     import vumi_environment  # noqa: E402
     import vumi_files  # noqa: E402
+    import vumi_freeze  # noqa: E402
     import vumi_git  # noqa: E402
     import vumi_history  # noqa: E402
     import vumi_layout  # noqa: E402
@@ -193,13 +196,41 @@ def _as_user(cfg, found, fn, *args, make_root=False):
 
 
 def _run_deploy(fn, d):
-    return _as_user(d.cfg, d.paths, fn, d, make_root=True)
+    res = _as_user(d.cfg, d.paths, fn, d, make_root=True)
+    if res.get("action") != "prepare":
+        _deployed(d.cfg, res["release"], res["revision"])
+    return res
 
 
-def _deploy(environment, kwargs, revision=None, release=None, run_once=True):
+def _deployed(cfg, release, revision):
+    """
+    Root's own record (in Salt's cache, never the user's tree) of what is current
+    here, for the ``vumi`` grain: ``salt -G 'vumi:staging:revision:3f2a*'``.
+    """
+    folder = os.path.join(__opts__.get("cachedir") or "", "vumi")
+    path = os.path.join(folder, "deployed.json")
+    try:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                found = json.load(fh)
+        except (OSError, ValueError):
+            found = {}
+        found[cfg["environment"]] = {"release": release, "revision": revision}
+        with open(f"{path}.tmp", "w", encoding="utf-8") as fh:
+            json.dump(found, fh, sort_keys=True)
+        os.replace(f"{path}.tmp", path)
+    except OSError as exc:  # the grain is a convenience; the deploy itself is done
+        log.warning("could not record the deployed release for the vumi grain in %s: %s", path, exc)
+        return
+    with contextlib.suppress(Exception):  # masterless: no minion to tell
+        __salt__["saltutil.refresh_grains"](refresh_pillar=False)
+
+
+def _deploy(environment, kwargs, revision=None, release=None, run_once=True, hold=None):
     cfg, found = _context(environment, kwargs)
     who = vumi_history.who(__opts__, kwargs)
-    return vumi_pipeline.Deploy(__salt__, __opts__, cfg, found, revision, release, run_once, who)
+    return vumi_pipeline.Deploy(__salt__, __opts__, cfg, found, revision, release, run_once, who, hold)
 
 
 # --------------------------------------------------------------------------
@@ -257,12 +288,13 @@ def remote_revision(environment, revision=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def prepare(environment, revision=None, release=None, run_once=True, **kwargs):
+def prepare(environment, revision=None, release=None, run_once=True, hold=None, once_on=None, **kwargs):
     """
     Build a complete release without making it current: layout, fetch, cut
     release, link shared folders, settings, virtualenv, ``before_publish``
-    hooks, manifest, and (with ``health_check``) the health check of one
-    webapp of it on a spare port. Returns its name.
+    hooks, manifest, and the health check of one webapp of it on a spare
+    port (the ``vumi.deployed`` state's default: on when the environment has
+    ports; ``health_check`` says otherwise). Returns its name.
 
     environment
         The environment (by default also its git branch: ``branch=`` names another).
@@ -273,8 +305,15 @@ def prepare(environment, revision=None, release=None, run_once=True, **kwargs):
         A given name (one for a whole fleet) must sort after every release name
         used here before, or the prepare fails.
     run_once
-        Whether this host runs the hooks marked ``once`` (default yes; a fleet
-        deploy gives one host yes and the others no).
+        Whether this host runs the hooks marked ``once`` (default yes).
+    once_on
+        A minion id: the host of a fleet deploy that runs the hooks marked
+        ``once`` (this host runs them if it is that one; overrides ``run_once``).
+    hold
+        Seconds: from now, every deploy of the environment but this fleet
+        deploy's (``prepare``/``publish`` of ``release`` with ``hold``) is refused,
+        naming it, until ``vumi.unhold`` or the time is up (an orchestration that
+        died does not hold the host for ever).
 
     CLI Example:
 
@@ -282,13 +321,38 @@ def prepare(environment, revision=None, release=None, run_once=True, **kwargs):
 
         salt '*' vumi.prepare staging
     """
-    return _run_deploy(vumi_pipeline.prepare, _deploy(environment, kwargs, revision, release, run_once))
+    _health_default(environment, kwargs)
+    run_once = _runs_once(run_once, once_on)
+    return _run_deploy(vumi_pipeline.prepare, _deploy(environment, kwargs, revision, release, run_once, hold))
 
 
-def publish(environment, release, **kwargs):
+def _runs_once(run_once, once_on):
+    if once_on is None:
+        return run_once
+    if not isinstance(once_on, str) or not once_on:
+        raise SaltInvocationError(f"invalid once_on {once_on!r}: the minion id of the host that runs them")
+    return once_on == __opts__.get("id")
+
+
+def _health_default(environment, kwargs):
+    """The state's default, for the fleet too: a release with ports to serve is health-checked first."""
+    cfg = _context(environment, kwargs)[0]
+    if cfg["health_check"] is None:
+        kwargs["health_check"] = bool(cfg["ports"])
+
+
+def publish(environment, release, run_once=True, hold=None, once_on=None, **kwargs):
     """
-    Make a prepared release current (one atomic rename of a symlink), then
-    remove the releases beyond ``keep_releases``.
+    Make a prepared release current (one atomic rename of a symlink), run the
+    ``after_publish`` hooks, then remove the releases beyond ``keep_releases``.
+    A release that sorts before the current one is refused (a newer deploy
+    went live meanwhile).
+
+    run_once, once_on
+        Whether this host runs the ``after_publish`` hooks marked ``once`` (see ``vumi.prepare``).
+    hold
+        Seconds: the fleet deploy of ``release`` (see ``vumi.prepare``) renews its
+        hold; without it, a held environment refuses the publish.
 
     CLI Example:
 
@@ -296,7 +360,61 @@ def publish(environment, release, **kwargs):
 
         salt '*' vumi.publish staging 20261126_153000
     """
-    return _run_deploy(vumi_pipeline.publish, _deploy(environment, kwargs, release=release))
+    run_once = _runs_once(run_once, once_on)
+    return _run_deploy(vumi_pipeline.publish, _deploy(environment, kwargs, release=release, run_once=run_once, hold=hold))
+
+
+def revert(environment, release, **kwargs):
+    """
+    Undo a fleet deploy's publish of ``release`` here: when ``release`` is
+    current, the release that was current before it is current again (as
+    ``vumi.rollback`` does, without restarting anything); otherwise nothing
+    changes. The fleet deploy then restarts the webapps it had restarted.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.revert staging 20261126_153000
+    """
+    cfg, found = _context(environment, kwargs)
+    who = vumi_history.who(__opts__, kwargs)
+    res = _as_user(cfg, found, vumi_releases.revert, cfg, found, release, who)
+    if res["reverted"]:
+        _deployed(cfg, res["release"], res["revision"])
+    return res
+
+
+def held(environment, **kwargs):
+    """
+    The fleet deploy holding an environment (its release, who, job, since and
+    until when), or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.held staging
+    """
+    return vumi_freeze.held(_context(environment, kwargs)[1])
+
+
+def unhold(environment, release=None, **kwargs):
+    """
+    End a fleet deploy's hold (``release``: only if that release's deploy holds
+    it). The orchestration ends its own; an operator may end one whose
+    orchestration died instead of waiting for it to lapse.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.unhold staging
+    """
+    cfg, found = _context(environment, kwargs)
+    if release is not None:
+        found.release(release)  # a bad name fails before anything else
+    return {"was": _as_user(cfg, found, vumi_freeze.unhold, cfg, found, release)}
 
 
 def deploy(environment, revision=None, run_once=True, **kwargs):
@@ -507,6 +625,7 @@ def rollback(environment, release=None, restart=True, **kwargs):
     who = vumi_history.who(__opts__, kwargs)
     # the switch as the user; the restart through supervisor, root's part
     res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, False, who)
+    _deployed(cfg, res["release"], res["revision"])
     if restart:
         res["restarted"] = vumi_releases.restart_running(cfg, found)
     return res
@@ -661,7 +780,7 @@ def lock(environment, reason=None, **kwargs):
         salt 'web*' vumi.lock production reason="incident 42: payments down"
     """
     cfg, found = _context(environment, kwargs)
-    return _as_user(cfg, found, vumi_history.lock, cfg, found, reason, vumi_history.who(__opts__, kwargs))
+    return _as_user(cfg, found, vumi_freeze.lock, cfg, found, reason, vumi_history.who(__opts__, kwargs))
 
 
 def unlock(environment, **kwargs):
@@ -675,7 +794,7 @@ def unlock(environment, **kwargs):
         salt 'web*' vumi.unlock production
     """
     cfg, found = _context(environment, kwargs)
-    return _as_user(cfg, found, vumi_history.unlock, cfg, found, vumi_history.who(__opts__, kwargs))
+    return _as_user(cfg, found, vumi_freeze.unlock, cfg, found, vumi_history.who(__opts__, kwargs))
 
 
 def locked(environment, **kwargs):
@@ -688,7 +807,7 @@ def locked(environment, **kwargs):
 
         salt 'web*' vumi.locked production
     """
-    return vumi_history.locked(_context(environment, kwargs)[1])
+    return vumi_freeze.locked(_context(environment, kwargs)[1])
 
 
 # --------------------------------------------------------------------------

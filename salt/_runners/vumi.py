@@ -1,14 +1,34 @@
 """
-The fleet, seen from the master: one row per host and environment.
+The fleet, from the master: a deploy that keeps all or none, and a view of it.
 
 .. code-block:: bash
 
-    salt-run saltutil.sync_runners            # once, and after each upgrade of the bundle
+    salt-run saltutil.sync_all                # once, and after each upgrade of the bundle
+    salt-run vumi.deploy staging 'web*'       # what vumi.orch.deploy runs
     salt-run vumi.status 'web*'
     salt-run vumi.status 'G@role:web' tgt_type=compound --out=json
+
+``vumi.deploy`` resolves one commit and one release name for every host, then:
+
+1. **prepare** on every host (health-checked; the host is held for this deploy:
+   any other deploy of the environment is refused until the end);
+2. **publish** on every host, only if every host prepared;
+3. **restart** the webapps, host by host batch (``batch``), each port once the
+   previous one answers again.
+
+A failure anywhere leaves the fleet on the old release, serving: after prepare,
+the new release is discarded everywhere; after publish or a restart, every host
+that switched switches back, and every host that restarted restarts back.
 """
 
+import datetime
+import logging
+import time
+
 import salt.client
+import salt.utils.minions
+
+log = logging.getLogger(__name__)
 
 __virtualname__ = "vumi"
 
@@ -41,3 +61,208 @@ def status(tgt="*", tgt_type="glob", timeout=30):
             continue
         rows.extend(dict(host=host, **env) for env in envs)
     return rows
+
+
+# --------------------------------------------------------------------------
+# The fleet deploy
+# --------------------------------------------------------------------------
+
+
+class Failed(Exception):
+    """A phase failed on ``host``: the run stops, undoes, and says so."""
+
+    def __init__(self, phase, host, error):
+        super().__init__(f"{host} failed at {phase}: {error}")
+        self.phase, self.host, self.error = phase, host, error
+
+
+def _error(value, retcode):
+    """What went wrong on a minion, from what it returned (None: nothing did)."""
+    if isinstance(value, dict) and value and all(isinstance(v, dict) and "result" in v for v in value.values()):
+        failed = [str(v.get("comment")) for v in value.values() if v["result"] is False]
+        return "; ".join(failed) or (f"returned retcode {retcode}" if retcode else None)
+    if not retcode:
+        return None
+    if isinstance(value, list):  # a render error
+        value = "; ".join(map(str, value))
+    return str(value).removeprefix("ERROR: ").strip()
+
+
+class Fleet:
+    """The targeted hosts of one fleet deploy, and calls to them that return or raise ``Failed``."""
+
+    def __init__(self, client, branch, hosts, timeout):
+        self.client, self.branch, self.hosts, self.timeout = client, branch, hosts, timeout
+        self.timings = {}
+
+    def call(self, phase, hosts, fun, arg=(), kwarg=None):
+        """
+        ``fun`` on ``hosts``, all at once: {host: return}. The first host (by name)
+        that failed or did not answer raises ``Failed``, once every host has returned.
+        """
+        started = time.monotonic()
+        rets = self.client.cmd(hosts, fun, arg=list(arg), kwarg=kwarg or {}, tgt_type="list",
+                               timeout=self.timeout, full_return=True)  # fmt: skip
+        self.timings[phase] = round(self.timings.get(phase, 0) + time.monotonic() - started, 2)
+        out, failures = {}, []
+        for host in hosts:
+            ret = rets.get(host)
+            if not isinstance(ret, dict) or "ret" not in ret:
+                failures.append((host, f"did not answer {fun} within {self.timeout}s"))
+                continue
+            error = _error(ret["ret"], ret.get("retcode"))
+            if error:
+                failures.append((host, error))
+                continue
+            out[host] = ret["ret"]
+        if failures:
+            raise Failed(phase, *failures[0]) from None
+        return out
+
+    def quietly(self, phase, hosts, fun, arg=(), kwarg=None):
+        """The same as ``call`` for the undoing: failures are collected, not raised."""
+        try:
+            return self.call(phase, hosts, fun, arg, kwarg), []
+        except Failed:
+            pass
+        problems, out = [], {}
+        for host in hosts:  # again one by one, to say which of them failed
+            try:
+                out.update(self.call(phase, [host], fun, arg, kwarg))
+            except Failed as exc:
+                problems.append(f"{host}: {exc.error}")
+        return out, problems
+
+
+def _batches(hosts, batch):
+    if batch in (None, ""):
+        return [hosts]
+    text = str(batch).strip()
+    try:
+        size = max(1, int(len(hosts) * float(text[:-1]) / 100)) if text.endswith("%") else int(text)
+    except ValueError:
+        size = 0
+    if size < 1 or isinstance(batch, bool):
+        raise ValueError(f"invalid batch {batch!r}: a number of hosts (2) or a share of them (25%)")
+    return [hosts[i : i + size] for i in range(0, len(hosts), size)]
+
+
+def _release_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
+
+
+def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, batch=None,
+           hold=1800, timeout=900, test=False, **kwargs):  # fmt: skip
+    """
+    Deploy environment ``branch`` to the hosts ``tgt`` matches, all or none:
+    one commit (``revision``, else the branch tip, asked once of the first
+    host) and one release name (``release``, else the time now in UTC) for
+    every host; prepared and health-checked everywhere, published everywhere
+    only if every host prepared, then the webapps restarted by ``batch``
+    (hosts at a time: ``2`` or ``25%``; default all together). After a
+    failure on any host at any phase every host is on the release it had,
+    serving; the return says which host failed, at which phase, and why.
+
+    hold
+        Seconds a host refuses other deploys of the environment from its
+        prepare on, should this run die before it ends the hold itself.
+    test
+        Change nothing: say which hosts, revision and release it would deploy.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vumi.deploy staging 'web*'
+        salt-run vumi.deploy production 'G@role:web' tgt_type=compound batch=25%
+    """
+    report = {"branch": branch, "hosts": [], "revision": None, "release": release, "result": False}
+    try:
+        if not branch or not isinstance(branch, str) or not tgt:
+            raise ValueError("name the environment and the hosts: salt-run vumi.deploy staging 'web*'")
+        batches_of = _batches  # validated before anything runs
+        batches_of(["x"], batch)
+        client = salt.client.get_local_client(__opts__["conf_file"])
+        found = salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type)
+        hosts = sorted(found["minions"])
+        if not hosts:
+            raise ValueError(f"no minion matches {tgt!r} ({tgt_type})")
+        report["hosts"] = hosts
+        fleet = Fleet(client, branch, hosts, timeout)
+        # one commit for the fleet: resolved once, so a push during the run changes nothing
+        (sha,) = fleet.call("revision", hosts[:1], "vumi.remote_revision", [branch],
+                            {"revision": revision} if revision else {}).values()  # fmt: skip
+        if not sha:
+            raise Failed("revision", hosts[0], f"no commit found for {revision or 'the branch ' + branch}")
+        report["revision"] = sha
+        report["release"] = release = release or _release_now()
+    except ValueError as exc:
+        return _ended(report, str(exc))
+    except Failed as exc:
+        return _ended(report, str(exc), exc)
+    if test:
+        currents = fleet.quietly("current", hosts, "vumi.current", [branch])[0]
+        report["current"] = {h: (c or {}).get("release") for h, c in currents.items()}
+        report["result"] = None
+        return _ended(report, f"would deploy {branch} release {release} at {sha[:12]} to {len(hosts)} hosts: "
+                              f"{', '.join(hosts)}")  # fmt: skip
+    return _run(fleet, report, branch, sha, release, batches_of(hosts, batch), hold, kwargs)
+
+
+def _run(fleet, report, branch, sha, release, batches, hold, kwargs):
+    hosts = fleet.hosts
+    # hooks marked once run on the first host; the others skip them
+    once = {"once_on": hosts[0], "hold": hold, **kwargs}
+    restarted = []
+    phase = "prepare"
+    try:
+        fleet.call(phase, hosts, "vumi.prepare", [branch], dict(once, revision=sha, release=release))
+        phase = "publish"
+        published = fleet.call(phase, hosts, "vumi.publish", [branch, release], once)
+        report["previous"] = {h: r.get("previous") for h, r in published.items()}
+        phase = "restart"
+        for batch in batches:
+            restarted += batch
+            fleet.call(phase, batch, "state.sls", ["vumi.webapp"], {"pillar": {"branch": branch}})
+    except Failed as exc:
+        undone = _undo(fleet, branch, release, phase, restarted)
+        fleet.quietly("unhold", hosts, "vumi.unhold", [branch], {"release": release})
+        report["timings"] = fleet.timings
+        return _ended(report, f"{exc}\n{undone}", exc)
+    fleet.quietly("unhold", hosts, "vumi.unhold", [branch], {"release": release})
+    report["timings"] = fleet.timings
+    report["result"] = True
+    took = ", ".join(f"{k} {v:g}s" for k, v in fleet.timings.items())
+    return _ended(report, f"deployed {branch} release {release} at {sha[:12]} to {len(hosts)} hosts: "
+                          f"{', '.join(hosts)} ({took})")  # fmt: skip
+
+
+def _undo(fleet, branch, release, phase, restarted):
+    """After a failure at ``phase``: every host back on the release it had. Says what was done."""
+    hosts = fleet.hosts
+    if phase == "prepare":
+        _, problems = fleet.quietly("discard", hosts, "vumi.discard", [branch, release])
+        said = f"nothing was published; release {release} was discarded on every host that had prepared it"
+    else:
+        reverted, problems = fleet.quietly("revert", hosts, "vumi.revert", [branch, release])
+        back = sorted(h for h, r in reverted.items() if r.get("reverted"))
+        said = f"every host is on its previous release again (switched back: {', '.join(back) or 'none'})"
+        if restarted:
+            _, more = fleet.quietly("restart back", restarted, "state.sls", ["vumi.webapp"],
+                                    {"pillar": {"branch": branch}})  # fmt: skip
+            problems += more
+            said += f"; restarted back onto it: {', '.join(restarted)}"
+        else:
+            said += "; no webapp had been restarted"
+    if problems:
+        said += "\nTHE UNDOING FAILED TOO, check these hosts by hand:\n  " + "\n  ".join(problems)
+    return said
+
+
+def _ended(report, comment, failed=None):
+    report["comment"] = comment
+    if failed is not None:
+        report["failed"] = {"host": failed.host, "phase": failed.phase, "error": failed.error}
+    if report["result"] is False:
+        __context__["retcode"] = 1
+    return report

@@ -12,8 +12,8 @@ import pwd
 from salt.exceptions import CommandExecutionError
 
 import vumi_files
+import vumi_freeze
 import vumi_git
-import vumi_history
 import vumi_settings
 
 
@@ -50,9 +50,12 @@ def _shared(cfg, paths):
 
 
 def _locks(cfg, paths):
-    held = vumi_history.locked(paths) if os.path.isdir(paths.root) else None
+    held = vumi_freeze.locked(paths) if os.path.isdir(paths.root) else None
     if held:
         return _item(False, f"locked by {held['user']} since {held['since']}: {held['reason']}")
+    fleet = vumi_freeze.held(paths) if os.path.isdir(paths.root) else None
+    if fleet:
+        return _item(False, f"held by the fleet deploy of release {fleet.get('release')} until {fleet.get('until')}")
     if os.path.isfile(paths.lock) and not os.path.islink(paths.lock):
         with open(os.open(paths.lock, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
             try:

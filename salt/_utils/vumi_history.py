@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import CommandExecutionError
 
 import vumi_files
 import vumi_settings
@@ -149,53 +149,3 @@ def event(d, stage, started, outcome, **extra):
         d.salt["event.send"](f"vumi/deploy/{d.cfg['environment']}/{stage}", data)
     except Exception as exc:  # pylint: disable=broad-except
         log.debug("could not fire the %s event: %s", stage, exc)  # progress is best effort
-
-
-# An operator's freeze: ``vumi.lock`` / ``vumi.unlock`` / ``vumi.locked`` (Deployer's
-# deploy:lock). Not the deploy lock above, which one deploy holds while it runs.
-
-
-def locked(paths):
-    """Who froze the environment, why and since when; None when it is not frozen."""
-    try:
-        with open(os.open(paths.frozen, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as fh:
-            found = json.load(fh)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        found = {}
-    return {"user": found.get("user"), "reason": found.get("reason"), "since": found.get("since")}
-
-
-def lock(cfg, paths, reason, who):
-    """Freeze the environment: deploys fail at once, naming who and why."""
-    if not isinstance(reason, str) or not reason.strip():
-        raise SaltInvocationError(f"invalid reason {reason!r}: say why the environment is locked")
-    if not os.path.isdir(paths.root):
-        raise CommandExecutionError(f"{cfg['environment']} is not deployed: {paths.root} does not exist")
-    vumi_files.refuse_links(paths)
-    already = locked(paths)
-    entry = {"user": who.get("user"), "reason": reason.strip(), "since": vumi_files.now().isoformat(timespec="seconds")}
-    vumi_files.write_atomic(paths.frozen, json.dumps(entry) + "\n", vumi_files.runas_user(cfg))
-    record(paths, "lock", **entry, minion=who.get("minion"))
-    return dict(entry, locked=True, was=already)
-
-
-def unlock(cfg, paths, who):
-    """Lift the freeze (no error when there is none)."""
-    was = locked(paths) if os.path.isdir(paths.root) else None
-    if was is not None:
-        vumi_files.refuse_links(paths)
-        os.remove(paths.frozen)
-        record(paths, "unlock", user=who.get("user"), minion=who.get("minion"), was=was)
-    return {"locked": False, "was": was}
-
-
-def refuse_if_locked(cfg, paths):
-    """A deploy of a frozen environment fails before it does anything."""
-    held = locked(paths) if os.path.isdir(paths.root) else None
-    if held is not None:
-        raise CommandExecutionError(
-            f"{cfg['environment']} is locked by {held['user']} since {held['since']}: {held['reason']} "
-            f"(vumi.unlock {cfg['environment']} lifts it)"
-        )

@@ -38,6 +38,7 @@ class Paths:
         self.history_old = os.path.join(self.root, "history.log.1")  # the rotated part
         self.lock = os.path.join(self.root, ".deploy.lock")
         self.frozen = os.path.join(self.root, "LOCKED")  # an operator's freeze (vumi.lock)
+        self.held = os.path.join(self.root, "HELD")  # a fleet deploy's hold (vumi.orch.deploy)
 
     def tree(self):
         """The folders ``layout`` makes, parents first."""

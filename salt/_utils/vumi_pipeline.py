@@ -13,6 +13,7 @@ import time
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import vumi_files
+import vumi_freeze
 import vumi_git
 import vumi_health
 import vumi_history
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class Deploy:
     """What the steps of one deploy share."""
 
-    def __init__(self, salt, opts, cfg, paths, revision=None, release=None, run_once=True, who=None):
+    def __init__(self, salt, opts, cfg, paths, revision=None, release=None, run_once=True, who=None, hold=None):
         self.salt = salt  # Salt's functions (cmd.run_all, virtualenv.create, pip.install, event.send)
         self.opts = opts
         self.cfg = cfg
@@ -42,6 +43,9 @@ class Deploy:
         if not isinstance(run_once, bool):
             raise SaltInvocationError(f"invalid run_once {run_once!r}: must be true or false")
         self.run_once = run_once  # hooks marked once: this host runs them (a fleet deploy picks one)
+        if hold is not None and release is None:
+            raise SaltInvocationError("a hold is for the fleet deploy of one release: name the release")
+        self.hold = hold  # seconds: a fleet deploy of this release holds the environment that long
         self.hooks_skipped = []
         self.cut = False  # whether this deploy made the release folder (a refused name leaves all alone)
         self.who = dict(who or {}, branch=cfg["branch"])  # for the history: who, which job, which branch
@@ -129,13 +133,25 @@ def summary(d, action):
     }
 
 
+def refuse(d):
+    """Frozen, or held by a fleet deploy of another release: fail before anything is done."""
+    vumi_freeze.refuse(d.cfg, d.paths, d.release if d.hold is not None else None)
+
+
+def take_hold(d):
+    if d.hold is not None:
+        vumi_freeze.hold(d.cfg, d.paths, d.release, d.hold, d.who)
+
+
 def prepare(d):
     """Every stage up to the health gate: a complete release, not current."""
-    vumi_history.refuse_if_locked(d.cfg, d.paths)
     if d.release is not None:
         d.paths.release(d.release)
+    refuse(d)
     vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
     with vumi_history.deploy_lock(d.cfg, d.paths):
+        refuse(d)  # again: a deploy we waited for may have been a fleet deploy's
+        take_hold(d)
         run_steps(d, PREPARE)
         vumi_history.record(d.paths, "prepare", release=d.release, revision=d.sha, timings=d.timings, **d.who)
     return summary(d, "prepare")
@@ -145,8 +161,10 @@ def publish(d):
     """Make the prepared release ``d.release`` current, then prune."""
     paths = d.paths
     paths.release(d.release)  # a bad name fails before anything else
-    vumi_history.refuse_if_locked(d.cfg, paths)
+    refuse(d)
     with vumi_history.deploy_lock(d.cfg, paths):
+        refuse(d)
+        take_hold(d)  # renewed: the restarts are still to come
         if not os.path.isdir(paths.release(d.release)):
             raise SaltInvocationError(f"unknown release {d.release!r} in {paths.releases}")
         d.previous = vumi_releases.current_release(paths)
@@ -164,9 +182,10 @@ def publish(d):
 
 def deploy(d):
     """Every stage: prepare, then publish and prune."""
-    vumi_history.refuse_if_locked(d.cfg, d.paths)
+    refuse(d)
     vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
     with vumi_history.deploy_lock(d.cfg, d.paths):
+        refuse(d)
         run_steps(d, PREPARE + PUBLISH)
         vumi_history.record(d.paths, "deploy", release=d.release, revision=d.sha, previous=d.previous,
                             timings=d.timings, **d.who)  # fmt: skip
@@ -176,12 +195,13 @@ def deploy(d):
 def update(d):
     """Pull the branch's latest commit into the current release in place; see ``vumi.update``."""
     cfg, paths = d.cfg, d.paths
-    vumi_history.refuse_if_locked(cfg, paths)
+    refuse(d)
     if cfg["revision"] is not None:
         raise SaltInvocationError(
             f"{cfg['environment']} is pinned to revision {cfg['revision']}; change the pin and deploy"
         )
     with vumi_history.deploy_lock(cfg, paths):
+        refuse(d)
         name = vumi_releases.current_release(paths)
         if name is None:
             raise CommandExecutionError(f"{cfg['environment']} has no current release to update; deploy first")

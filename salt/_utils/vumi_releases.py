@@ -384,3 +384,13 @@ def discard(cfg, paths, release):
         vumi_history.record(paths, "discard", release=release, revision=revision)
     return {"release": release, "discarded": True, "revision": revision,
             "comment": f"release {release} discarded"}  # fmt: skip
+
+
+def revert(cfg, paths, release, who=None):
+    """A fleet deploy's undo here: ``release`` current → the release before it (no restart); see ``vumi.revert``."""
+    paths.release(release)  # a bad name fails before anything else
+    now = current_release_safe(paths)
+    if now != release:
+        return {"reverted": False, "release": now, "comment": f"release {release} is not current here ({now})"}
+    res = rollback(cfg, paths, None, restart=False, who=who)
+    return dict(res, reverted=True, comment=f"release {res['release']} is current again (was {release})")

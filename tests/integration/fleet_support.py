@@ -67,11 +67,12 @@ class Host:
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def make_host(root, host_id, ports):
+def make_host(root, host_id, ports, repo=None):
+    """A host with its own base_dir and supervisord; its own sample repository unless ``repo`` (one upstream)."""
     root = pathlib.Path(root)
     base_dir = root / "srv"
     base_dir.mkdir(parents=True)
-    repo = sample.make_repo(root / "upstream" / "sampleapp")
+    repo = repo or sample.make_repo(root / "upstream" / "sampleapp")
     return Host(id=host_id, base_dir=base_dir, repo=repo, ports=ports, supervisord=Supervisord().start())
 
 
@@ -108,11 +109,11 @@ def started_master(salt_factories, pillar_dir, id_prefix):
         yield factory
 
 
-def make_hosts(master, tmp_path_factory, layouts):
+def make_hosts(master, tmp_path_factory, layouts, repo=None):
     """
     One host per ``(id prefix, {env: how many ports})`` of ``layouts``, each with its
-    own base_dir, repository and loopback ports (none of the master's), and their
-    pillar written into the master's pillar tree.
+    own base_dir, repository (or all the one ``repo``, as a fleet has) and loopback
+    ports (none of the master's), and their pillar written into the master's pillar tree.
     """
     taken = {
         v for k, v in master.config.items()
@@ -126,7 +127,7 @@ def make_hosts(master, tmp_path_factory, layouts):
         by_env, start = {}, 0
         for env, count in counts.items():
             by_env[env], start = ports[start : start + count], start + count
-        hosts.append(make_host(tmp_path_factory.mktemp(host_id), host_id, by_env))
+        hosts.append(make_host(tmp_path_factory.mktemp(host_id), host_id, by_env, repo))
     write_pillar(master.pillar_dir, hosts)
     return hosts
 

@@ -1,0 +1,126 @@
+"""
+What keeps deploys off an environment for a while: an operator's freeze
+(``vumi.lock`` / ``vumi.unlock`` / ``vumi.locked``, Deployer's deploy:lock) and a
+fleet deploy's hold (``vumi.orch.deploy``: from its prepare to its end, no other
+deploy may switch this host to another release; it lapses by itself when that
+orchestration died). Neither is the deploy lock (vumi_history.deploy_lock),
+which one deploy holds while it runs.
+"""
+
+import datetime
+import json
+import os
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import vumi_files
+import vumi_history
+
+
+def _read(path):
+    """The JSON in ``path`` (never through a link), {} when unreadable, None when absent."""
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as fh:
+            found = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def locked(paths):
+    """Who froze the environment, why and since when; None when it is not frozen."""
+    found = _read(paths.frozen)
+    if found is None:
+        return None
+    return {"user": found.get("user"), "reason": found.get("reason"), "since": found.get("since")}
+
+
+def lock(cfg, paths, reason, who):
+    """Freeze the environment: deploys fail at once, naming who and why."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise SaltInvocationError(f"invalid reason {reason!r}: say why the environment is locked")
+    if not os.path.isdir(paths.root):
+        raise CommandExecutionError(f"{cfg['environment']} is not deployed: {paths.root} does not exist")
+    vumi_files.refuse_links(paths)
+    already = locked(paths)
+    entry = {"user": who.get("user"), "reason": reason.strip(), "since": vumi_files.now().isoformat(timespec="seconds")}
+    vumi_files.write_atomic(paths.frozen, json.dumps(entry) + "\n", vumi_files.runas_user(cfg))
+    vumi_history.record(paths, "lock", **entry, minion=who.get("minion"))
+    return dict(entry, locked=True, was=already)
+
+
+def unlock(cfg, paths, who):
+    """Lift the freeze (no error when there is none)."""
+    was = locked(paths) if os.path.isdir(paths.root) else None
+    if was is not None:
+        vumi_files.refuse_links(paths)
+        os.remove(paths.frozen)
+        vumi_history.record(paths, "unlock", user=who.get("user"), minion=who.get("minion"), was=was)
+    return {"locked": False, "was": was}
+
+
+def held(paths):
+    """The fleet deploy holding the environment (release, user, jid, since, until), or None (none, or lapsed)."""
+    found = _read(paths.held)
+    if not found:
+        return None
+    try:
+        until = datetime.datetime.fromisoformat(found["until"])
+    except (KeyError, TypeError, ValueError):
+        return None  # unreadable: it cannot say how long it holds, so it does not
+    return found if until > vumi_files.now() else None
+
+
+def hold(cfg, paths, release, seconds, who):
+    """Hold the environment for the fleet deploy of ``release`` for ``seconds`` from now (again: renewed)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 86400:
+        raise SaltInvocationError(f"invalid hold {seconds!r}: seconds, more than 0 and at most 86400")
+    now = vumi_files.now()
+    entry = {
+        "release": release,
+        "user": who.get("user"),
+        "jid": who.get("jid"),
+        "since": now.isoformat(timespec="seconds"),
+        "until": (now + datetime.timedelta(seconds=seconds)).isoformat(timespec="seconds"),
+    }
+    vumi_files.write_atomic(paths.held, json.dumps(entry) + "\n", vumi_files.runas_user(cfg))
+    return entry
+
+
+def unhold(cfg, paths, release=None):
+    """End the hold of the fleet deploy of ``release`` (None: whichever holds it). Returns what held it."""
+    if not os.path.isdir(paths.root):
+        return None
+    found = _read(paths.held)
+    if found is None or (release is not None and found.get("release") not in (release, None)):
+        return None
+    vumi_files.refuse_links(paths)
+    os.remove(paths.held)
+    return found
+
+
+def refuse(cfg, paths, release=None):
+    """
+    A deploy of a frozen environment, or of one a fleet deploy holds (for another
+    release than ``release``, the one the caller deploys for that fleet deploy),
+    fails before it does anything.
+    """
+    if not os.path.isdir(paths.root):
+        return
+    env = cfg["environment"]
+    frozen = locked(paths)
+    if frozen is not None:
+        raise CommandExecutionError(
+            f"{env} is locked by {frozen['user']} since {frozen['since']}: {frozen['reason']} "
+            f"(vumi.unlock {env} lifts it)"
+        )
+    fleet = held(paths)
+    if fleet is not None and fleet.get("release") != release:
+        job = f", job {fleet['jid']}" if fleet.get("jid") else ""
+        raise CommandExecutionError(
+            f"{env} is held by the fleet deploy of release {fleet.get('release')} (by {fleet.get('user')}{job}, "
+            f"since {fleet.get('since')}); other deploys are refused until it ends or until {fleet.get('until')} "
+            f"(vumi.unhold {env} lifts it)"
+        )

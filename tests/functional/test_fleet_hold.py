@@ -1,0 +1,92 @@
+"""
+Issue #16: the hold a fleet deploy (vumi.orch.deploy) puts on each host from its
+prepare to its end, and the revert of a publish, on one host with real releases.
+The orchestration itself runs against a real master in tests/integration/test_orchestrate.py.
+"""
+
+import datetime
+import json
+import time
+
+import pytest
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import make_repo as sample
+from helpers import current_target, env_root
+
+ENV = "staging"
+
+
+def release_name(seconds_from_now=0):
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds_from_now)
+    return when.strftime("%Y%m%d_%H%M%S")
+
+
+def test_a_held_environment_refuses_every_other_deploy_naming_the_fleet_deploy(vumi, loaders, repo, base_dir):
+    first = vumi.deploy(ENV)
+    sample.commit_file(repo, ENV, "NEWS", "the fleet's change\n", "change")
+    release = release_name(2)
+    prepared = vumi.prepare(ENV, release=release, hold=600)
+    held = vumi.held(ENV)
+    assert held["release"] == release and held["user"], held
+    refusal = rf"staging is held by the fleet deploy of release {release} .*vumi\.unhold staging lifts it"
+    for attempt in (lambda: vumi.deploy(ENV), lambda: vumi.prepare(ENV), lambda: vumi.update(ENV),
+                    lambda: vumi.publish(ENV, release)):  # fmt: skip
+        with pytest.raises(CommandExecutionError, match=refusal):
+            attempt()
+    ret = loaders.states.vumi.deployed(ENV)
+    assert ret["result"] is False and f"release {release}" in ret["comment"], ret
+    assert vumi.check(ENV)["checks"]["lock"]["ok"] is False
+    # the fleet deploy itself goes on: its publish renews the hold
+    published = vumi.publish(ENV, release, hold=600)
+    assert published["previous"] == first["release"] and current_target(base_dir) == f"releases/{release}"
+    assert vumi.held(ENV)["release"] == release
+    assert vumi.unhold(ENV, release="20000101_000000")["was"] is None  # another deploy's: left alone
+    assert vumi.unhold(ENV, release=release)["was"]["release"] == release
+    assert vumi.held(ENV) is None
+    vumi.deploy(ENV)  # not held any more
+
+
+def test_a_hold_lapses_on_its_own(vumi, repo, base_dir):
+    vumi.prepare(ENV, release=release_name(), hold=8)
+    mark = json.loads((env_root(base_dir) / "HELD").read_text())
+    until = datetime.datetime.fromisoformat(mark["until"])
+    assert until - datetime.datetime.fromisoformat(mark["since"]) == datetime.timedelta(seconds=8)
+    left = (until - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    if left > 0.5:
+        assert vumi.held(ENV)["release"] == mark["release"]
+        time.sleep(left + 0.5)
+    assert vumi.held(ENV) is None
+    assert vumi.deploy(ENV)["revision"] == sample.git(repo, "rev-parse", ENV)
+
+
+def test_a_hold_needs_a_release_and_sane_seconds(vumi, base_dir):
+    with pytest.raises(SaltInvocationError, match="name the release"):
+        vumi.prepare(ENV, hold=60)
+    for bad in (0, -1, True, "60", 10**6):
+        with pytest.raises(SaltInvocationError, match=r"invalid hold"):
+            vumi.prepare(ENV, release=release_name(), hold=bad)
+    assert not (env_root(base_dir) / "HELD").exists()
+
+
+def test_revert_undoes_a_publish_and_only_that(vumi, repo, base_dir):
+    first = vumi.deploy(ENV)
+    sample.commit_file(repo, ENV, "NEWS", "the fleet's change\n", "change")
+    release = vumi.prepare(ENV, release=release_name(2))["release"]
+    assert vumi.revert(ENV, release)["reverted"] is False  # prepared, not published: nothing to undo
+    vumi.publish(ENV, release)
+    res = vumi.revert(ENV, release)
+    assert res["reverted"] is True and res["release"] == first["release"], res
+    assert current_target(base_dir) == f"releases/{first['release']}"
+    assert vumi.revert(ENV, release)["reverted"] is False  # once
+    last = json.loads((env_root(base_dir) / "history.log").read_text().splitlines()[-1])
+    assert last["action"] == "rollback" and last["previous"] == release
+
+
+def test_once_on_names_the_host_that_runs_the_once_hooks(vumi, loaders, base_dir):
+    hooks = {"before_publish": [{"run": "touch ran-once", "once": True}]}
+    me = loaders.opts["id"]
+    here = vumi.prepare(ENV, release=release_name(), once_on=me, hooks=hooks)
+    assert here["hooks_skipped"] == []
+    other = vumi.prepare(ENV, release=release_name(2), once_on="web-2", hooks=hooks)
+    assert other["hooks_skipped"] == ["before_publish[0]"]
