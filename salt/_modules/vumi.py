@@ -224,7 +224,7 @@ def _deployed(cfg, release, revision):
         log.warning("could not record the deployed release for the vumi grain in %s: %s", path, exc)
         return
     with contextlib.suppress(Exception):  # masterless: no minion to tell
-        __salt__["saltutil.refresh_grains"](refresh_pillar=False)
+        __salt__["saltutil.refresh_grains"]()  # the pillar refresh brings the grains to the master
 
 
 def _deploy(environment, kwargs, revision=None, release=None, run_once=True, hold=None):

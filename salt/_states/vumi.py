@@ -197,12 +197,25 @@ def _describe(status):
     return "stopped"
 
 
+def _watched_changes():
+    """
+    In a dry run: whether a state this one watches predicts changes. Its real run
+    makes a new release current, so every running port is then restarted.
+    """
+    low, running = globals().get("__low__") or {}, globals().get("__running__") or {}
+    ids = {next(iter(w.values())) for w in low.get("watch") or [] if isinstance(w, dict) and w}
+    return any(r.get("__id__") in ids and r.get("changes") for r in running.values())
+
+
 def webapp_running(name, ports=None, **kwargs):
     """
     Keep the webapp of environment ``name`` running on ``ports`` (default:
     pillar ``ports``): start the ports that are not running, restart the
     ports still running a release other than the current one. With ``watch``
     on a ``vumi.deployed`` state, every port is restarted when it deployed.
+    A changed program file (command, environment) makes supervisor replace the
+    group: its running ports are restarted by that, and reported so. A dry
+    run predicts the same ports and verbs as the real run.
 
     name
         The environment.
@@ -212,24 +225,32 @@ def webapp_running(name, ports=None, **kwargs):
     if ports is not None:  # the ports named here are the configured ones for every call below
         kwargs = dict(kwargs, ports=ports)
     ret = _ret(name)
+    test = __opts__["test"]
     comments = []
     try:
         status = before = _status(name, ports, kwargs)
         if status:
             comments.append(_programs(ret, name, ports, kwargs))
-            if ret["changes"] and not __opts__["test"]:
+            replaced = "programs" in ret["changes"]
+            if replaced and not test:
                 status = _status(name, ports, kwargs)  # a new or replaced group started its webapps
     except _ERRORS as exc:
         return dict(ret, result=False, comment=str(exc))
+    was_up = {p for p, s in before.items() if s["running"]}
+    if test:  # what the real run will find: a replaced group, or a new release current
+        reloaded = was_up if replaced else set()
+        stale = was_up - reloaded if _watched_changes() else {p for p in was_up if not before[p]["current"]}
+    else:
+        reloaded = {p for p in was_up if status[p]["running"] and status[p]["pid"] != before[p]["pid"]}
+        stale = {p for p in was_up - reloaded if status[p]["running"] and not status[p]["current"]}
+    starts = [p for p, s in status.items() if p not in reloaded | stale and (
+        p not in was_up or not s["running"] or (s["current"] and not s["answers"]))]  # fmt: skip
     for todo, action, verb in (
-        # a port up but not answering yet (its group was just loaded) is waited for as a start
-        # and one that loading the program file started is reported as started (it was stopped)
-        ([(p, _describe(before[p])) for p, s in status.items()
-          if not before[p]["running"] or not s["running"] or (s["current"] and not s["answers"])],
-         "vumi.start_webapp", "started"),
-        ([(p, _describe(s)) for p, s in status.items() if before[p]["running"] and s["running"] and not s["current"]],
-         "vumi.restart_webapp", "restarted"),
-    ):  # fmt: skip
+        ([(p, _describe(before[p])) for p in starts], "vumi.start_webapp", "started"),
+        # supervisor restarted these with the group: waited for until they answer
+        ([(p, _describe(before[p])) for p in status if p in reloaded], "vumi.start_webapp", "restarted"),
+        ([(p, _describe(before[p])) for p in status if p in stale], "vumi.restart_webapp", "restarted"),
+    ):
         comments.append(_act(ret, todo, action, kwargs, verb))
         if ret["result"] is False:
             break

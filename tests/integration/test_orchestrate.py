@@ -249,7 +249,7 @@ def test_whole_fleet(orch_fleet, new_commit, fleet_deploy, salt_cli):
         assert actions == [("prepare", release), ("deploy", release)], (host.id, actions)
         assert not (host.env_root(ENV) / "HELD").exists(), "the run ends its hold"
     # the deployed revision is a grain: hosts can be targeted by what they run
-    ret = salt_cli.run("test.ping", minion_tgt=f"vumi:{ENV}:revision:{new_commit}", tgt_type="grain")
+    ret = salt_cli.run("-G", "test.ping", minion_tgt=f"vumi:{ENV}:revision:{new_commit}")
     assert ret.returncode == 0, ret
     assert set(ret.data) == set(orch_fleet), ret
 
