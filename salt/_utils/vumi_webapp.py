@@ -14,6 +14,7 @@ import pwd
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -36,6 +37,54 @@ def port_open(host, port, timeout=0.2):
             return True
     except OSError:
         return False
+
+
+def _kernel_hex(packed):
+    """An address as /proc/net/tcp{,6} write it: 32-bit words in host byte order, in hex."""
+    return "".join(f"{word:08X}" for word in struct.unpack(f"={len(packed) // 4}I", packed))
+
+
+def listening(host, port):
+    """
+    Whether a socket listens on ``host:port`` (or on every address, which takes it
+    too), from the kernel's tables: no connection is made, so a foreign listener's
+    backlog is not filled by asking.
+    """
+    try:
+        v4 = socket.inet_aton(socket.gethostbyname(host))
+    except OSError:
+        v4 = None
+    taken = {
+        "/proc/net/tcp": {_kernel_hex(bytes(4))} | ({_kernel_hex(v4)} if v4 else set()),
+        "/proc/net/tcp6": {_kernel_hex(bytes(16))} | ({_kernel_hex(bytes(10) + b"\xff\xff" + v4)} if v4 else set()),
+    }
+    for table, addresses in taken.items():
+        try:
+            with open(table, encoding="ascii") as fh:
+                next(fh, None)
+                for line in fh:
+                    fields = line.split()  # sl local_address rem_address st ...
+                    if len(fields) > 3 and fields[3] == "0A":
+                        address, _, hexport = fields[1].partition(":")
+                        if int(hexport, 16) == port and address in addresses:
+                            return True
+        except OSError:
+            continue
+    return False
+
+
+def port_taken(cfg, port, grace=3.0):
+    """
+    Whether another process holds ``port``: still listening after ``grace`` seconds
+    (a stopped gunicorn's workers let go of it a moment after supervisor saw their
+    master exit).
+    """
+    deadline = time.monotonic() + grace
+    while listening(cfg["host"], port):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def wsgi_module(cfg, code):
@@ -123,7 +172,7 @@ def programs(cfg, paths, test=False):
     sup = vumi_supervisor.Supervisor(cfg)
     for port in cfg["ports"]:
         info = sup.info(vumi_supervisor.full_name(cfg, port))
-        if (info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",)) and port_open(cfg["host"], port):
+        if (info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",)) and port_taken(cfg, port):
             raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
     if not test and not all(os.path.exists(paths.logfile(port)) for port in cfg["ports"]):
         # the user makes the logs, so they stay the user's when supervisord opens them
@@ -174,7 +223,7 @@ def start(cfg, paths, port):
     name = vumi_supervisor.full_name(cfg, port)
     before = sup.info(name)
     up = before is not None and before["statename"] in vumi_supervisor.UP + ("BACKOFF",)
-    if not up and port_open(cfg["host"], port):
+    if not up and port_taken(cfg, port):
         raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
     programs(cfg, paths)
     before = sup.info(name)  # a new or replaced group has started its ports already

@@ -272,7 +272,7 @@ def test_a_commit_that_cannot_start_switches_no_host(orch_fleet, live, upstream,
     assert state["result"] is False
     first = state["comment"].splitlines()[0]
     assert first.startswith(f"{min(orch_fleet)} failed at prepare: "), first
-    assert "health" in first and "broken on purpose" in state["comment"], state["comment"]
+    assert "stage 'health'" in first and "Worker failed to boot" in state["comment"], state["comment"]
     assert "nothing was published" in state["comment"]
     assert_fleet_serves(orch_fleet.values(), live)
     for host in orch_fleet.values():
