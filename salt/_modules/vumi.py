@@ -479,9 +479,14 @@ def layout(environment, test=False, **kwargs):
 
 def update(environment, **kwargs):
     """
-    Pull the branch's latest commits into the current release in place (for
-    small fixes), like ``fab update:<branch>``. The webapp is not restarted;
-    when the requirements changed, run ``vumi.create_virtualenv``.
+    Bring the branch's latest commit live quickly (for small fixes), like ``fab
+    update:<branch>``, but never half-done: the commit is cut as a new release
+    beside the current one (shared folders, settings, the current virtualenv
+    when the requirements did not change, else a new one), then ``current``
+    switches to it in one rename. No hooks, no health check, and the webapp is
+    not restarted (it runs the release it started from until a restart). Reports
+    the old and new release and revision; nothing changes when the branch has
+    not moved. ``vumi.rollback`` goes back to the release it replaced.
 
     CLI Example:
 
@@ -490,7 +495,10 @@ def update(environment, **kwargs):
         salt '*' vumi.update staging
     """
     d = _deploy(environment, kwargs)
-    return _as_user(d.cfg, d.paths, vumi_pipeline.update, d)
+    res = _as_user(d.cfg, d.paths, vumi_pipeline.update, d)
+    if res["changed"]:
+        _deployed(d.cfg, res["release"], res["new_revision"])
+    return res
 
 
 def create_virtualenv(environment, release=None, **kwargs):

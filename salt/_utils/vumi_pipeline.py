@@ -192,8 +192,18 @@ def deploy(d):
     return summary(d, "deploy")
 
 
+UPDATE = [stage for stage in PREPARE if stage[0] not in ("layout", "fetch", "hooks", "health")] + [
+    stage for stage in PUBLISH if stage[0] != "after_publish"
+]
+
+
 def update(d):
-    """Pull the branch's latest commit into the current release in place; see ``vumi.update``."""
+    """
+    The branch's latest commit as a new release cut beside the current one, with the
+    current one's virtualenv when the requirements did not change, then switched to
+    in one rename: killed at any moment, ``current`` is one commit or the other. No
+    hooks, no health check, no restart (Fabric's ``update``); see ``vumi.update``.
+    """
     cfg, paths = d.cfg, d.paths
     refuse(d)
     if cfg["revision"] is not None:
@@ -206,33 +216,20 @@ def update(d):
         if name is None:
             raise CommandExecutionError(f"{cfg['environment']} has no current release to update; deploy first")
         manifest = vumi_releases.read_manifest(paths, name) or {}
-        run_steps(d, [("fetch", vumi_git.fetch)])
-        code = paths.code(name)
-        checkout = paths.checkout(name)
-        vumi_git.git(d.salt, ["fetch", "--quiet", "origin"], "git fetch", cwd=checkout, runas=d.runas)
-        # --force: the settings file rendered over a tracked file is the one local change a
-        # release has; git would refuse to check out a commit that changes that file
-        vumi_git.git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=checkout,
-                     runas=d.runas)  # fmt: skip
-        d.release = name
-        # a commit that tracks logs/.gitkeep turns the links back into folders: link them again
-        vumi_shared.link_shared(d)
-        vumi_settings_file.write_settings(d)  # pillar's settings again, over what the commit brought
         old = manifest.get("revision")
-        manifest.update(revision=d.sha, settings_hash=d.settings_hash,
-                        updated_at=vumi_files.now().isoformat(timespec="seconds"))  # fmt: skip
-        vumi_files.write_atomic(os.path.join(paths.release(name), "REVISION"), d.sha + "\n", d.runas)
-        vumi_releases.write_manifest(paths, name, d.runas, manifest)
-        if old != d.sha:
-            vumi_history.record(paths, "update", release=name, revision=d.sha, previous_revision=old, **d.who)
-        try:
-            requirements_changed = vumi_virtualenv.requirements_hash(cfg, code) != manifest.get("requirements_hash")
-        except CommandExecutionError:
-            requirements_changed = True
+        run_steps(d, PREPARE[:2])  # layout (and the recovery of an interrupted update), fetch
+        if d.sha == old:
+            return {"release": name, "previous": None, "old_revision": old, "new_revision": d.sha,
+                    "changed": False, "requirements_changed": False}  # fmt: skip
+        run_steps(d, UPDATE)
+        vumi_history.record(paths, "update", release=d.release, revision=d.sha, previous=name,
+                            previous_revision=old, **d.who)  # fmt: skip
     return {
-        "release": name,
+        "release": d.release,
+        "previous": name,
         "old_revision": old,
         "new_revision": d.sha,
-        "changed": old != d.sha,
-        "requirements_changed": requirements_changed,
+        "changed": True,
+        "requirements_changed": d.req_hash != manifest.get("requirements_hash"),
+        "virtualenv_built": d.venv_built,
     }

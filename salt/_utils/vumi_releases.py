@@ -176,7 +176,7 @@ def rollback_stack(paths):
     """The releases ``current`` went through, as rollback sees them: deploys push, rollbacks pop."""
     stack = []
     for entry in vumi_history.read_history(paths):
-        if entry.get("action") == "deploy":
+        if entry.get("action") in ("deploy", "update"):
             stack.append(entry.get("release"))
         elif entry.get("action") == "rollback":
             if entry.get("named"):
@@ -205,7 +205,7 @@ def unpublished_releases(paths):
     for entry in vumi_history.read_history(paths):
         if entry.get("action") == "prepare":
             prepared.add(entry.get("release"))
-        elif entry.get("action") in ("deploy", "rollback"):
+        elif entry.get("action") in ("deploy", "update", "rollback"):
             published.add(entry.get("release"))
     return prepared - published
 
@@ -342,7 +342,7 @@ def rolled_back_from(paths):
     it left, and the pin in force then; else None.
     """
     for entry in reversed(vumi_history.read_history(paths)):
-        if entry.get("action") == "deploy":
+        if entry.get("action") in ("deploy", "update"):
             return None
         if entry.get("action") == "rollback":
             if not entry.get("rolled_back_from"):

@@ -396,37 +396,36 @@ def test_topic_branch_deploys_into_its_own_folder(vumi, repo, base_dir, seed):
 # --------------------------------------------------------------------------
 
 
-def test_update_pulls_new_commits_into_the_current_release_in_place(vumi, repo, base_dir, deployed):
+def test_update_cuts_the_new_commit_beside_the_current_release_and_switches_to_it(vumi, repo, base_dir, deployed):
     name, old_sha = deployed["release"], deployed["revision"]
-    code = env_root(base_dir) / "releases" / name / "vumi"
 
     nothing = vumi.update("staging")
-    assert nothing["changed"] is False
+    assert nothing["changed"] is False and nothing["release"] == name
     assert nothing["old_revision"] == nothing["new_revision"] == old_sha
+    assert release_dirs(base_dir) == [name]
 
     new_sha = sample.commit_file(repo, "staging", "NEWS", "hotfix\n", "Hotfix")
     result = vumi.update("staging")
 
-    assert result["release"] == name
-    assert result["old_revision"] == old_sha
-    assert result["new_revision"] == new_sha
-    assert result["changed"] is True
-    assert result["requirements_changed"] is False
-    assert release_dirs(base_dir) == [name]  # no new release
-    assert current_target(base_dir) == f"releases/{name}"
+    new = result["release"]
+    assert new != name and result["previous"] == name
+    assert (result["old_revision"], result["new_revision"], result["changed"]) == (old_sha, new_sha, True)
+    assert result["requirements_changed"] is False and result["virtualenv_built"] is False  # the same virtualenv
+    assert release_dirs(base_dir) == [name, new]
+    assert current_target(base_dir) == f"releases/{new}"
+    code = env_root(base_dir) / "releases" / new / "vumi"
     assert (code / "NEWS").read_text() == "hotfix\n"
-    assert code_head(base_dir, name) == new_sha
-    assert revision_file(base_dir, name) == new_sha
-    man = manifest(base_dir, name)
-    assert man["revision"] == new_sha
-    assert "updated_at" in man
+    assert code_head(base_dir, new) == revision_file(base_dir, new) == manifest(base_dir, new)["revision"] == new_sha
+    assert code_head(base_dir, name) == old_sha  # the release it replaced is untouched
+    assert not (env_root(base_dir) / "releases" / name / "vumi" / "NEWS").exists()
     assert (code / "logs").is_symlink() and (code / "tmp").is_symlink()
     assert sample.git(code, "status", "--porcelain") == ""
     entry = history(base_dir)[-1]
-    assert (entry["action"], entry["release"], entry["revision"], entry["previous_revision"]) == (
-        "update", name, new_sha, old_sha
+    assert (entry["action"], entry["release"], entry["revision"], entry["previous"], entry["previous_revision"]) == (
+        "update", new, new_sha, name, old_sha
     )  # fmt: skip
     assert vumi.current("staging")["revision"] == new_sha
+    assert vumi.rollback("staging", restart=False)["release"] == name  # back to what it replaced
 
 
 def test_update_refuses_without_a_release_or_with_a_pin(vumi, base_dir, deployed):
@@ -505,36 +504,37 @@ def test_requirements_change_builds_a_new_virtualenv_and_cleanup_drops_the_old(
         repo, "staging", "config/requirements.pip",
         "--no-index\n--find-links wheels\nvumi-sample-lib==1.0\nvumi-extra==1.0\n", "Require extra",
     )  # fmt: skip
-    updated = vumi.update("staging")
-    assert updated["requirements_changed"] is True
-    assert vumi.current("staging")["requirements_changed"] is True
-
-    rebuilt = vumi.create_virtualenv("staging", installer=installer)
-    assert rebuilt["built"] is True
-    assert rebuilt["release"] == name
-    assert rebuilt["virtualenv"] != old_venv
-    assert os.path.realpath(root / "releases" / name / "ve") == rebuilt["virtualenv"]
-    assert run_python(venv_python(base_dir, name), "import vumi_extra, vumi_sample_lib; print(vumi_extra.VERSION)") == "1.0"
+    # vumi.update cuts the commit as a new release: its requirements changed, so a new virtualenv
+    updated = vumi.update("staging", installer=installer)
+    assert updated["requirements_changed"] is True and updated["virtualenv_built"] is True
+    new = updated["release"]
+    venv = os.path.realpath(root / "releases" / new / "ve")
+    assert venv != old_venv and os.path.realpath(root / "releases" / name / "ve") == old_venv
+    assert vumi.current("staging")["requirements_changed"] is False
+    same = vumi.create_virtualenv("staging", installer=installer)
+    assert (same["built"], same["release"], same["virtualenv"]) == (False, new, venv)
+    assert run_python(venv_python(base_dir, new), "import vumi_extra, vumi_sample_lib; print(vumi_extra.VERSION)") == "1.0"
     cache = pathlib.Path(vumi.paths("staging")["uv_cache"]).parent
     if installer == "pip":
         cached = [p.name for p in (cache / "pip").rglob("*.whl")]
         assert "vumi_extra-1.0-py3-none-any.whl" in cached  # pip's cache is the shared one
-        assert (pathlib.Path(rebuilt["virtualenv"]) / "bin" / "pip").exists()
+        assert (pathlib.Path(venv) / "bin" / "pip").exists()
     else:  # uv's cache is the shared one, and uv built the virtualenv (it gives it no pip)
         assert any((cache / "uv").rglob("vumi_extra*")), sorted(p.name for p in (cache / "uv").rglob("*"))[:20]
-        assert not (pathlib.Path(rebuilt["virtualenv"]) / "bin" / "pip").exists()
-    man = manifest(base_dir, name)
-    assert man["requirements_hash"] == rebuilt["requirements_hash"]
-    assert man["virtualenv"] == rebuilt["virtualenv"]
+        assert not (pathlib.Path(venv) / "bin" / "pip").exists()
+    man = manifest(base_dir, new)
+    assert man["requirements_hash"] == same["requirements_hash"]
+    assert man["virtualenv"] == venv
     cur = vumi.current("staging")
     assert cur["requirements_changed"] is False and cur["virtualenv_ok"] is True
 
-    # the old virtualenv is no longer used by any release
-    cleaned = vumi.cleanup("staging")
-    assert cleaned["removed"] == []
+    # once the release that used it is gone, so is the old virtualenv
+    cleaned = vumi.cleanup("staging", limit=1)
+    assert cleaned["removed"] == [name]
     assert cleaned["virtualenvs_removed"] == [os.path.basename(old_venv)]
     assert not os.path.exists(old_venv)
-    assert os.path.isdir(rebuilt["virtualenv"])
+    assert os.path.isdir(venv)
+    rebuilt = {"virtualenv": venv}
 
     again = vumi.deploy("staging")  # same requirements as the rebuilt one: reused
     assert again["virtualenv_built"] is False

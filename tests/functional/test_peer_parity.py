@@ -195,10 +195,10 @@ def test_a_branch_name_as_revision_means_the_upstream_branch(vumi, repo):
 
 
 def test_update_keeps_the_shared_links_when_the_repository_tracks_logs(vumi, repo, base_dir):
-    deployed = vumi.deploy(ENV)
+    vumi.deploy(ENV)
     sample.commit_file(repo, ENV, "logs/.gitkeep", "", "track logs/")
-    vumi.update(ENV)
-    code = pathlib.Path(deployed["path"]) / "vumi"
+    updated = vumi.update(ENV)
+    code = env_root(base_dir) / "releases" / updated["release"] / "vumi"
     for name in ("logs", "tmp"):
         assert (code / name).is_symlink(), name
 

@@ -279,9 +279,9 @@ def test_update_keeps_pillars_settings_over_the_repos_file(states, vumi, repo, b
     # upstream changes the very file the settings are written over
     sample.commit_file(repo, ENV, f"environments/{ENV}.py", "GREETING = 'from upstream'\n", "new greeting")
     res = vumi.update(ENV)
-    assert res["changed"] is True and res["release"] == release, res
+    assert res["changed"] is True and res["previous"] == release, res
     assert showsettings(vumi)["greeting"] == "hello from pillar"
-    path = settings_file(base_dir, release)
+    path = settings_file(base_dir, res["release"])
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert vumi.current(ENV)["settings_changed"] is False
     assert states.deployed(ENV).changes == {}

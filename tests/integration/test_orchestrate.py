@@ -306,7 +306,7 @@ def test_a_push_and_a_deploy_during_the_run_change_nothing(orch_fleet, orch_host
                     release = json.loads((first.env_root(ENV) / "HELD").read_text())["release"]
             pushed = sample.commit_file(upstream, ENV, "CHANGES", "pushed during the run\n", "Pushed meanwhile")
             ret = salt_cli.run("state.apply", "vumi", pillar={"branch": ENV}, minion_tgt=first.id)
-            refused = ret.data[first.id]
+            refused = ret.data  # one minion targeted by id: its return, unwrapped
             deployed = next(v for k, v in refused.items() if "vumi_|-" in k and "_|-deployed" in k)
         finally:
             fcntl.flock(held, fcntl.LOCK_UN)
