@@ -46,9 +46,7 @@ def recover(paths, runas=None):
     for name in os.listdir(paths.repositories):
         if name.startswith(f"{paths.app}.clone-"):
             shutil.rmtree(os.path.join(paths.repositories, name), ignore_errors=True)
-    for name in os.listdir(paths.releases):
-        if name.startswith(".removing-"):  # a prune killed mid-way
-            vumi_files.remove_tree(os.path.join(paths.releases, name))
+    vumi_releases.finish_removals(paths)
     # a git killed mid-fetch or mid-checkout leaves index.lock, refs/...lock: every later git fails
     git_dir = os.path.join(paths.repo, ".git")
     if os.path.islink(git_dir):

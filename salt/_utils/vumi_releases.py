@@ -144,6 +144,13 @@ def publish(paths, name):
     vumi_files.symlink_atomic(os.path.join("releases", name), paths.current)
 
 
+def finish_removals(paths):
+    """Delete what a prune, cleanup or discard killed mid-way had put out of sight."""
+    for name in os.listdir(paths.releases) if os.path.isdir(paths.releases) else []:
+        if name.startswith(".removing-"):
+            vumi_files.remove_tree(os.path.join(paths.releases, name))
+
+
 def drop_switch_leftovers(paths):
     """The temporary links of a switch that was killed between its symlink and its rename."""
     for name in os.listdir(paths.root):
@@ -361,6 +368,7 @@ def cleanup(cfg, paths, limit=None):
         return {"removed": [], "kept": [], "virtualenvs_removed": []}
     with vumi_history.deploy_lock(cfg, paths):
         drop_switch_leftovers(paths)
+        finish_removals(paths)
         return prune(cfg, paths, int(limit), unpublished=True)
 
 
@@ -370,6 +378,7 @@ def discard(cfg, paths, release):
     if not os.path.isdir(paths.root):
         return {"release": release, "discarded": False, "comment": f"{cfg['environment']} is not deployed here"}
     with vumi_history.deploy_lock(cfg, paths):
+        finish_removals(paths)
         if not os.path.isdir(path):
             return {"release": release, "discarded": False, "comment": f"no release {release} here"}
         if release == current_release(paths):

@@ -197,7 +197,12 @@ def current_problem(root):
     name = os.path.basename(target)
     if target != f"releases/{name}":
         return f"current points at {target}"
-    release = root / "releases" / name
+    return release_problem(root, name)
+
+
+def release_problem(root, name):
+    """None if release ``name`` is whole (manifest naming it, intact virtualenv, code); else what is wrong."""
+    release = pathlib.Path(root) / "releases" / name
     try:
         manifest = json.loads((release / "release.json").read_text())
     except (OSError, ValueError) as exc:

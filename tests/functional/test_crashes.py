@@ -36,6 +36,7 @@ from failure_support import (
     lock_free,
     lock_holder,
     processes_under,
+    release_problem,
     salt_call,
     salt_call_config,
     seed_venv,
@@ -359,3 +360,87 @@ def test_deploys_of_two_environments_run_in_parallel(slow):
         valid = current_problem(root) is None
         TALLY.add("concurrency", valid, f"{root.name}: deployed in parallel with the other environment")
         assert valid
+
+
+# --------------------------------------------------------------------------
+# 4b. SIGKILL during update, discard and cleanup (issue #15)
+# --------------------------------------------------------------------------
+
+
+def _intact(root):
+    """What is wrong with the releases that look complete (have a manifest): each must be whole."""
+    return [
+        problem for rel in sorted((root / "releases").iterdir())
+        if not rel.name.startswith(".") and (rel / "release.json").is_file()  # out of sight, or incomplete: no release
+        for problem in [release_problem(root, rel.name)] if problem
+    ]  # fmt: skip
+
+
+def _kill_during(conf, root, args, delay):
+    """``salt-call vumi.<args>``, SIGKILLed ``delay`` seconds after it took the deploy lock (or when it ended)."""
+    proc = salt_call(conf, *args)
+    try:
+        assert wait_for(lambda: lock_holder(root) == proc.pid or proc.poll() is not None, timeout=60)
+        time.sleep(delay)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+
+
+def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_next_run_converges(mod, tmp_path):
+    repo = clone_origin(mod.origin, tmp_path / "upstream")
+    base_dir = tmp_path / "srv"
+    base_dir.mkdir()
+    settings = base_settings(base_dir, repo, keep_releases=10)
+    mod.loaders.use(settings)
+    vumi = mod.loaders.vumi
+    conf = salt_call_config(tmp_path / "call", settings)
+    seed_venv(mod.seed, base_dir, ENV)
+    root = env_root(base_dir, ENV)
+    vumi.deploy(ENV)
+    cases = []
+    try:
+        # update: a kill anywhere leaves current on one commit or the other, never a mix
+        for k, delay in enumerate((0, 0.05, 0.1, 0.2, 0.3, 0.5)):
+            before = vumi.current(ENV)["revision"]
+            tip = sample.commit_file(repo, ENV, "NEWS", f"fix {k}\n", f"Fix {k}")
+            _kill_during(conf, root, ["vumi.update", ENV], delay)
+            assert current_problem(root) is None, (delay, current_problem(root))
+            now = vumi.current(ENV)["revision"]
+            assert now in (before, tip), (delay, now)
+            code = root / "current" / "vumi"
+            assert sample.git(code, "rev-parse", "HEAD") == now and not (code / ".git" / "index.lock").exists()
+            if now == tip:
+                assert (code / "NEWS").read_text() == f"fix {k}\n"
+            assert vumi.update(ENV)["new_revision"] == tip and vumi.current(ENV)["revision"] == tip
+            assert leftovers(root) == [], delay
+            cases.append(f"update killed after {delay}s: current at {'the new' if now == tip else 'the old'} commit")
+
+        # discard: a prepared release is there whole, or out of sight; never half of it looking complete
+        for delay in (0, 0.02, 0.05, 0.1):
+            prepared = vumi.prepare(ENV)["release"]
+            _kill_during(conf, root, ["vumi.discard", ENV, prepared], delay)
+            assert current_problem(root) is None and _intact(root) == [], delay
+            vumi.discard(ENV, prepared)  # again: it also finishes what the killed one put out of sight
+            assert prepared not in _releases(root)
+            assert leftovers(root) == [] and not list((root / "releases").glob(".removing-*")), delay
+            cases.append(f"discard killed after {delay}s")
+
+        # cleanup: the same for each release it removes
+        for delay in (0, 0.02, 0.05, 0.1):
+            for k in range(3):
+                sample.commit_file(repo, ENV, "NEWS", f"release {delay} {k}\n", "another release")
+                vumi.deploy(ENV)
+            _kill_during(conf, root, ["vumi.cleanup", ENV, "limit=1"], delay)
+            assert current_problem(root) is None and _intact(root) == [], delay
+            assert vumi.cleanup(ENV, limit=1)["kept"] == [vumi.current(ENV)["release"]]
+            assert leftovers(root) == [] and not list((root / "releases").glob(".removing-*")), delay
+            cases.append(f"cleanup killed after {delay}s")
+    finally:
+        kill_processes_under(base_dir)
+    for case in cases:
+        TALLY.add("crash (SIGKILL) of update/discard/cleanup", True, case)
+    print("\n[issue15] " + "\n[issue15] ".join(cases))
