@@ -707,6 +707,8 @@ def environments(**kwargs):
     app_dir = _context("default", kwargs)[1].app_dir
     if os.path.isdir(app_dir):
         for name in os.listdir(app_dir):
+            if name.startswith("."):  # .logs: the webapps' logs, root's
+                continue
             env = name.replace("~", "/")
             try:
                 if vumi_settings.env_dirname(env) == name and os.path.isdir(os.path.join(app_dir, name, "releases")):

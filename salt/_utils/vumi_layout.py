@@ -17,15 +17,13 @@ log = logging.getLogger(__name__)
 
 def webapp_logs(cfg, paths):
     """
-    Each configured port's log, made by the user (0640) before supervisord, which is root,
-    opens it: the file stays the user's.
+    ``shared/logs/webapp.<port>.log``, the user's link to each configured port's log
+    (which supervisord writes in root's folder, ``paths.webapp_logs``). A file already
+    there (from an older layout) is left alone.
     """
     for port in cfg["ports"]:
-        fd = os.open(paths.logfile(port), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
-        try:
-            vumi_files.own_like_parent(paths.logfile(port), fd)
-        finally:
-            os.close(fd)
+        if not os.path.lexists(paths.log_link(port)):
+            os.symlink(paths.logfile(port), paths.log_link(port))
 
 
 def layout(d):

@@ -20,6 +20,8 @@ class Paths:
         self._repo_tree = cfg.get("repo_tree")  # not a path: kept out of vumi.paths
         self.app_dir = os.path.join(cfg["base_dir"], cfg["app"])
         self.root = os.path.join(self.app_dir, vumi_settings.env_dirname(cfg["environment"]))
+        # the webapps' logs, which supervisord (root) writes: root's folder, outside the user's tree
+        self.webapp_logs = os.path.join(self.app_dir, ".logs", vumi_settings.env_dirname(cfg["environment"]))
         self.releases = os.path.join(self.root, "releases")
         self.failed = os.path.join(self.root, "failed")
         self.shared = os.path.join(self.root, "shared")
@@ -81,4 +83,9 @@ class Paths:
         return os.path.join(self.pids, f"webapp.{port}.pid")
 
     def logfile(self, port):
+        """A supervised webapp's log (root's folder; ``log_link`` is the user's way to it)."""
+        return os.path.join(self.webapp_logs, f"webapp.{port}.log")
+
+    def log_link(self, port):
+        """``shared/logs/webapp.<port>.log``: a link to the log, for the user; root never opens it."""
         return os.path.join(self.logs, f"webapp.{port}.log")

@@ -171,6 +171,30 @@ def _root_dir(path):
         os.close(fd)
 
 
+def ensure_log_dir(cfg, paths):
+    """
+    The folder supervisord (root) writes the webapps' logs in, ``<base_dir>/<app>/.logs/<env>``:
+    root's, readable by the deploy user's group (0750), outside the user's tree, so that
+    no link the user plants can send root's writes (or a rotation's renames) elsewhere.
+    """
+    if os.geteuid() != 0:
+        os.makedirs(paths.webapp_logs, exist_ok=True)
+        return
+    _root_dir(paths.app_dir)
+    _root_dir(os.path.dirname(paths.webapp_logs))
+    try:
+        os.mkdir(paths.webapp_logs, 0o750)
+    except FileExistsError:
+        pass
+    gid = pwd.getpwnam(cfg["user"]).pw_gid if cfg["user"] != "root" else 0
+    fd = os.open(paths.webapp_logs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # a link: refused here
+    try:
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, 0o750)
+    finally:
+        os.close(fd)
+
+
 def ensure_env_root(cfg, paths, user):
     """
     ``<base_dir>`` and ``<base_dir>/<app>`` root's (0755); the environment's folder made

@@ -164,19 +164,16 @@ def programs(cfg, paths, test=False):
     )
     if not os.path.isdir(paths.logs) or os.path.islink(paths.logs):
         raise CommandExecutionError(f"{paths.logs} is not a folder: run vumi.layout {cfg['environment']} first")
-    for port in cfg["ports"]:
-        # supervisord (root) opens the log: never through a link the deploy user planted
-        if os.path.islink(paths.logfile(port)):
-            raise CommandExecutionError(f"cannot open the webapp's log {paths.logfile(port)}: it is a symlink; refusing")
     # a port another process holds would crash-loop under supervisor: refused before the file says it
     sup = vumi_supervisor.Supervisor(cfg)
     for port in cfg["ports"]:
         info = sup.info(vumi_supervisor.full_name(cfg, port))
         if (info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",)) and port_taken(cfg, port):
             raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
-    if not test and not all(os.path.exists(paths.logfile(port)) for port in cfg["ports"]):
-        # the user makes the logs, so they stay the user's when supervisord opens them
-        vumi_privileges.as_user(cfg, None, None, vumi_layout.webapp_logs, cfg, paths)
+    if not test:
+        vumi_privileges.ensure_log_dir(cfg, paths)  # root's folder: supervisord writes there
+        if not all(os.path.lexists(paths.log_link(port)) for port in cfg["ports"]):
+            vumi_privileges.as_user(cfg, None, None, vumi_layout.webapp_logs, cfg, paths)
     return vumi_supervisor.write_programs(cfg, paths, text, test=test, sup=sup)
 
 

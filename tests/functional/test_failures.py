@@ -467,8 +467,14 @@ def test_files_and_the_webapp_belong_to_the_configured_user(mod, system_user, re
         assert not_owned == [], not_owned
         assert writable == [], writable
         assert not (root / "shared" / "tmp" / "pids" / f"webapp.{port}.pid").exists()  # supervisor tracks it
-        logfile = root / "shared" / "logs" / f"webapp.{port}.log"
-        assert stat.S_IMODE(logfile.stat().st_mode) == 0o640
+        # the webapp's log: supervisord (root) writes it in root's folder, the user reads it (group)
+        # through its link in shared/logs; no link of the user's can send root's writes elsewhere
+        link = root / "shared" / "logs" / f"webapp.{port}.log"
+        logs = base_dir / "vumi" / ".logs" / ENV
+        assert link.is_symlink() and link.resolve() == logs / f"webapp.{port}.log"
+        assert (logs / f"webapp.{port}.log").stat().st_uid == 0
+        assert (logs.stat().st_uid, logs.stat().st_gid, stat.S_IMODE(logs.stat().st_mode)) == (
+            0, system_user.pw_gid, 0o750)  # fmt: skip
         assert stat.S_IMODE((root / "shared" / "logs").stat().st_mode) == 0o750  # logs may tell secrets
         for folder in ("releases", "shared", "shared/tmp/pids", "shared/virtualenvs"):
             assert stat.S_IMODE((root / folder).stat().st_mode) == 0o755, folder

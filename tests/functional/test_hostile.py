@@ -313,10 +313,6 @@ CASES = [
             what="current replaced by a directory"),
     planted("current", "points outside the releases", plant=_current_points_outside,
             what="current pointing outside (absolute link)"),
-    case("a webapp log planted as a symlink to outside", "cannot open the webapp's log",
-         module=[lambda t: _start(t, t.port)],
-         state=[lambda t: t.states.webapp_running(ENV, ports=[t.port])],
-         plant=lambda t: _link_instead(f"shared/logs/webapp.{t.port}.log", "victim-file")(t)),  # fmt: skip
 ]
 
 

@@ -83,7 +83,8 @@ def start(vumi, webapps, free_port):
 
 
 def logfile(root, port):
-    return root / "shared" / "logs" / f"webapp.{port}.log"
+    """A webapp's log: in root's folder beside the environments, which supervisord (root) writes."""
+    return root.parent / ".logs" / root.name / f"webapp.{port}.log"
 
 
 def program_file(supervisor):
@@ -269,6 +270,27 @@ def test_supervisord_restart_brings_every_configured_port_back(vumi, free_port, 
         assert all(status[p]["running"] and status[p]["answers"] for p in ports), status
     finally:
         own.remove()
+
+
+def test_the_log_is_written_in_roots_folder_and_a_link_planted_in_its_place_changes_nothing(start, root, tmp_path):
+    """
+    supervisord (root) writes the log: not in the user's tree, where the user could swap
+    ``shared/logs/webapp.<port>.log`` for a link to any file between a check and root's open.
+    """
+    victim = tmp_path / "victim"
+    victim.write_text("root's own\n")
+    port, _ = start()
+    link = root / "shared" / "logs" / f"webapp.{port}.log"
+    assert link.is_symlink() and link.resolve() == logfile(root, port)
+    assert "Listening at" in link.read_text()  # the user reads it through the link
+    folder = logfile(root, port).parent
+    assert (folder.stat().st_uid, stat.S_IMODE(folder.stat().st_mode)) == (0, 0o750)
+    link.unlink()
+    link.symlink_to(victim)  # what a deploy user could do at any moment
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/noise?kb=4&marker=after-the-swap", timeout=10):
+        pass
+    assert wait_for(lambda: "after-the-swap" in logfile(root, port).read_text(), timeout=5)
+    assert victim.read_text() == "root's own\n"
 
 
 def test_log_rotation_keeps_the_process_writing_to_the_new_file(start, root):

@@ -96,11 +96,17 @@ def write_pillar(pillar_dir, hosts):
 
 @contextlib.contextmanager
 def started_master(salt_factories, pillar_dir, id_prefix):
-    """A real salt-master serving this repo's ``salt/`` and the pillar tree ``pillar_dir`` (its ``.pillar_dir``)."""
+    """
+    A real salt-master serving this repo's ``salt/`` and the pillar tree ``pillar_dir``
+    (its ``.pillar_dir``), with a state top file giving every minion ``vumi`` (highstate).
+    """
+    tops = pathlib.Path(pillar_dir).parent / f"{pathlib.Path(pillar_dir).name}-states"
+    tops.mkdir(exist_ok=True)
+    (tops / "top.sls").write_text("base:\n  '*':\n    - vumi\n")
     factory = salt_factories.salt_master_daemon(
         random_string(id_prefix),
         overrides={
-            "file_roots": {"base": [str(REPO / "salt")]},
+            "file_roots": {"base": [str(REPO / "salt"), str(tops)]},
             "pillar_roots": {"base": [str(pillar_dir)]},
         },
     )
@@ -144,3 +150,20 @@ def kill_leftover_webapps(hosts):
             leftovers += [n for n, p in host.supervisord.processes().items() if p["statename"] in ("RUNNING", "STARTING")]
         host.supervisord.remove()
     return leftovers
+
+
+@contextlib.contextmanager
+def pillar_override(master, salt_cli, hosts, host, **settings):
+    """``host``'s own pillar file (as ``write_pillar`` names it) with ``settings`` added; then restored."""
+    pillar_file = master.pillar_dir / f"host{hosts.index(host)}.sls"
+    good = pillar_file.read_text()
+    pillar = host.pillar()
+    pillar["vumi"].update(settings)
+    pillar_file.write_text(json.dumps(pillar, indent=2) + "\n")
+    try:
+        ret = salt_cli.run("saltutil.refresh_pillar", wait=True, minion_tgt=host.id)
+        assert ret.returncode == 0, ret
+        yield
+    finally:
+        pillar_file.write_text(good)
+        salt_cli.run("saltutil.refresh_pillar", wait=True, minion_tgt=host.id)

@@ -16,7 +16,9 @@ expensive steps (sync, the applies) are module fixtures, so any test can also
 be run on its own.
 """
 
+import make_repo as sample
 import pytest
+from fleet_support import pillar_override
 from helpers import http_get
 
 pytestmark = pytest.mark.slow
@@ -206,3 +208,20 @@ def test_salt_run_vumi_status_rows_match_each_minions_current(production_applied
         assert row["running"] == sorted(fleet[minion_id].ports[env]) == sorted(row["answering"]), row
     envs = salt_cli.run("vumi.environments", minion_tgt=TARGET)
     assert all(found == ["production", "staging"] for found in envs.data.values()), envs
+
+
+def test_highstate_converges_every_environment_the_host_lists(production_applied, salt_master, fleet, fleet_hosts, salt_cli):
+    """``state.highstate`` with no pillar ``branch``: each environment of the host's ``vumi:deploy``."""
+    host = fleet_hosts[0]
+    for env in ("staging", "production"):
+        sample.commit_file(host.repo, env, "NEWS", f"highstate {env}\n", f"For highstate on {env}")
+    with pillar_override(salt_master, salt_cli, fleet_hosts, host, deploy=["staging", "production"]):
+        ret = salt_cli.run("state.highstate", minion_tgt=host.id)
+    assert ret.returncode == 0, ret
+    states = ret.data  # one minion targeted by id: its return, unwrapped
+    deployed = {v["name"]: v for k, v in states.items() if k.startswith("vumi_|-") and k.endswith("_|-deployed")}
+    assert set(deployed) == {"staging", "production"}, list(states)
+    for env, state in deployed.items():
+        assert state["result"] is True and state["changes"]["revision"]["new"] == host.revision(env), state
+        assert_serving(host, env)
+

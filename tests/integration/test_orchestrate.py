@@ -25,7 +25,7 @@ import time
 import make_repo as sample
 import pytest
 import salt.output
-from fleet_support import kill_leftover_webapps, make_hosts, started_master
+from fleet_support import kill_leftover_webapps, make_hosts, pillar_override, started_master
 from helpers import http_get
 
 pytestmark = pytest.mark.slow
@@ -93,23 +93,6 @@ def assert_fleet_serves(hosts, expected):
     for host in hosts:
         assert current(host) == expected[host.id][0], host.id
         assert_serving(host, *expected[host.id])
-
-
-@contextlib.contextmanager
-def pillar_override(master, salt_cli, hosts, host, **settings):
-    """``host``'s own pillar file (as ``write_pillar`` names it) with ``settings`` added; then restored."""
-    pillar_file = master.pillar_dir / f"host{hosts.index(host)}.sls"
-    good = pillar_file.read_text()
-    pillar = host.pillar()
-    pillar["vumi"].update(settings)
-    pillar_file.write_text(json.dumps(pillar, indent=2) + "\n")
-    try:
-        ret = salt_cli.run("saltutil.refresh_pillar", wait=True, minion_tgt=host.id)
-        assert ret.returncode == 0, ret
-        yield
-    finally:
-        pillar_file.write_text(good)
-        salt_cli.run("saltutil.refresh_pillar", wait=True, minion_tgt=host.id)
 
 
 # --------------------------------------------------------------------------

@@ -157,9 +157,11 @@ def test_paths_stay_inside_the_environment(vumi, unit_root):
     assert p["pids"] == os.path.join(root, "shared", "tmp", "pids")
     assert p["repo"] == os.path.join(root, "shared", "repositories", "myapp")
     assert p["app"] == "myapp"
+    # the webapps' logs: root's folder beside the environments (supervisord, root, writes them)
+    assert p["webapp_logs"] == str(unit_root / "from-pillar" / "myapp" / ".logs" / "topics~foo")
     for key, value in p.items():
         for path in value if isinstance(value, list) else [value]:
-            if key not in ("app", "app_dir"):
+            if key not in ("app", "app_dir", "webapp_logs"):
                 assert os.path.normpath(path).startswith(root), (key, path)
 
 
