@@ -5,6 +5,7 @@ Small file-system helpers: the deploy user, folders, atomic writes and links, ow
 import datetime
 import logging
 import os
+import re
 import pwd
 import shutil
 
@@ -120,9 +121,22 @@ def remove_tree(path):
     shutil.rmtree(path, ignore_errors=True)
 
 
+#: the last line of a Python traceback: what went wrong, in one line
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*$", re.MULTILINE)
+
+
 def file_tail(path, lines=20):
+    """
+    The last ``lines`` of a log; when the first exception it reports is above them (a
+    server's own traceback after its workers' can fill the end), that line first.
+    """
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            return tail_lines(fh.read(), lines)
+            text = fh.read()
     except OSError:
         return ""
+    tail = tail_lines(text, lines)
+    first = _EXCEPTION_LINE.search(text)
+    if first and first.group(0) not in tail:
+        return f"(first error in the log: {first.group(0).strip()})\n{tail}"
+    return tail

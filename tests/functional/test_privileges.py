@@ -195,13 +195,25 @@ def test_4_a_git_hook_of_the_users_own_config_gets_root_to_do_nothing(site, user
                 link.unlink()
 
 
-def test_5_a_log_swapped_for_a_link_is_refused_and_chowns_nothing(site, user, top):
+def test_5_a_log_swapped_for_a_link_sends_none_of_roots_writes_elsewhere(site, user, top):
+    """
+    supervisord (root) opens, writes and rotates the webapp's log: in root's folder
+    ``<base_dir>/<app>/.logs/<env>``, not at the link in ``shared/logs``, the user's to swap.
+    """
     victim = victim_file(top, "chowned")
-    log = site.root / "shared" / "logs" / "webapp.8123.log"
-    as_user(user, "rm", "-f", str(log))
-    assert as_user(user, "ln", "-s", str(victim), str(log)).returncode == 0
-    with pytest.raises(CommandExecutionError, match="symlink"):
-        site.vumi.restart_webapp(ENV, 8123, ports=[8123])
+    port = failure_support.free_port()
+    try:
+        site.vumi.start_webapp(ENV, port, ports=[port])
+        log = site.root / "shared" / "logs" / f"webapp.{port}.log"
+        as_user(user, "rm", "-f", str(log))
+        assert as_user(user, "ln", "-s", str(victim), str(log)).returncode == 0
+        site.vumi.restart_webapp(ENV, port, ports=[port])  # supervisord reopens its log
+        real = site.base_dir / "vumi" / ".logs" / ENV / f"webapp.{port}.log"
+        assert "Listening at" in real.read_text()
+        assert as_user(user, "sh", "-c", f"echo planted > {real}").returncode != 0  # root's folder
+        assert as_user(user, "cat", str(real)).returncode == 0  # readable by the user (its group)
+    finally:
+        site.vumi.stop_webapp(ENV, port, ports=[port])
     assert untouched(victim)
     as_user(user, "rm", "-f", str(log))
 
