@@ -98,6 +98,26 @@ def _landed(root, before):
     return "cut_release"
 
 
+def kill_when(conf, args, trigger, delay=0.0):
+    """``salt-call <args>``, its process group SIGKILLed ``delay`` seconds after ``trigger(proc)`` (or its end)."""
+    proc = salt_call(conf, *args)
+    try:
+        fired = wait_for(lambda: trigger(proc) or proc.poll() is not None, timeout=60)
+        assert fired, f"{args} neither reached its marker nor ended"
+        time.sleep(delay)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+
+
+def _kill_during(conf, root, args, delay):
+    """``salt-call vumi.<args>``, SIGKILLed ``delay`` seconds after it took the deploy lock (or when it ended)."""
+    kill_when(conf, args, lambda proc: lock_holder(root) == proc.pid, delay)
+
+
 class Crasher:
     """Deploys through salt-call, SIGKILLed at a moment a trigger picks; then what is left is checked."""
 
@@ -113,17 +133,7 @@ class Crasher:
         """
         root = env_root(self.base_dir, name)
         before = {"lines": len(history(root)), "current": current_state(root), "releases": _releases(root)}
-        proc = salt_call(self.conf, "vumi.deploy", name)
-        try:
-            fired = wait_for(lambda: trigger(root, proc) or proc.poll() is not None, timeout=60)
-            assert fired, "the deploy neither reached its marker nor ended"
-            time.sleep(delay)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
+        kill_when(self.conf, ["vumi.deploy", name], lambda proc: trigger(root, proc), delay)
         landed = _landed(root, before)
         self.landed.append(landed)
 
@@ -374,20 +384,6 @@ def _intact(root):
         if not rel.name.startswith(".") and (rel / "release.json").is_file()  # out of sight, or incomplete: no release
         for problem in [release_problem(root, rel.name)] if problem
     ]  # fmt: skip
-
-
-def _kill_during(conf, root, args, delay):
-    """``salt-call vumi.<args>``, SIGKILLed ``delay`` seconds after it took the deploy lock (or when it ended)."""
-    proc = salt_call(conf, *args)
-    try:
-        assert wait_for(lambda: lock_holder(root) == proc.pid or proc.poll() is not None, timeout=60)
-        time.sleep(delay)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
 
 
 def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_next_run_converges(mod, tmp_path):
