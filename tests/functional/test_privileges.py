@@ -202,6 +202,7 @@ def test_5_a_log_swapped_for_a_link_sends_none_of_roots_writes_elsewhere(site, u
     """
     victim = victim_file(top, "chowned")
     port = failure_support.free_port()
+    site.vumi.deploy(ENV)  # the repository's own settings again (attack 4 deployed a partial one)
     try:
         site.vumi.start_webapp(ENV, port, ports=[port])
         log = site.root / "shared" / "logs" / f"webapp.{port}.log"
