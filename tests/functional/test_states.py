@@ -470,13 +470,32 @@ def test_sls_deploys_runs_and_follows_the_branch(loaders, vumi, repo, base_dir, 
         assert_unchanged(state)
     assert release_dirs(base_dir) == [first, second]
 
+    # one port stopped, then a new commit: the dry run predicts exactly what the real run
+    # then does (the stopped port started, the running one restarted: it runs the old release)
+    stopped, running = ports
+    vumi.stop_webapp(ENV, stopped, ports=ports)
+    third_sha = new_commit(repo, "third")
+    _, _, running_pid = serving(running)
+    ret = apply(test=True)
+    assert ret.webapp.changes == {
+        str(stopped): {"old": "stopped", "new": "started"},
+        str(running): {"old": f"running release {second} (pid {running_pid})", "new": "restarted"},
+    }, ret.comments()
+    ret = apply()
+    assert all(state.result is True for state in ret.states), ret.comments()
+    third = release_dirs(base_dir)[-1]
+    assert set(ret.webapp.changes) == {str(stopped), str(running)}, ret.webapp.changes
+    assert f"ports {stopped} started" in ret.webapp.comment and f"ports {running} restarted" in ret.webapp.comment
+    assert all(serving(p)[:2] == (third, third_sha) for p in ports)
+    second, second_sha = third, third_sha
+
     # a commit that cannot be deployed: the deploy fails, the webapp is left serving
     sample.commit_file(repo, ENV, "config/requirements.pip", "-r gone.pip\n", "include a missing file")
     ret = apply()
     assert ret.deployed.result is False
     assert "gone.pip not found" in ret.deployed.comment, ret.comments()
     assert ret.webapp.result is False and ret.webapp.changes == {}, ret.comments()
-    assert release_dirs(base_dir) == [first, second]
+    assert release_dirs(base_dir)[-1] == second
     assert current_target(base_dir) == f"releases/{second}"
     assert all(serving(p)[:2] == (second, second_sha) for p in ports)
 
