@@ -217,9 +217,7 @@ def _deployed(cfg, release, revision):
         except (OSError, ValueError):
             found = {}
         found[cfg["environment"]] = {"release": release, "revision": revision}
-        with open(f"{path}.tmp", "w", encoding="utf-8") as fh:
-            json.dump(found, fh, sort_keys=True)
-        os.replace(f"{path}.tmp", path)
+        vumi_files.write_atomic(path, json.dumps(found, sort_keys=True))
     except OSError as exc:  # the grain is a convenience; the deploy itself is done
         log.warning("could not record the deployed release for the vumi grain in %s: %s", path, exc)
         return
@@ -321,9 +319,10 @@ def prepare(environment, revision=None, release=None, run_once=True, hold=None, 
 
         salt '*' vumi.prepare staging
     """
-    _health_default(environment, kwargs)
-    run_once = _runs_once(run_once, once_on)
-    return _run_deploy(vumi_pipeline.prepare, _deploy(environment, kwargs, revision, release, run_once, hold))
+    d = _deploy(environment, kwargs, revision, release, _runs_once(run_once, once_on), hold)
+    if d.cfg["health_check"] is None:  # the state's default, for the fleet too
+        d.cfg["health_check"] = bool(d.cfg["ports"])
+    return _run_deploy(vumi_pipeline.prepare, d)
 
 
 def _runs_once(run_once, once_on):
@@ -332,13 +331,6 @@ def _runs_once(run_once, once_on):
     if not isinstance(once_on, str) or not once_on:
         raise SaltInvocationError(f"invalid once_on {once_on!r}: the minion id of the host that runs them")
     return once_on == __opts__.get("id")
-
-
-def _health_default(environment, kwargs):
-    """The state's default, for the fleet too: a release with ports to serve is health-checked first."""
-    cfg = _context(environment, kwargs)[0]
-    if cfg["health_check"] is None:
-        kwargs["health_check"] = bool(cfg["ports"])
 
 
 def publish(environment, release, run_once=True, hold=None, once_on=None, **kwargs):
@@ -360,8 +352,8 @@ def publish(environment, release, run_once=True, hold=None, once_on=None, **kwar
 
         salt '*' vumi.publish staging 20261126_153000
     """
-    run_once = _runs_once(run_once, once_on)
-    return _run_deploy(vumi_pipeline.publish, _deploy(environment, kwargs, release=release, run_once=run_once, hold=hold))
+    d = _deploy(environment, kwargs, release=release, run_once=_runs_once(run_once, once_on), hold=hold)
+    return _run_deploy(vumi_pipeline.publish, d)
 
 
 def revert(environment, release, **kwargs):

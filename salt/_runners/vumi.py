@@ -22,13 +22,10 @@ that switched switches back, and every host that restarted restarts back.
 """
 
 import datetime
-import logging
 import time
 
 import salt.client
 import salt.utils.minions
-
-log = logging.getLogger(__name__)
 
 __virtualname__ = "vumi"
 
@@ -91,8 +88,8 @@ def _error(value, retcode):
 class Fleet:
     """The targeted hosts of one fleet deploy, and calls to them that return or raise ``Failed``."""
 
-    def __init__(self, client, branch, hosts, timeout):
-        self.client, self.branch, self.hosts, self.timeout = client, branch, hosts, timeout
+    def __init__(self, client, hosts, timeout):
+        self.client, self.hosts, self.timeout = client, hosts, timeout
         self.timings = {}
 
     def call(self, phase, hosts, fun, arg=(), kwarg=None):
@@ -180,15 +177,14 @@ def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, 
     try:
         if not branch or not isinstance(branch, str) or not tgt:
             raise ValueError("name the environment and the hosts: salt-run vumi.deploy staging 'web*'")
-        batches_of = _batches  # validated before anything runs
-        batches_of(["x"], batch)
+        _batches(["x"], batch)  # a bad batch fails before anything runs
         client = salt.client.get_local_client(__opts__["conf_file"])
         found = salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type)
         hosts = sorted(found["minions"])
         if not hosts:
             raise ValueError(f"no minion matches {tgt!r} ({tgt_type})")
         report["hosts"] = hosts
-        fleet = Fleet(client, branch, hosts, timeout)
+        fleet = Fleet(client, hosts, timeout)
         # one commit for the fleet: resolved once, so a push during the run changes nothing
         (sha,) = fleet.call("revision", hosts[:1], "vumi.remote_revision", [branch],
                             {"revision": revision} if revision else {}).values()  # fmt: skip
@@ -206,19 +202,19 @@ def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, 
         report["result"] = None
         return _ended(report, f"would deploy {branch} release {release} at {sha[:12]} to {len(hosts)} hosts: "
                               f"{', '.join(hosts)}")  # fmt: skip
-    return _run(fleet, report, branch, sha, release, batches_of(hosts, batch), hold, kwargs)
+    return _run(fleet, report, branch, sha, release, _batches(hosts, batch), hold, kwargs)
 
 
 def _run(fleet, report, branch, sha, release, batches, hold, kwargs):
     hosts = fleet.hosts
     # hooks marked once run on the first host; the others skip them
-    once = {"once_on": hosts[0], "hold": hold, **kwargs}
+    common = {"once_on": hosts[0], "hold": hold, **kwargs}
     restarted = []
     phase = "prepare"
     try:
-        fleet.call(phase, hosts, "vumi.prepare", [branch], dict(once, revision=sha, release=release))
+        fleet.call(phase, hosts, "vumi.prepare", [branch], dict(common, revision=sha, release=release))
         phase = "publish"
-        published = fleet.call(phase, hosts, "vumi.publish", [branch, release], once)
+        published = fleet.call(phase, hosts, "vumi.publish", [branch, release], common)
         report["previous"] = {h: r.get("previous") for h, r in published.items()}
         phase = "restart"
         for batch in batches:

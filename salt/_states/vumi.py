@@ -227,6 +227,7 @@ def webapp_running(name, ports=None, **kwargs):
     ret = _ret(name)
     test = __opts__["test"]
     comments = []
+    replaced = False
     try:
         status = before = _status(name, ports, kwargs)
         if status:

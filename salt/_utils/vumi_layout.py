@@ -58,7 +58,7 @@ def recover(paths, runas=None):
     current_name = vumi_releases.current_release(paths)
     # complete but never recorded, and newer than current: killed after its manifest,
     # before or during its health check (older unrecorded ones are left alone)
-    recorded = {e.get("release") for e in vumi_history.read_history(paths) if e.get("action") in ("prepare", "deploy", "update", "rollback")}
+    recorded = {e.get("release") for e in vumi_history.read_history(paths) if e.get("action") in ("prepare", "rollback", *vumi_releases.SWITCHED_TO_NEW)}
     for name in vumi_releases.release_names(paths):
         interrupted = name not in recorded and (current_name is None or name > current_name)
         if name != current_name and (not vumi_releases.read_manifest(paths, name) or interrupted):

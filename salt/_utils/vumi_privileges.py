@@ -153,20 +153,22 @@ def _relay(salt, message):
 # --------------------------------------------------------------------------
 
 
-def _root_dir(path):
-    """``path`` a real folder of root's, 0755: made, or an existing one (a link refused) taken back."""
+def _root_dir(path, mode=0o755, gid=0):
+    """``path`` a real folder of root's (group ``gid``), ``mode``: made, or an existing one (a link refused) taken back."""
     try:
-        os.mkdir(path, 0o755)
+        os.mkdir(path, mode)
     except FileExistsError:
         pass
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # a link: refused here
     try:
         info = os.fstat(fd)
-        if info.st_uid != 0 or info.st_gid != 0:
-            log.warning("%s belonged to uid %s: given back to root (one environment's user must not own it)", path, info.st_uid)
-            os.fchown(fd, 0, 0)
-        if stat.S_IMODE(info.st_mode) & 0o022 or stat.S_IMODE(info.st_mode) != 0o755:
-            os.fchmod(fd, 0o755)
+        if info.st_uid != 0 or info.st_gid != gid:
+            if info.st_uid != 0:
+                log.warning("%s belonged to uid %s: given back to root (an environment's user must not own it)",
+                            path, info.st_uid)  # fmt: skip
+            os.fchown(fd, 0, gid)
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)
     finally:
         os.close(fd)
 
@@ -182,17 +184,8 @@ def ensure_log_dir(cfg, paths):
         return
     _root_dir(paths.app_dir)
     _root_dir(os.path.dirname(paths.webapp_logs))
-    try:
-        os.mkdir(paths.webapp_logs, 0o750)
-    except FileExistsError:
-        pass
     gid = pwd.getpwnam(cfg["user"]).pw_gid if cfg["user"] != "root" else 0
-    fd = os.open(paths.webapp_logs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # a link: refused here
-    try:
-        os.fchown(fd, 0, gid)
-        os.fchmod(fd, 0o750)
-    finally:
-        os.close(fd)
+    _root_dir(paths.webapp_logs, mode=0o750, gid=gid)
 
 
 def ensure_env_root(cfg, paths, user):

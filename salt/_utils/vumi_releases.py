@@ -144,6 +144,10 @@ def publish(paths, name):
     vumi_files.symlink_atomic(os.path.join("releases", name), paths.current)
 
 
+#: history actions that made a new release current (rollback_stack pushes them)
+SWITCHED_TO_NEW = ("deploy", "update")
+
+
 def finish_removals(paths):
     """Delete what a prune, cleanup or discard killed mid-way had put out of sight."""
     for name in os.listdir(paths.releases) if os.path.isdir(paths.releases) else []:
@@ -183,7 +187,7 @@ def rollback_stack(paths):
     """The releases ``current`` went through, as rollback sees them: deploys push, rollbacks pop."""
     stack = []
     for entry in vumi_history.read_history(paths):
-        if entry.get("action") in ("deploy", "update"):
+        if entry.get("action") in SWITCHED_TO_NEW:
             stack.append(entry.get("release"))
         elif entry.get("action") == "rollback":
             if entry.get("named"):
@@ -212,7 +216,7 @@ def unpublished_releases(paths):
     for entry in vumi_history.read_history(paths):
         if entry.get("action") == "prepare":
             prepared.add(entry.get("release"))
-        elif entry.get("action") in ("deploy", "update", "rollback"):
+        elif entry.get("action") in SWITCHED_TO_NEW + ("rollback",):
             published.add(entry.get("release"))
     return prepared - published
 
@@ -349,7 +353,7 @@ def rolled_back_from(paths):
     it left, and the pin in force then; else None.
     """
     for entry in reversed(vumi_history.read_history(paths)):
-        if entry.get("action") in ("deploy", "update"):
+        if entry.get("action") in SWITCHED_TO_NEW:
             return None
         if entry.get("action") == "rollback":
             if not entry.get("rolled_back_from"):
