@@ -361,7 +361,9 @@ def test_a_failure_at_each_stage_keeps_current_and_the_old_webapp(env, case):
     tip = sample.git(env.repo, "rev-parse", ENV)
     undo = breaker(env) if breaker else None
     kwargs = kwargs(env) if callable(kwargs) else kwargs
-    outside = snapshot(env.top, skip=[env.root, env.repo])
+    # the environment's own: its tree and its webapps' log folder (root's; the old webapp logs on)
+    own = [env.root, env.repo, env.root.parent / ".logs" / env.root.name]
+    outside = snapshot(env.top, skip=own)
     lines = len(history(env.root))
 
     try:
@@ -383,7 +385,7 @@ def test_a_failure_at_each_stage_keeps_current_and_the_old_webapp(env, case):
     assert processes_under(env.root) == [old[1]]  # no health-check instance left behind
     assert health_files(env.root) == [] or stage == "health"  # a failed check keeps its log, as evidence
     assert not [p for p in health_files(env.root) if p.endswith(".pid")]
-    assert snapshot(env.top, skip=[env.root, env.repo]) == outside
+    assert snapshot(env.top, skip=own) == outside
     (entry,) = history(env.root)[lines:]
     assert (entry["action"], entry["stage"], entry["previous"]) == ("failed", stage, good)
     assert evidence[0] in entry["reason"]
