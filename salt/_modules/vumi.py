@@ -221,7 +221,9 @@ def _deployed(cfg, release, revision):
     except OSError as exc:  # the grain is a convenience; the deploy itself is done
         log.warning("could not record the deployed release for the vumi grain in %s: %s", path, exc)
         return
-    with contextlib.suppress(Exception):  # masterless: no minion to tell
+    if not vumi_history.event_bus_up(__opts__):
+        return  # masterless with no minion daemon: no one to tell (the refresh would wait 1 s for its bus)
+    with contextlib.suppress(Exception):
         __salt__["saltutil.refresh_grains"]()  # the pillar refresh brings the grains to the master
 
 

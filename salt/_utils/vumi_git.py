@@ -58,17 +58,29 @@ def _private_config(d):
             runas=d.runas)  # fmt: skip
 
 
+#: for the auto-maintenance git runs after a fetch: pack loose objects early (each deploy fetches a
+#: few, and a release's clone --shared and checkout slow down with hundreds of them), in the
+#: deploy's own time (not detached), and never prune: a release's clone --shared reads the cache's
+#: objects, also those of a commit no branch reaches any more (a force push), which rollback needs
+GC = ["-c", "gc.auto=256", "-c", "gc.autoDetach=false", "-c", "gc.pruneExpire=never",
+      "-c", "gc.reflogExpireUnreachable=never"]  # fmt: skip
+
+
 def _update_cache(d):
     cfg, repo = d.cfg, d.paths.repo
     git(d.salt, ["remote", "set-url", "origin", cfg["repo_url"]], "git remote set-url", cwd=repo, runas=d.runas)
     _private_config(d)
     shallow = ["--depth", str(cfg["git_depth"])] if cfg["git_depth"] else []
-    git(d.salt, ["fetch", "--quiet", "--prune", "--force", *shallow, "origin",
+    git(d.salt, [*GC, "fetch", "--quiet", "--prune", "--force", *shallow, "origin",
                  "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
         f"git fetch {cfg['repo_url']}", cwd=repo, runas=d.runas)  # fmt: skip
-    # a cache whose objects were damaged (a pack file lost) fetches fine and fails here
-    git(d.salt, ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"], "git fsck", cwd=repo,
-        runas=d.runas)  # fmt: skip
+    # a cache whose objects were damaged (a pack file lost) fetches fine and fails here. Only the
+    # commit to deploy is checked, all its trees and blobs: a cost of its size, not of the history
+    # (git fsck of the whole cache grew with every deploy)
+    wanted = _resolve_pin(d) if d.revision is not None else _ref(d, f"refs/remotes/origin/{cfg['branch']}", peel="")
+    if wanted is not None:
+        git(d.salt, ["rev-list", "--objects", "--no-walk", "--quiet", wanted], "git rev-list --objects (damaged cache?)",
+            cwd=repo, runas=d.runas)  # fmt: skip
 
 
 def fetch(d):
@@ -106,26 +118,32 @@ def fetch(d):
             )
         git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=repo, runas=d.runas)
     else:
-        try:
-            d.sha = git(d.salt, ["rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{cfg['branch']}"], "", cwd=repo,
-                         runas=d.runas)  # fmt: skip
-        except CommandExecutionError:
+        d.sha = _ref(d, f"refs/remotes/origin/{cfg['branch']}")
+        if d.sha is None:
             raise CommandExecutionError(
                 f"branch {cfg['branch']!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}"
-            ) from None
+            )
         git(d.salt, ["checkout", "--quiet", "--force", "-B", cfg["branch"], d.sha], "git checkout", cwd=repo, runas=d.runas)
+
+
+def _ref(d, ref, peel="^{commit}"):
+    """The commit ``ref`` names in the cache; None if it names none (``peel=""``: the ref alone,
+    without reading the object it names)."""
+    try:
+        # as the clone's owner: git refuses to read a repository another user owns
+        return git(d.salt, ["rev-parse", "--verify", "--quiet", f"{ref}{peel}"], "", cwd=d.paths.repo,
+                   runas=d.runas)  # fmt: skip
+    except CommandExecutionError:
+        return None
 
 
 def _resolve_pin(d):
     """The commit of ``d.revision`` in the cache: the upstream branch of that name first (the
     cache's local branch may be stale), then a tag, then a commit; None if it has none."""
     for ref in (f"refs/remotes/origin/{d.revision}", f"refs/tags/{d.revision}", d.revision):
-        try:
-            # as the clone's owner: git refuses to read a repository another user owns
-            return git(d.salt, ["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], "", cwd=d.paths.repo,
-                       runas=d.runas)  # fmt: skip
-        except CommandExecutionError:
-            continue
+        sha = _ref(d, ref)
+        if sha is not None:
+            return sha
     return None
 
 

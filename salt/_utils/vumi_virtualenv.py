@@ -226,7 +226,8 @@ def _build_with_uv(salt, cfg, paths, venv, code, runas, uv):
     requirements = uv_requirements(code, cfg["requirements"], os.path.join(venv, ".vumi-requirements"))
     for path in (os.path.dirname(requirements), *glob.glob(os.path.join(os.path.dirname(requirements), "*"))):
         vumi_files.chown(path, runas)
-    vumi_git.run(salt, [uv, "pip", "install", "--quiet", "--python", os.path.join(venv, "bin", "python"),
+    # compiled as pip compiles: the webapp's first start (and a health check) need not compile it
+    vumi_git.run(salt, [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", os.path.join(venv, "bin", "python"),
                         "--requirement", requirements, *cfg["pip_packages"]],
                  f"uv pip install -r {cfg['requirements']}", cwd=code, runas=runas, env=env)  # fmt: skip
 

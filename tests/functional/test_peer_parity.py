@@ -249,13 +249,15 @@ def test_history_log_is_rotated_past_its_size_and_read_across(vumi, repo, base_d
     assert vumi.rollback(ENV)["release"] == first["release"]  # the rotated part still counts
 
 
-def test_a_corrupted_cache_is_cloned_again(vumi, repo, base_dir):
+@pytest.mark.parametrize("moved", [True, False], ids=["branch-moved", "branch-unchanged"])
+def test_a_corrupted_cache_is_cloned_again(vumi, repo, base_dir, moved):
     vumi.deploy(ENV)
     cache = env_root(base_dir) / "shared" / "repositories" / "vumi" / ".git"
     sample.git(cache.parent, "repack", "-a", "-d", "-q")
     for pack in (cache / "objects" / "pack").glob("*.pack"):
         pack.unlink()  # a disk that lost a file
-    sample.commit_file(repo, ENV, "NEWS", "next\n", "next")
+    if moved:  # the fetch brings the new commit, whose unchanged files are the lost ones
+        sample.commit_file(repo, ENV, "NEWS", "next\n", "next")
     assert vumi.deploy(ENV)["revision"] == sample.git(repo, "rev-parse", ENV)
     assert vumi.deploy(ENV)["revision"] == sample.git(repo, "rev-parse", ENV)  # and stays usable
 
