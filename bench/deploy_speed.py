@@ -20,7 +20,8 @@ built here; a masterless Salt config like scripts/demo's; and measures with
    given the same ``pillar=`` on the command line: Salt's own floor for that command;
 7. a code-only ``state.apply vumi`` against its floor: the one-state SLS plus the raw
    git work (fetch, ``clone --shared``, checkout, switch by rename);
-8. deploy #50 of an environment against deploy #1 (time in the module);
+8. deploy #50 of an environment against deploy #1 (time in the module), beside the raw
+   git work of the same 50 commits (git's own growth, any tool's);
 9. salt-ssh, two hosts on loopback (a real sshd, as the salt-ssh tests start it): a
    no-op ``state.apply vumi`` against a one-state SLS on the same roster, and the
    SSH logins each makes per host (skipped without Debian's openssh-server).
@@ -317,12 +318,17 @@ def main():
             floor.append(median(one) + raw_git_work(work, bench.upstream, run))
 
         # 8. fifty code-only deploys: the first five against the last five (time in the module)
-        history = []
+        # beside each, the raw git work on its own clone of the same upstream: what git itself
+        # costs more as the upstream and a clone's objects grow, for any tool
+        history, raw = [], []
         for run in range(50):
             bench.commit("sampleapp/bench_note.py", f"NOTE = 'history {run}'\n")
             history.append(bench.salt_call("vumi.deploy", "bench")[1]["timings"])
+            raw.append(raw_git_work(work, bench.upstream, f"h{run}"))
+            shutil.rmtree(work / "raw" / f"releaseh{run}")
         first5 = median([sum(t.values()) for t in history[:5]])
         last5 = median([sum(t.values()) for t in history[-5:]])
+        raw_first5, raw_last5 = median(raw[:5]), median(raw[-5:])
         try:
             ssh = ssh_ratios(work, max(args.runs, 3)) if args.ssh else None
         except Exception as exc:  # pylint: disable=broad-except
@@ -355,6 +361,8 @@ def main():
         ("   ratio code-only/floor (goal <= 1.2)", f"{median(code_apply) / median(floor):.2f}", ""),
         ("8. deploy #1-5 / #46-50, in module", f"{first5:.3f} s", f"{last5:.3f} s"),
         ("   ratio #50/#1 (goal <= 1.1)", f"{last5 / first5:.2f}", ""),
+        ("   raw git #1-5 / #46-50", f"{raw_first5:.3f} s", f"{raw_last5:.3f} s"),
+        ("   ratio #50/#1 without git's own growth", f"{(last5 - raw_last5) / (first5 - raw_first5):.2f}", ""),
     ]  # fmt: skip
     if ssh:
         rows += [
