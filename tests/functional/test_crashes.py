@@ -324,20 +324,20 @@ def test_a_second_deploy_gives_up_after_lock_timeout_naming_the_holder_while_exe
         b = salt_call(slow.conf, "vumi.deploy", ENV, "lock_timeout=0.3")
 
         # meanwhile, execute and webapp control do not wait for the deploy lock
-        started = time.monotonic()
         out = slow.vumi.execute(ENV, "./manage.py showsettings")
         port = _free_port()
         run = slow.vumi.start_webapp(ENV, port, ports=[port])
         assert serving(port)[1] == run["pid"]
         slow.vumi.stop_webapp(ENV, port, ports=[port])
-        quick = time.monotonic() - started
+        # all three done while the deploy still held its lock: none of them waited for it
+        # (not timed: on a loaded machine they take longer, and the lock is what matters)
         held_throughout = lock_holder(root) == a.pid and not lock_free(root)
 
         rb = finish(b)
     finally:
         ra = finish(a)
     assert out["retcode"] == 0
-    assert held_throughout and quick < 6, quick  # execute, a start and a stop: not waiting for the lock
+    assert held_throughout  # execute, a start and a stop: not waiting for the lock
 
     assert ra.returncode == 0, ra.text
     assert rb.returncode != 0
