@@ -67,6 +67,7 @@ GC = ["-c", "gc.auto=256", "-c", "gc.autoDetach=false", "-c", "gc.pruneExpire=ne
 
 
 def _update_cache(d):
+    """Fetch into the cache; return the commit to deploy, its objects checked (None: not there yet)."""
     cfg, repo = d.cfg, d.paths.repo
     git(d.salt, ["remote", "set-url", "origin", cfg["repo_url"]], "git remote set-url", cwd=repo, runas=d.runas)
     _private_config(d)
@@ -81,15 +82,17 @@ def _update_cache(d):
     if wanted is not None:
         git(d.salt, ["rev-list", "--objects", "--no-walk", "--quiet", wanted], "git rev-list --objects (damaged cache?)",
             cwd=repo, runas=d.runas)  # fmt: skip
+    return wanted
 
 
 def fetch(d):
     cfg, repo = d.cfg, d.paths.repo
+    known = None  # the commit, when the cache update already resolved it
     if not os.path.isdir(os.path.join(repo, ".git")):
         _clone_cache(d)
     else:
         try:
-            _update_cache(d)
+            known = _update_cache(d)
         except CommandExecutionError as exc:
             # unusable cache, or the repository is unreachable: a fresh clone tells which
             broken = f"{repo}.broken-{os.getpid()}"
@@ -102,7 +105,7 @@ def fetch(d):
             log.warning("the cached clone %s was unusable (%s); cloned it again", repo, exc)
             shutil.rmtree(broken, ignore_errors=True)
     if d.revision is not None:
-        d.sha = _resolve_pin(d)
+        d.sha = known if known is not None else _resolve_pin(d)
         if d.sha is None and cfg["git_depth"]:
             # a pin older than the shallow history: fetch that commit, else the whole history
             try:
@@ -118,7 +121,7 @@ def fetch(d):
             )
         git(d.salt, ["checkout", "--quiet", "--force", "--detach", d.sha], "git checkout", cwd=repo, runas=d.runas)
     else:
-        d.sha = _ref(d, f"refs/remotes/origin/{cfg['branch']}")
+        d.sha = known if known is not None else _ref(d, f"refs/remotes/origin/{cfg['branch']}")
         if d.sha is None:
             raise CommandExecutionError(
                 f"branch {cfg['branch']!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}"
