@@ -55,12 +55,13 @@ def event_listener():
         yield listener
 
 
-@pytest.fixture(scope="session", autouse=True)
-def never_var_praekelt():
-    """The default base_dir must stay untouched: every test sets its own."""
-    existed = os.path.exists("/var/praekelt")
+@pytest.fixture(scope="module", autouse=True)
+def default_base_dir_untouched():
+    """The bundle's default base_dir stays as it was: every test sets its own."""
+    before = helpers.default_base_dir_state()
     yield
-    assert existed or not os.path.exists("/var/praekelt"), "a test wrote to /var/praekelt"
+    written = helpers.default_base_dir_written(before)
+    assert not written, f"a test of this module wrote to {helpers.DEFAULT_BASE_DIR}: {written[:10]}"
 
 
 @pytest.fixture(scope="session")

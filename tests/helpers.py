@@ -20,6 +20,38 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 #: the session's pip and uv cache (setting ``cache_dir``), set by tests/conftest.py
 SHARED_CACHE = None
 
+#: the bundle's default base_dir (its pillar and settings name it): no test may use it
+DEFAULT_BASE_DIR = pathlib.Path("/var/praekelt")
+
+
+def default_base_dir_state(depth=4):
+    """
+    What is at :data:`DEFAULT_BASE_DIR`, down to ``depth`` levels: each path with its
+    type and change time (``{}`` when it is absent). Compared before and after, this
+    tells what a test wrote there even on a machine where a real deploy already has
+    it (a directory's change time moves when an entry is made in it).
+    """
+    found = {}
+    top = str(DEFAULT_BASE_DIR)
+    for root, dirs, files in os.walk(top) if os.path.isdir(top) else ():
+        level = root[len(top):].count(os.sep)
+        for name in [None, *files, *(dirs if level == depth else ())]:
+            path = root if name is None else os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                found[path] = (st.st_mode, st.st_ctime_ns)
+        if level >= depth:
+            dirs[:] = []
+    if not found and os.path.lexists(top):
+        found[top] = (os.lstat(top).st_mode, os.lstat(top).st_ctime_ns)
+    return found
+
+
+def default_base_dir_written(before):
+    """The paths at :data:`DEFAULT_BASE_DIR` made, changed or removed since ``before``."""
+    after = default_base_dir_state()
+    return sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
 
 def http_get(port, path="/", timeout=5):
     """GET from the webapp on 127.0.0.1: (status, body as JSON when it is JSON, else text)."""

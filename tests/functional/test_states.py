@@ -18,20 +18,11 @@ import make_repo as sample  # on sys.path thanks to tests/conftest.py
 from helpers import current_target, env_root, http_get, loaders_for, pillar_tree, release_dirs
 
 ENV = "staging"
-VAR_PRAEKELT = "/var/praekelt"  # the bundle's default base_dir: never touched by a test
 
 
 # --------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _var_praekelt_untouched():
-    existed = os.path.lexists(VAR_PRAEKELT)
-    yield
-    if not existed:
-        assert not os.path.lexists(VAR_PRAEKELT), f"a test created {VAR_PRAEKELT}"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import contextlib
 
 import pytest
 import salt._logging.impl
-from fleet_support import DEFAULT_BASE_DIR, ENVS, kill_leftover_webapps, make_hosts, started_master
+from fleet_support import ENVS, kill_leftover_webapps, make_hosts, started_master
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,15 +24,6 @@ def _no_deferred_salt_log_handler():
     dozen. Hand what it holds to pytest's handlers and remove it.
     """
     salt._logging.impl.shutdown_temp_handler()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _default_base_dir_untouched():
-    """The bundle's default base_dir must never be used by the tests."""
-    existed = DEFAULT_BASE_DIR.exists()
-    yield
-    if not existed:
-        assert not DEFAULT_BASE_DIR.exists(), f"the tests created {DEFAULT_BASE_DIR}"
 
 
 @pytest.fixture(scope="module")

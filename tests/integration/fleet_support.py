@@ -17,7 +17,6 @@ from saltfactories.utils import random_string
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
-DEFAULT_BASE_DIR = pathlib.Path("/var/praekelt")
 ENVS = ("staging", "production")
 
 

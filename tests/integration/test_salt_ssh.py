@@ -19,7 +19,6 @@ The tests are steps of one story and run in file order.
 """
 
 import json
-import pathlib
 import time
 
 import pytest
@@ -27,7 +26,7 @@ import salt.config
 import salt.output
 import ssh_support
 from fleet_support import REPO, free_ports, kill_leftover_webapps, make_host
-from helpers import http_get
+from helpers import default_base_dir_state, default_base_dir_written, http_get
 from saltfactories.utils import random_string
 
 pytestmark = pytest.mark.slow
@@ -135,6 +134,7 @@ def serving(port, env):
 
 
 def test_state_apply_staging_over_ssh(synced, host):
+    before = default_base_dir_state()
     started = time.monotonic()
     data = apply(synced, "staging")
     print(f"(state.apply staging over salt-ssh: {time.monotonic() - started:.1f}s)")
@@ -148,7 +148,7 @@ def test_state_apply_staging_over_ssh(synced, host):
         assert (body["release"], body["greeting"]) == (release, GREETING), body
     settings_file = host.env_root("staging") / "current" / "vumi" / "environments" / "staging.py"
     assert oct(settings_file.stat().st_mode & 0o777) == "0o640"
-    assert not pathlib.Path("/var/praekelt").exists()
+    assert not default_base_dir_written(before), "the host's pillar did not reach the deploy"
 
     # the settings functions see the same pillar through the wrapper: nothing to do again
     code, data, proc = salt_ssh(synced, "vumi.current staging")
