@@ -322,7 +322,8 @@ def main():
 
         # 8. fifty code-only deploys: the first five against the last five (time in the module)
         # beside each, the raw git work on its own clone of the same upstream: what git itself
-        # costs more as the upstream and a clone's objects grow, for any tool
+        # costs more as the upstream and a clone's objects grow, for any tool; then the same on
+        # a mirror that never changes: the machine's own drift over the run
         still = work / "still"  # the control: the same git work, on a history that never grows
         still.mkdir()
         subprocess.run(["git", "clone", "--quiet", "--mirror", str(bench.upstream), str(still / "upstream")], check=True)

@@ -24,7 +24,7 @@ SHARED_CACHE = None
 DEFAULT_BASE_DIR = pathlib.Path("/var/praekelt")
 
 
-def default_base_dir_state(depth=4):
+def default_base_dir_state(depth=5):
     """
     What is at :data:`DEFAULT_BASE_DIR`, down to ``depth`` levels: each path with its
     type and change time (``{}`` when it is absent). Compared before and after, this
@@ -33,17 +33,18 @@ def default_base_dir_state(depth=4):
     """
     found = {}
     top = str(DEFAULT_BASE_DIR)
-    for root, dirs, files in os.walk(top) if os.path.isdir(top) else ():
-        level = root[len(top):].count(os.sep)
-        for name in [None, *files, *(dirs if level == depth else ())]:
-            path = root if name is None else os.path.join(root, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                found[path] = (st.st_mode, st.st_ctime_ns)
-        if level >= depth:
+
+    def record(path):
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            found[path] = (st.st_mode, st.st_ctime_ns)
+
+    record(top)
+    for root, dirs, files in os.walk(top):  # walks nothing when it is absent or not a folder
+        for name in dirs + files:
+            record(os.path.join(root, name))
+        if root[len(top):].count(os.sep) + 1 >= depth:
             dirs[:] = []
-    if not found and os.path.lexists(top):
-        found[top] = (os.lstat(top).st_mode, os.lstat(top).st_ctime_ns)
     return found
 
 
