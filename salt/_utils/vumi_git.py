@@ -194,13 +194,14 @@ def remote_revision(salt, cfg, paths, pin):
     in the cached clone; None when the pin is not known here yet.
     """
     pin = vumi_settings.revision(pin)
+    runas = vumi_files.runas_user(cfg)  # the user's credentials reach the remote, as the deploy's fetch does
     if pin is not None:
         if vumi_settings.SHA_RE.match(pin):
             return pin
         refs = [f"refs/tags/{pin}^{{}}", f"refs/tags/{pin}", f"refs/heads/{pin}"]
     else:
         refs = [f"refs/heads/{cfg['branch']}"]
-    out = git(salt, ["ls-remote", "--", cfg["repo_url"], *refs], f"git ls-remote {cfg['repo_url']}")
+    out = git(salt, ["ls-remote", "--", cfg["repo_url"], *refs], f"git ls-remote {cfg['repo_url']}", runas=runas)
     found = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
     for ref in refs:
         if ref in found:
@@ -208,7 +209,7 @@ def remote_revision(salt, cfg, paths, pin):
     if pin is not None and os.path.isdir(paths.repo):
         with contextlib.suppress(CommandExecutionError):
             return git(salt, ["rev-parse", "--verify", "--quiet", f"{pin}^{{commit}}"], "rev-parse", cwd=paths.repo,
-                       runas=vumi_files.runas_user(cfg))  # fmt: skip
+                       runas=runas)  # fmt: skip
         return None  # unknown here yet; a deploy fetches and then decides
     if pin is not None:
         return None

@@ -286,6 +286,14 @@ def root_writes_in(trace, tree):
 
 
 @pytest.mark.skipif(STRACE is None, reason="strace is not installed (.ci/run installs Debian's)")
+def test_the_remote_is_asked_as_the_user_whose_credentials_reach_it(site, user):
+    # what vumi.deployed asks before it acts: git run by root refuses the user's repository
+    # ("dubious ownership"), and would reach a real remote with root's keys, not the user's
+    head = as_user(user, "git", "-C", str(site.repo), "rev-parse", ENV)
+    assert head.returncode == 0, head.stderr
+    assert site.vumi.remote_revision(ENV) == head.stdout.strip()
+
+
 def test_root_changes_nothing_inside_the_users_tree(site, user, top):
     conf = salt_call_config(top / "call", dict(site.settings, health_check=True))
     counts = {}
