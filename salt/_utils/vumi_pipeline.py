@@ -36,7 +36,7 @@ class Deploy:
         self.opts = opts
         self.cfg = cfg
         self.paths = paths
-        self.runas = vumi_files.runas_user(cfg)
+        vumi_files.runas_user(cfg)  # checked now: a user that does not exist fails before anything is made
         revision = vumi_settings.revision(revision)  # an argument, not a setting: validated like the pin
         self.revision = revision if revision is not None else cfg["revision"]
         self.release = release
@@ -57,6 +57,11 @@ class Deploy:
         self.previous = None
         self.health = None
         self.timings = {}
+
+    @property
+    def runas(self):
+        """Who commands run as: the deploy user from root; None once this process is that user (as_user's child)."""
+        return vumi_files.runas_user(self.cfg)
 
 
 PREPARE = [

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import json
 import logging
+import logging.handlers
 import os
 import pwd
 import stat
@@ -83,6 +84,18 @@ def _warm(salt):
             salt[name]  # pylint: disable=pointless-statement  (the loader loads it now)
 
 
+def _keep_logs_open():
+    """
+    Salt's log file (root's) stays written through the descriptor the child inherited: a
+    WatchedFileHandler would stat its path, out of the user's reach, and fail to reopen it.
+    """
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.handlers.WatchedFileHandler):
+                handler.reopenIfNeeded = lambda: None
+
+
 def as_user(cfg, salt, opts, fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` as the deploy user (here, when nothing is to be dropped)."""
     user = dropping(cfg)
@@ -99,6 +112,7 @@ def as_user(cfg, salt, opts, fn, *args, **kwargs):
             out = os.fdopen(write_fd, "w", encoding="utf-8")
             vumi_history.RELAY = (lambda message: (out.write(json.dumps(message) + "\n"), out.flush())) if events else (lambda message: None)
             try:
+                _keep_logs_open()
                 _drop(user)
                 message = {"result": fn(*args, **kwargs)}
             except BaseException as exc:  # pylint: disable=broad-except

@@ -22,6 +22,7 @@ import tempfile
 
 import make_repo as sample
 import pytest
+import yaml
 from failure_support import SALT_CALL, ModuleLoaders, base_settings, clone_origin, salt_call_config
 from helpers import env_root
 from salt.exceptions import CommandExecutionError
@@ -292,6 +293,25 @@ def test_the_remote_is_asked_as_the_user_whose_credentials_reach_it(site, user):
     head = as_user(user, "git", "-C", str(site.repo), "rev-parse", ENV)
     assert head.returncode == 0, head.stderr
     assert site.vumi.remote_revision(ENV) == head.stdout.strip()
+
+
+def test_a_deploy_as_the_user_logs_to_salts_root_only_log(site, user, top):
+    # salt-call's log file lies where only root may look (as Salt makes its root_dir): the
+    # user's process writes on through what it inherited, and runs its commands as itself
+    conf = salt_call_config(top / "rootlog", site.settings)
+    minion = yaml.safe_load((conf / "minion").read_text())
+    logs = pathlib.Path(minion["root_dir"]) / "root-only"  # Salt puts an absolute log_file under root_dir
+    logs.mkdir(mode=0o700)
+    minion.update(log_file="/root-only/minion.log", log_level_logfile="debug")
+    (conf / "minion").write_text(yaml.safe_dump(minion))
+    commit(site, user, "NEWS", "logged\n", "a commit to deploy, logged")
+    proc = subprocess.run([str(SALT_CALL), "--local", "-c", str(conf), "--out=json", "vumi.deploy", ENV],
+                          capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert json.loads(proc.stdout)["local"]["revision"] == site.vumi.current(ENV)["revision"]
+    text = (logs / "minion.log").read_text()
+    assert "Environment could not be retrieved" not in text, text[-2000:]
+    assert os.stat(logs / "minion.log").st_uid == 0
 
 
 def test_root_changes_nothing_inside_the_users_tree(site, user, top):
