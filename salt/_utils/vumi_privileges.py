@@ -14,13 +14,17 @@ event bus is root's.
 """
 
 import contextlib
+import ctypes
 import importlib
 import json
 import logging
 import logging.handlers
 import os
 import pwd
+import select
+import signal
 import stat
+import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -96,8 +100,73 @@ def _keep_logs_open():
                 handler.reopenIfNeeded = lambda: None
 
 
-def as_user(cfg, salt, opts, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` as the deploy user (here, when nothing is to be dropped)."""
+def _detach(keep):
+    """
+    In the child, before it runs anything of the user's: a session of its own, with no
+    controlling terminal (sudo's use_pty, bubblewrap's --new-session: the user's code
+    must not push keystrokes into the operator's terminal with TIOCSTI), and no
+    descriptor of a terminal left open (standard streams are /dev/null).
+    """
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                if os.isatty(fd):
+                    os.close(fd)
+    # orphans of what the user's code starts (a hook's "worker &", a double fork) become
+    # this process's children, so that none outlives the job (_reap)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def children(pid):
+    """The pids whose parent is ``pid`` (from /proc: the kernel's word)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def reap(rounds=50):
+    """Kill and wait for every process this one started that is still running, and theirs."""
+    for _ in range(rounds):
+        left = children(os.getpid())
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in left:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, 0)
+
+
+#: how long root waits for a child that only reads (``vumi.current``, ``releases``, ``check``):
+#: what it reads is bounded, so this is a backstop, not a schedule
+READ_TIMEOUT = 60
+
+
+def as_user(cfg, salt, opts, fn, *args, timeout=None, **kwargs):
+    """
+    ``fn(*args, **kwargs)`` as the deploy user (here, when nothing is to be dropped).
+    ``timeout``: seconds root waits for the answer before it kills the child's session.
+    """
     user = dropping(cfg)
     if user is None:
         return fn(*args, **kwargs)
@@ -109,6 +178,7 @@ def as_user(cfg, salt, opts, fn, *args, **kwargs):
         code = 0
         try:
             os.close(read_fd)
+            _detach(write_fd)
             out = os.fdopen(write_fd, "w", encoding="utf-8")
             vumi_history.RELAY = (lambda message: (out.write(json.dumps(message) + "\n"), out.flush())) if events else (lambda message: None)
             try:
@@ -117,6 +187,8 @@ def as_user(cfg, salt, opts, fn, *args, **kwargs):
                 message = {"result": fn(*args, **kwargs)}
             except BaseException as exc:  # pylint: disable=broad-except
                 message = _error(exc)
+            finally:
+                reap()
             try:
                 text = json.dumps(message)
             except (TypeError, ValueError) as exc:
@@ -128,17 +200,10 @@ def as_user(cfg, salt, opts, fn, *args, **kwargs):
         finally:
             os._exit(code)  # pylint: disable=protected-access
     os.close(write_fd)
-    last = None
-    with os.fdopen(read_fd, encoding="utf-8", errors="replace") as pipe:
-        for line in pipe:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(message, dict) and "event" in message:
-                _relay(salt, message)
-            else:
-                last = message
+    try:
+        last = _answer(salt, read_fd, pid, user, timeout)
+    finally:
+        os.close(read_fd)
     _, status = os.waitpid(pid, 0)
     if not isinstance(last, dict) or not ({"result", "error"} & set(last)):
         raise CommandExecutionError(
@@ -151,6 +216,37 @@ def as_user(cfg, salt, opts, fn, *args, **kwargs):
             raise CommandExecutionError(str(last.get("message")), info=last["info"])
         raise error(str(last.get("message")))
     return last["result"]
+
+
+def _answer(salt, fd, pid, user, timeout):
+    """The child's last message (events relayed on the way); its session killed after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last, pending = None, b""
+    while True:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                with contextlib.suppress(OSError):
+                    target()
+            os.waitpid(pid, 0)
+            raise CommandExecutionError(
+                f"the process of user {user.pw_name} did not answer within {timeout:g}s; it was killed"
+            )
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return last
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if isinstance(message, dict) and "event" in message:
+                _relay(salt, message)
+            else:
+                last = message
 
 
 def _relay(salt, message):

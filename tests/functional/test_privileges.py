@@ -12,101 +12,20 @@ an update, a rollback and a cleanup, and asserts none is inside the user's tree.
 import json
 import os
 import pathlib
-import pwd
-import re
-import secrets
-import shutil
 import stat
 import subprocess
-import tempfile
 
-import make_repo as sample
 import pytest
 import yaml
-from failure_support import SALT_CALL, ModuleLoaders, base_settings, clone_origin, salt_call_config
-from helpers import env_root
+from failure_support import SALT_CALL, salt_call_config
+from privileges_support import (  # noqa: F401  (fixtures)
+    ENV, SKIPS, STRACE, as_user, commit, root_calls_in, site, top, traced, untouched, user, victim_file,
+)
 from salt.exceptions import CommandExecutionError
 
 import failure_support
 
-ENV = "staging"
-PYTHON = "/usr/bin/python3"  # the user cannot run the project's interpreter under /root or /work
-STRACE = shutil.which("strace")
-
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="only root can deploy as another user"),
-    pytest.mark.skipif(not shutil.which("useradd"), reason="useradd is not installed"),
-    pytest.mark.skipif(
-        subprocess.run([PYTHON, "-c", "import ensurepip, venv"], capture_output=True, check=False).returncode != 0,
-        reason="python3-venv is not installed (.ci/run installs it)",
-    ),
-]
-
-
-@pytest.fixture(scope="module")
-def top():
-    # /tmp/pytest-of-root is root's alone (0700): the user could not reach its tree there
-    path = pathlib.Path(tempfile.mkdtemp(prefix="vumi-priv-", dir="/tmp"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def user(top):
-    name = f"vumipriv-{secrets.token_hex(3)}"
-    home = top / "home"
-    subprocess.run(["useradd", "--system", "--home-dir", str(home), "--create-home", name], check=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, check=False)
-
-
-@pytest.fixture(scope="module")
-def site(minion_opts, origin, top, user, supervisord):
-    """The user's ``staging``, deployed once by root; its upstream is the user's too (a pusher's)."""
-    failure_support.SUPERVISOR.update(supervisord.settings())
-    repo = clone_origin(origin, top / "upstream")
-    subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(repo)], check=True)
-    base_dir = top / "srv"
-    loaders = ModuleLoaders(minion_opts, top)
-    settings = base_settings(base_dir, repo, user=user.pw_name, python=PYTHON)
-    loaders.use(settings)
-    try:
-        first = loaders.vumi.deploy(ENV)
-        yield type("Site", (), dict(loaders=loaders, vumi=loaders.vumi, repo=repo, base_dir=base_dir,
-                                    root=env_root(base_dir, ENV), settings=settings, first=first))  # fmt: skip
-    finally:
-        loaders.close()
-
-
-def as_user(user, *command, **kwargs):
-    """A command run as the user (the attacker), in their own right."""
-    return subprocess.run(
-        list(command), user=user.pw_uid, group=user.pw_gid, extra_groups=[], env={"PATH": "/usr/bin:/bin", "HOME": "/"},
-        capture_output=True, text=True, check=False, **kwargs,
-    )  # fmt: skip
-
-
-def commit(site, user, path, text, message):
-    subprocess.run(["chown", "-R", "0:0", str(site.repo)], check=True)  # git refuses a repository of another's
-    sha = sample.commit_file(site.repo, ENV, path, text, message)
-    subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(site.repo)], check=True)
-    return sha
-
-
-def victim_file(top, name="victim", text="root's own\n"):
-    path = top / "victims" / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(text)
-    os.chmod(path, 0o600)
-    return path
-
-
-def untouched(path, text="root's own\n"):
-    st = os.lstat(path)
-    return stat.S_ISREG(st.st_mode) and st.st_uid == 0 and path.read_text() == text
+pytestmark = SKIPS
 
 
 # --------------------------------------------------------------------------
@@ -175,7 +94,7 @@ def test_4_a_git_hook_of_the_users_own_config_gets_root_to_do_nothing(site, user
     (hooks / "post-checkout").write_text(
         "#!/bin/sh\n"
         f"ln -sfn {victim} {site.root}/history.log 2>/dev/null\n"
-        f"ln -sfn {folder} {site.root}/failed 2>/dev/null\n"
+        f"rm -rf {site.root}/failed; ln -sfn {folder} {site.root}/failed 2>/dev/null\n"
         f"echo hooked >> {victim} 2>/dev/null\n"
         "exit 0\n"
     )
@@ -184,14 +103,21 @@ def test_4_a_git_hook_of_the_users_own_config_gets_root_to_do_nothing(site, user
     subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", user.pw_dir], check=True)
     commit(site, user, "NEWS", "hooked\n", "a new commit")
     try:
-        with pytest.raises(CommandExecutionError):
+        # the user's own process meets the failed/ link (a folder it cannot look into) and stops
+        with pytest.raises(CommandExecutionError, match=r"stage 'cut_release': .*Permission denied: .*/failed"):
             site.vumi.deploy(ENV, settings={"SECRET_KEY": "k"})
         assert untouched(victim)
         assert (folder / "keep").read_text() == "root's own\n" and os.stat(folder).st_uid == 0
+        # the history's link was set aside and a new history begun, where the failure is told
+        history = os.lstat(site.root / "history.log")
+        assert stat.S_ISREG(history.st_mode) and history.st_uid == user.pw_uid
+        assert "cut_release" in (site.root / "history.log").read_text()
+        # the planted failed/ link: refused by the next deploy before it acts
+        with pytest.raises(CommandExecutionError, match="failed is a symlink; refusing"):
+            site.vumi.deploy(ENV)
     finally:
         (pathlib.Path(user.pw_dir) / ".gitconfig").unlink()
-        for name in ("history.log", "failed"):
-            link = site.root / name
+        for link in [site.root / "failed", *site.root.glob("history.log.not-a-log-*")]:
             if link.is_symlink():
                 link.unlink()
 
@@ -245,48 +171,6 @@ def test_7_secrets_stay_out_of_what_others_can_read(site, user):
 # Root's own writes, listed by strace
 # --------------------------------------------------------------------------
 
-WRITES = re.compile(
-    r"^(?P<pid>\d+)\s+(?P<call>openat|open|creat|chown|fchown|lchown|fchownat|unlink|unlinkat|rename|renameat2?|"
-    r"symlink|symlinkat|link|linkat|mkdir|mkdirat|rmdir|chmod|fchmod|fchmodat|truncate)\((?P<args>.*)\)\s+=\s+(?P<ret>-?\d+)"
-)
-# a clone may be cut in two lines by another process's: "clone3(... <unfinished ...>", "<... clone3 resumed>) = N"
-CLONE = re.compile(r"^(?P<pid>\d+)\s+(?:(?:clone3?|fork|vfork)\(|<\.\.\. (?:clone3?|fork|vfork) resumed>).*=\s+(?P<child>\d+)")
-SETUID = re.compile(r"^(?P<pid>\d+)\s+set(?:res|re)?uid\((?P<uid>\d+)")
-
-
-def root_writes_in(trace, tree):
-    """Calls of root's processes (not those that dropped to the user, nor their children) that changed ``tree``."""
-    lines = trace.splitlines()
-    parent, dropped_at = {}, set()
-    for line in lines:  # first the family tree: a child's lines may come before its parent's clone returns
-        clone = CLONE.match(line)
-        if clone:
-            parent[clone.group("child")] = clone.group("pid")
-        setuid = SETUID.match(line)
-        if setuid and setuid.group("uid") != "0":
-            dropped_at.add(setuid.group("pid"))
-
-    def dropped(pid):
-        while pid is not None:
-            if pid in dropped_at:
-                return True
-            pid = parent.get(pid)
-        return False
-
-    found = []
-    for line in lines:
-        match = WRITES.match(line)
-        if not match or dropped(match.group("pid")) or match.group("ret").startswith("-"):
-            continue
-        args = match.group("args")
-        if match.group("call") in ("openat", "open") and not re.search(r"O_WRONLY|O_RDWR|O_CREAT|O_TRUNC", args):
-            continue
-        if str(tree) in args:
-            found.append(line)
-    return found
-
-
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed (.ci/run installs Debian's)")
 def test_the_remote_is_asked_as_the_user_whose_credentials_reach_it(site, user):
     # what vumi.deployed asks before it acts: git run by root refuses the user's repository
     # ("dubious ownership"), and would reach a real remote with root's keys, not the user's
@@ -314,6 +198,7 @@ def test_a_deploy_as_the_user_logs_to_salts_root_only_log(site, user, top):
     assert os.stat(logs / "minion.log").st_uid == 0
 
 
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed (.ci/run installs Debian's)")
 def test_root_changes_nothing_inside_the_users_tree(site, user, top):
     conf = salt_call_config(top / "call", dict(site.settings, health_check=True))
     counts = {}
@@ -325,16 +210,9 @@ def test_root_changes_nothing_inside_the_users_tree(site, user, top):
         ("cleanup", ["vumi.cleanup", ENV, "limit=1"]),
     ):
         log = top / f"strace-{name}.log"
-        proc = subprocess.run(
-            [STRACE, "-f", "-y", "-s", "300", "-o", str(log), "-e",
-             "trace=openat,open,creat,chown,fchown,lchown,fchownat,unlink,unlinkat,rename,renameat,renameat2,"
-             "symlink,symlinkat,link,linkat,mkdir,mkdirat,rmdir,chmod,fchmod,fchmodat,truncate,"
-             "clone,clone3,fork,vfork,setuid,setreuid,setresuid",
-             str(SALT_CALL), "--local", "-c", str(conf), "--out=json", *args],
-            capture_output=True, text=True, check=False, timeout=300,
-        )  # fmt: skip
+        proc = traced(conf, log, *args)
         assert proc.returncode == 0, (name, proc.stdout[-2000:], proc.stderr[-2000:])
-        counts[name] = root_writes_in(log.read_text(), site.root)
+        counts[name] = root_calls_in(log.read_text(), site.root)["writes"]
     print("\n[privileges] root's writes inside the user's tree: "
           + ", ".join(f"{k} {len(v)}" for k, v in counts.items()))  # fmt: skip
     assert counts == {k: [] for k in counts}, {k: v[:5] for k, v in counts.items()}
