@@ -195,6 +195,21 @@ def _as_user(cfg, found, fn, *args, make_root=False):
     return vumi_privileges.as_user(cfg, __salt__, __opts__, fn, *args)
 
 
+def _read_as_user(cfg, fn, *args, timeout=None):
+    """
+    ``fn(*args)`` as the deploy user, for what only reads the user's tree (manifests,
+    the history, locks, the requirements) or asks the remote with the user's
+    credentials: root opens nothing the user can write, runs nothing of the user's
+    with its terminal, and waits at most ``timeout`` seconds (default: READ_TIMEOUT).
+    """
+    timeout = vumi_privileges.READ_TIMEOUT if timeout is None else timeout
+    return vumi_privileges.as_user(cfg, __salt__, None, fn, *args, timeout=timeout)
+
+
+#: ``git ls-remote`` may wait on a slow remote: longer than a local read, still bounded
+REMOTE_TIMEOUT = 180
+
+
 def _run_deploy(fn, d):
     res = _as_user(d.cfg, d.paths, fn, d, make_root=True)
     if res.get("action") != "prepare":
@@ -207,15 +222,17 @@ def _deployed(cfg, release, revision):
     Root's own record (in Salt's cache, never the user's tree) of what is current
     here, for the ``vumi`` grain: ``salt -G 'vumi:staging:revision:3f2a*'``.
     """
+    if not (isinstance(release, str) and vumi_settings.RELEASE_RE.match(release)):
+        log.warning("not recorded for the vumi grain: %r is not a release name", release)
+        return
+    if revision is not None and not (isinstance(revision, str) and vumi_settings.SHA_RE.match(revision)):
+        revision = None  # what the child read of the user's tree: a commit id, or nothing
     folder = os.path.join(__opts__.get("cachedir") or "", "vumi")
     path = os.path.join(folder, "deployed.json")
     try:
         os.makedirs(folder, mode=0o755, exist_ok=True)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                found = json.load(fh)
-        except (OSError, ValueError):
-            found = {}
+        found = vumi_files.read_json(path, 1 << 20) or {}  # root's own file, read to a bound all the same
+        found = found if isinstance(found, dict) else {}
         found[cfg["environment"]] = {"release": release, "revision": revision}
         vumi_files.write_atomic(path, json.dumps(found, sort_keys=True))
     except OSError as exc:  # the grain is a convenience; the deploy itself is done
@@ -249,7 +266,8 @@ def releases(environment, **kwargs):
 
         salt '*' vumi.releases staging
     """
-    return vumi_releases.list_releases(_context(environment, kwargs)[1])
+    cfg, found = _context(environment, kwargs)
+    return _read_as_user(cfg, vumi_releases.list_releases, found)
 
 
 def current(environment, **kwargs):
@@ -264,7 +282,8 @@ def current(environment, **kwargs):
 
         salt '*' vumi.current staging
     """
-    return vumi_releases.describe_current(*_context(environment, kwargs))
+    cfg, found = _context(environment, kwargs)
+    return _read_as_user(cfg, vumi_releases.describe_current, cfg, found)
 
 
 def remote_revision(environment, revision=None, **kwargs):
@@ -280,7 +299,8 @@ def remote_revision(environment, revision=None, **kwargs):
         salt '*' vumi.remote_revision staging
     """
     cfg, found = _context(environment, kwargs)
-    return vumi_git.remote_revision(__salt__, cfg, found, revision if revision is not None else cfg["revision"])
+    pin = revision if revision is not None else cfg["revision"]
+    return _read_as_user(cfg, vumi_git.remote_revision, __salt__, cfg, found, pin, timeout=REMOTE_TIMEOUT)
 
 
 # --------------------------------------------------------------------------
@@ -390,7 +410,8 @@ def held(environment, **kwargs):
 
         salt 'web*' vumi.held staging
     """
-    return vumi_freeze.held(_context(environment, kwargs)[1])
+    cfg, found = _context(environment, kwargs)
+    return _read_as_user(cfg, vumi_freeze.held, found)
 
 
 def unhold(environment, release=None, **kwargs):
@@ -517,7 +538,7 @@ def create_virtualenv(environment, release=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def execute(environment, command, release=None, **kwargs):
+def execute(environment, command, release=None, timeout=None, **kwargs):
     """
     Run a shell command in a release's code folder (where ``manage.py`` is)
     with its virtualenv active, like ``fab execute:<branch>,"<command>"``,
@@ -530,18 +551,29 @@ def execute(environment, command, release=None, **kwargs):
         A shell line, e.g. ``./manage.py syncdb``.
     release
         Default: the current release.
+    timeout
+        Seconds the command may run; then it is killed with every process it
+        started, and the job fails. Default: no limit (the operator's own call).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt '*' vumi.execute production "./manage.py syncdb"
+        salt '*' vumi.execute production "./manage.py clearsessions" timeout=600
     """
     cfg, found = _context(environment, kwargs)
     if not isinstance(command, str) or not command.strip() or "\0" in command:
         raise SaltInvocationError(f"invalid command {command!r}")
-    res = _as_user(cfg, found, _execute, cfg, found, command, release)
+    if timeout is not None:
+        timeout = vumi_settings.seconds(timeout, "timeout")
+    res = _as_user(cfg, found, _execute, cfg, found, command, release, timeout)
     name = res.pop("release")
+    if res["timed_out"]:
+        raise CommandExecutionError(
+            f"{command!r} did not finish within {timeout:g}s; it was killed with every process it started "
+            f"(last output: {vumi_files.output_tail(res)})"
+        )
     if res["retcode"] != 0:
         __context__["retcode"] = res["retcode"]
     return {
@@ -554,16 +586,17 @@ def execute(environment, command, release=None, **kwargs):
     }
 
 
-def _execute(cfg, found, command, release):
+def _execute(cfg, found, command, release, timeout=None):
     name = vumi_releases.resolve_release(found, release)
     # the operator's own shell line; at most OUTPUT_LIMIT bytes of each stream are kept
     res = vumi_commands.run_shell(
-        command, found.code(name), vumi_files.runas_user(cfg), vumi_environment.for_release(cfg, found, name)
+        command, found.code(name), vumi_files.runas_user(cfg), vumi_environment.for_release(cfg, found, name),
+        timeout=timeout,
     )
     return dict(res, release=name)
 
 
-def managepy(environment, command, release=None, **kwargs):
+def managepy(environment, command, release=None, timeout=None, **kwargs):
     """
     Run ``manage.py <command> --settings=<settings_module>`` in a release's
     code folder with its virtualenv, as the Fabric-era fabfile did. A
@@ -573,6 +606,8 @@ def managepy(environment, command, release=None, **kwargs):
         The management command and its arguments, e.g. ``syncdb --noinput``.
     release
         Default: the current release.
+    timeout
+        Seconds it may run (see ``vumi.execute``).
 
     CLI Example:
 
@@ -592,7 +627,7 @@ def managepy(environment, command, release=None, **kwargs):
     # only when the release has that module (else the project's own default stands)
     module = vumi_environment.release_settings_module(cfg, found, vumi_releases.resolve_release(found, release))
     line = shlex.join(["python", "manage.py", *words, *([f"--settings={module}"] if module else [])])
-    return execute(environment, line, release=release, **kwargs)
+    return execute(environment, line, release=release, timeout=timeout, **kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -728,21 +763,31 @@ def summary(**kwargs):
     rows = []
     for env in environments(**kwargs):
         cfg, found = _context(env, kwargs)
-        now = vumi_releases.current_release_safe(found)
-        manifest = vumi_releases.read_manifest(found, now) or {} if now else {}
         try:
-            tip = vumi_git.remote_revision(__salt__, cfg, found, cfg["revision"])
-            behind = None if tip is None else tip != manifest.get("revision")
-        except (SaltInvocationError, CommandExecutionError):
-            behind = None  # the repository does not answer: unknown
+            now, revision, tip = _read_as_user(cfg, _summary_row, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
+        except (SaltInvocationError, CommandExecutionError) as exc:
+            log.warning("vumi.summary: %s: %s", env, exc)
+            now, revision, tip = vumi_releases.current_release_safe(found), None, None
+        behind = None if tip is None or revision is None else tip != revision
         ports = vumi_webapp.status(cfg, found)
         running = sorted(p for p, s in ports.items() if s["running"])
         rows.append({
-            "environment": env, "release": now, "revision": manifest.get("revision"), "behind": behind,
+            "environment": env, "release": now, "revision": revision, "behind": behind,
             "ports": cfg["ports"], "running": running,
             "answering": sorted(p for p, s in ports.items() if s["answers"]),
         })  # fmt: skip
     return rows
+
+
+def _summary_row(salt, cfg, found):
+    """As the deploy user: the current release, its revision, and the branch's (or pin's) tip (None: unknown)."""
+    now = vumi_releases.current_release_safe(found)
+    revision = (vumi_releases.read_manifest(found, now) or {}).get("revision") if now else None
+    try:
+        tip = vumi_git.remote_revision(salt, cfg, found, cfg["revision"])
+    except (SaltInvocationError, CommandExecutionError):
+        tip = None  # the repository does not answer: unknown
+    return now, revision, tip
 
 
 def check(environment, **kwargs):
@@ -759,7 +804,12 @@ def check(environment, **kwargs):
 
         salt 'web*' vumi.check staging
     """
-    return vumi_check.check(__salt__, *_context(environment, kwargs))
+    cfg, found = _context(environment, kwargs)
+    vumi_files.runas_user(cfg)  # a user that does not exist (or Salt cannot act as) is a clear error
+    tree = vumi_check.tree(cfg, found)  # root's view: whether root can make the folder
+    rest = _read_as_user(cfg, vumi_check.check, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
+    checks = dict(rest["checks"], tree=tree)
+    return {"ok": all(item["ok"] for item in checks.values()), "checks": checks}
 
 
 # --------------------------------------------------------------------------
@@ -811,7 +861,8 @@ def locked(environment, **kwargs):
 
         salt 'web*' vumi.locked production
     """
-    return vumi_freeze.locked(_context(environment, kwargs)[1])
+    cfg, found = _context(environment, kwargs)
+    return _read_as_user(cfg, vumi_freeze.locked, found)
 
 
 # --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def _item(ok, detail):
     return {"ok": bool(ok), "detail": detail}
 
 
-def _tree(cfg, paths):
+def tree(cfg, paths):
     """The environment's folder is the user's, or its nearest existing parent lets it be made."""
     user = pwd.getpwnam(cfg["user"])
     if os.path.lexists(paths.root):
@@ -56,19 +56,26 @@ def _locks(cfg, paths):
     fleet = vumi_freeze.held(paths) if os.path.isdir(paths.root) else None
     if fleet:
         return _item(False, f"held by the fleet deploy of release {fleet.get('release')} until {fleet.get('until')}")
-    if os.path.isfile(paths.lock) and not os.path.islink(paths.lock):
-        with open(os.open(paths.lock, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return _item(False, f"a deploy is running: {fh.read(300).decode('utf-8', 'replace')}")
+    try:
+        fd = vumi_files.open_regular(paths.lock)
+    except (OSError, vumi_files.NotRegular) as exc:
+        return _item(False, f"the deploy lock cannot be checked: {exc}")
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _item(False, f"a deploy is running: {os.pread(fd, 300, 0).decode('utf-8', 'replace')}")
+        finally:
+            os.close(fd)
     return _item(True, "no deploy running, not locked")
 
 
 def check(salt, cfg, paths):
-    """Every finding, and whether a deploy would get past them."""
-    vumi_files.runas_user(cfg)  # a user that does not exist (or Salt cannot act as) is a clear error
-    found = {"tree": _tree(cfg, paths), "shared": _shared(cfg, paths), "lock": _locks(cfg, paths)}
+    """
+    Every finding but the tree's, and whether a deploy would get past them: run as
+    the deploy user (vumi.check adds ``tree``, root's view of the folder root makes).
+    """
+    found = {"shared": _shared(cfg, paths), "lock": _locks(cfg, paths)}
     try:
         sha = vumi_git.remote_revision(salt, cfg, paths, cfg["revision"])
         what = f"pin {cfg['revision']}" if cfg["revision"] else f"branch {cfg['branch']}"

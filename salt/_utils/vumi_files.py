@@ -2,12 +2,17 @@
 Small file-system helpers: the deploy user, folders, atomic writes and links, ownership.
 """
 
+import contextlib
 import datetime
+import errno
+import hashlib
+import json
 import logging
 import os
 import re
 import pwd
 import shutil
+import stat
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -61,12 +66,21 @@ def output_tail(res):
 
 def write_atomic(path, text, runas=None, mode=0o644):
     tmp = f"{path}.tmp-{os.getpid()}"
-    # O_NOFOLLOW: a link planted at the temporary name must not send root's write elsewhere
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode), "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    chown(tmp, runas)
-    os.replace(tmp, path)
+    try:
+        # O_NOFOLLOW: a link planted at the temporary name must not send root's write elsewhere
+        # O_NONBLOCK: a FIFO planted there fails the open instead of blocking it
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        with open(fd, "w", encoding="utf-8") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CommandExecutionError(f"{tmp} is not a regular file; refusing to write through it")
+            fh.write(text)
+        os.chmod(tmp, mode)
+        chown(tmp, runas)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk: no empty temporary file left behind
+        raise
 
 
 def symlink_atomic(target, link):
@@ -125,18 +139,179 @@ def remove_tree(path):
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*$", re.MULTILINE)
 
 
-def file_tail(path, lines=20):
+def file_tail(path, lines=20, limit=256 << 10):
     """
-    The last ``lines`` of a log; when the first exception it reports is above them (a
-    server's own traceback after its workers' can fill the end), that line first.
+    The last ``lines`` of a log (of its last ``limit`` bytes); when the first exception
+    it reports is above them (a server's own traceback after its workers' can fill the
+    end), that line first.
     """
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
+        text = read_bounded(path, limit, tail=True)
+    except (OSError, NotRegular):
         return ""
+    if text is None:
+        return ""
+    text = text.decode("utf-8", "replace")
     tail = tail_lines(text, lines)
     first = _EXCEPTION_LINE.search(text)
     if first and first.group(0) not in tail:
         return f"(first error in the log: {first.group(0).strip()})\n{tail}"
     return tail
+
+
+# --------------------------------------------------------------------------
+# Reading a file someone else may control: never through a link, never a special
+# file, never more than a bound (systemd's chase() + fd_verify_regular())
+# --------------------------------------------------------------------------
+
+
+class NotRegular(CommandExecutionError):
+    """A file that is a link, a FIFO, a device or a folder, or larger than its bound: not read."""
+
+
+#: O_NONBLOCK: a FIFO opens at once (and is then refused) instead of waiting for a writer;
+#: O_NOCTTY: a terminal device never becomes the reader's controlling terminal
+SAFE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_regular(path, limit=None, uid=None, follow=False):
+    """
+    A descriptor of ``path`` checked to be a regular file (of ``uid`` when given, at
+    most ``limit`` bytes when given); None when it does not exist. The caller closes it.
+    ``follow``: a link is followed (for the deploy user's own reads, which reach no
+    further than the user may).
+    """
+    try:
+        fd = os.open(path, SAFE_READ & ~os.O_NOFOLLOW if follow else SAFE_READ)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegular(f"{path} is a symlink; not read") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegular(f"{path} is not a regular file; not read")
+        if uid is not None and info.st_uid != uid:
+            raise NotRegular(f"{path} belongs to uid {info.st_uid}, not {uid}; not read")
+        if limit is not None and info.st_size > limit:
+            raise NotRegular(f"{path} has {info.st_size} bytes, more than the {limit} it may have; not read")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(path, limit, tail=False, uid=None, follow=False):
+    """
+    The bytes of regular file ``path`` (None when it does not exist); larger than
+    ``limit``: refused (``NotRegular``), or with ``tail``, its last ``limit`` bytes.
+    """
+    fd = open_regular(path, None if tail else limit, uid, follow)
+    if fd is None:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - limit) if tail else 0
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.pread(fd, min(left, 1 << 16), start)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            start += len(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_json(path, limit=64 << 10, uid=None):
+    """The JSON in a small file (None: absent; {}: a link, a special file, too large or not JSON)."""
+    try:
+        data = read_bounded(path, limit, uid=uid)
+    except (OSError, NotRegular) as exc:
+        log.warning("%s", exc)
+        return {}
+    if data is None:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+
+
+def hash_file(digest, path, limit, follow=False):
+    """Feed regular file ``path`` (no FIFO or device, at most ``limit`` bytes) into ``digest`` by chunks."""
+    fd = open_regular(path, limit, follow=follow)
+    if fd is None:
+        raise FileNotFoundError(errno.ENOENT, "not found", path)
+    try:
+        inner = hashlib.sha256()
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            inner.update(chunk)
+        digest.update(inner.digest())
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------
+# A full disk: a small reserve, given up so that what frees space (or freezes
+# deploys) can still write its few bytes
+# --------------------------------------------------------------------------
+
+RESERVE_BYTES = 1 << 20
+#: what one write that found the disk full gets of the reserve
+RESERVE_SLICE = 64 << 10
+
+
+def keep_reserve(path):
+    """Make (or fill up again) the reserve file, as whoever owns the tree; quietly not, on a full disk."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size >= RESERVE_BYTES:
+            return
+        os.pwrite(fd, b"\0" * (RESERVE_BYTES - info.st_size), info.st_size)  # written, not sparse: really held
+        own_like_parent(path, fd)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+
+
+def with_reserve(reserve, fn, *args, **kwargs):
+    """
+    ``fn(*args, **kwargs)``; when it finds the disk full, again once the reserve gave up
+    a slice (several operations on a full disk each get one: a lock, a rollback, their records).
+    """
+    for _ in range(RESERVE_BYTES // RESERVE_SLICE + 1):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not _give_up_slice(reserve):
+                raise
+    return fn(*args, **kwargs)
+
+
+def _give_up_slice(reserve):
+    try:
+        fd = os.open(reserve, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            return False
+        os.ftruncate(fd, max(0, info.st_size - RESERVE_SLICE))
+        log.warning("the disk of %s is full: its reserve gave up %s bytes", reserve, min(info.st_size, RESERVE_SLICE))
+        return True
+    finally:
+        os.close(fd)

@@ -18,15 +18,16 @@ import vumi_history
 
 
 def _read(path):
-    """The JSON in ``path`` (never through a link), {} when unreadable, None when absent."""
-    try:
-        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as fh:
-            found = json.load(fh)
-    except FileNotFoundError:
+    """
+    The JSON in ``path`` (a regular file, never through a link, at most 4 KiB), {} when
+    unreadable, None when absent; its values short strings (or None).
+    """
+    found = vumi_files.read_json(path, 4096)
+    if found is None:
         return None
-    except (OSError, ValueError):
+    if not isinstance(found, dict):
         return {}
-    return found if isinstance(found, dict) else {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and (v is None or isinstance(v, str) and len(v) <= 1024)}
 
 
 def locked(paths):
@@ -34,6 +35,8 @@ def locked(paths):
     found = _read(paths.frozen)
     if found is None:
         return None
+    if not found:  # there, but not a lock file this bundle wrote: frozen all the same, and said so
+        return {"user": None, "reason": f"{paths.frozen} is there but unreadable (vumi.unlock removes it)", "since": None}
     return {"user": found.get("user"), "reason": found.get("reason"), "since": found.get("since")}
 
 
@@ -46,7 +49,8 @@ def lock(cfg, paths, reason, who):
     vumi_files.refuse_links(paths)
     already = locked(paths)
     entry = {"user": who.get("user"), "reason": reason.strip(), "since": vumi_files.now().isoformat(timespec="seconds")}
-    vumi_files.write_atomic(paths.frozen, json.dumps(entry) + "\n", vumi_files.runas_user(cfg))
+    vumi_files.with_reserve(paths.reserve, vumi_files.write_atomic, paths.frozen, json.dumps(entry) + "\n",
+                            vumi_files.runas_user(cfg))  # fmt: skip
     vumi_history.record(paths, "lock", **entry, minion=who.get("minion"))
     return dict(entry, locked=True, was=already)
 

@@ -3,11 +3,13 @@ The environment's history log, its deploy lock, and a Salt event per stage.
 """
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import json
 import logging
 import os
+import stat
 import time
 
 from salt.exceptions import CommandExecutionError
@@ -37,15 +39,19 @@ HISTORY_MAX = 1 << 20
 
 
 def record(paths, action, **fields):
-    """Append one line to the environment's history log."""
+    """Append one line to the environment's history log (on a full disk, with the space its reserve frees)."""
     entry = {"time": vumi_files.now().isoformat(timespec="seconds"), "action": action, **fields}
+    return vumi_files.with_reserve(paths.reserve, _append, paths, entry)
+
+
+def _append(paths, entry):
     try:
         if os.lstat(paths.history).st_size > HISTORY_MAX and not os.path.islink(paths.history_old):
             os.replace(paths.history, paths.history_old)
     except FileNotFoundError:
         pass
     # failure reasons quote commands' output: not for every user of the host, never a URL's password
-    fd = os.open(paths.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    fd = _open_history(paths.history)
     os.fchmod(fd, 0o640)
     vumi_files.own_like_parent(paths.history, fd)
     with open(fd, "a", encoding="utf-8") as fh:
@@ -53,16 +59,53 @@ def record(paths, action, **fields):
     return entry
 
 
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _open_history(path):
+    """
+    The history log, opened to append: a regular file. Anything else there (a link, a
+    FIFO that would block the open, a device) is moved aside and a new log begun.
+    """
+    try:
+        fd = os.open(path, _APPEND, 0o640)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):
+            raise
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd is not None:
+        os.close(fd)
+    aside = f"{path}.not-a-log-{int(time.time())}"
+    log.warning("%s is not a regular file: moved to %s, a new history begun", path, aside)
+    os.replace(path, aside)
+    return os.open(path, _APPEND | os.O_EXCL, 0o640)
+
+
+#: what is read of each part of the history: it is rotated at HISTORY_MAX, so a larger
+#: part was not written here; its last lines are read, never the whole of it
+HISTORY_READ = 4 * HISTORY_MAX
+
+
 def read_history(paths):
-    """Every entry, oldest first: the rotated part, then the current file."""
+    """Every entry, oldest first: the rotated part, then the current file (each a regular file, its end)."""
     entries = []
     for path in (paths.history_old, paths.history):
-        if not os.path.isfile(path) or os.path.islink(path):
+        try:
+            data = vumi_files.read_bounded(path, HISTORY_READ, tail=True)
+        except (OSError, vumi_files.NotRegular) as exc:
+            log.warning("history not read: %s", exc)
             continue
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
+        lines = (data or b"").split(b"\n")
+        if data and len(data) == HISTORY_READ:
+            lines = lines[1:]  # the first is cut
+        for line in lines:
+            if line.strip():
                 with contextlib.suppress(ValueError):
-                    entries.append(json.loads(line))
+                    entry = json.loads(line.decode("utf-8", "replace"))
+                    if isinstance(entry, dict):
+                        entries.append(entry)
     return entries
 
 
@@ -73,8 +116,10 @@ def flock(path, timeout, busy):
     releases it when its holder dies, so a crash never leaves a stale lock.
     After ``timeout`` seconds of waiting, raise ``busy(holder)``.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CommandExecutionError(f"the lock file {path} is not a regular file; remove it")
         vumi_files.own_like_parent(path, fd)
         deadline = time.monotonic() + timeout
         while True:
@@ -88,7 +133,10 @@ def flock(path, timeout, busy):
                 time.sleep(0.05)
         holder = {"pid": os.getpid(), "user": getpass.getuser(), "since": vumi_files.now().isoformat()}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as exc:  # a full disk: the lock holds all the same, only its note is missing
+            log.warning("could not note the holder of %s: %s", path, exc)
         try:
             yield
         finally:

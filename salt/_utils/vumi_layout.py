@@ -30,6 +30,7 @@ def layout(d):
     for path in d.paths.tree():
         vumi_files.makedirs(path, d.runas, d.paths.mode(path))
     webapp_logs(d.cfg, d.paths)
+    vumi_files.keep_reserve(d.paths.reserve)
     d.previous = vumi_releases.current_release(d.paths)
     recover(d.paths, d.runas)
 
@@ -80,4 +81,5 @@ def ensure_tree(cfg, paths, test=False):
     runas = vumi_files.runas_user(cfg)
     created = [p for p in paths.tree() if vumi_files.makedirs(p, runas, paths.mode(p))]
     webapp_logs(cfg, paths)
+    vumi_files.keep_reserve(paths.reserve)
     return {"path": paths.root, "created": created}

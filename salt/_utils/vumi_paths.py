@@ -41,6 +41,8 @@ class Paths:
         self.lock = os.path.join(self.root, ".deploy.lock")
         self.frozen = os.path.join(self.root, "LOCKED")  # an operator's freeze (vumi.lock)
         self.held = os.path.join(self.root, "HELD")  # a fleet deploy's hold (vumi.orch.deploy)
+        # a few bytes held back: on a full disk, cleanup, rollback and lock still record what they did
+        self.reserve = os.path.join(self.root, ".reserve")
 
     def tree(self):
         """The folders ``layout`` makes, parents first."""

@@ -112,8 +112,11 @@ def fail(d, stage, exc):
     if moved:
         vumi_releases.trim_failed(d.cfg, d.paths)
     if os.path.isdir(d.paths.root):
-        vumi_history.record(d.paths, "failed", stage=stage, release=d.release, revision=d.sha,
-                            reason=str(exc), previous=d.previous, **d.who)  # fmt: skip
+        try:
+            vumi_history.record(d.paths, "failed", stage=stage, release=d.release, revision=d.sha,
+                                reason=str(exc), previous=d.previous, **d.who)  # fmt: skip
+        except OSError as problem:  # a full disk: the stage's own error is what the operator needs
+            log.warning("could not record the failure in %s: %s", d.paths.history, problem)
     kind = SaltInvocationError if isinstance(exc, SaltInvocationError) else CommandExecutionError
     where = f"; the half-built release is kept in {moved}" if moved else ""
     message = vumi_settings.mask_credentials(f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}")

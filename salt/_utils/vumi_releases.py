@@ -23,12 +23,36 @@ import vumi_webapp
 log = logging.getLogger(__name__)
 
 
+#: a manifest is a few hundred bytes; a larger one is not ours
+MANIFEST_LIMIT = 64 << 10
+#: what a manifest's values may be: short text, numbers, flags, nothing nested
+_TEXT_LIMIT = 4096
+
+
 def read_manifest(paths, name):
-    try:
-        with open(paths.manifest(name), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+    """
+    Release ``name``'s manifest, checked (None: missing, or not a manifest): read
+    through a descriptor that is a regular file, to a bound; each value a short
+    scalar, ``revision`` a full commit id, ``release`` the release's own name.
+    """
+    found = vumi_files.read_json(paths.manifest(name), MANIFEST_LIMIT)
+    return clean_manifest(found, name) if found else None
+
+
+def clean_manifest(found, name):
+    if not isinstance(found, dict):
         return None
+    clean = {}
+    for key, value in found.items():
+        if not isinstance(key, str) or len(key) > 64:
+            continue
+        if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= _TEXT_LIMIT):
+            clean[key] = value
+    if not (isinstance(clean.get("revision"), str) and vumi_settings.SHA_RE.match(clean["revision"])):
+        return None  # a manifest says which commit: without one it is not complete
+    if clean.get("release", name) != name:
+        return None
+    return clean
 
 
 def current_release(paths):
@@ -141,7 +165,7 @@ def publish_step(d):
 def publish(paths, name):
     if not read_manifest(paths, name):
         raise CommandExecutionError(f"release {name} is not complete; refusing to publish it")
-    vumi_files.symlink_atomic(os.path.join("releases", name), paths.current)
+    vumi_files.with_reserve(paths.reserve, vumi_files.symlink_atomic, os.path.join("releases", name), paths.current)
 
 
 #: history actions that made a new release current (rollback_stack pushes them)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 
 from salt.exceptions import CommandExecutionError
@@ -25,11 +26,13 @@ VENV_MARKER = ".vumi-complete"
 def built_with(venv):
     """The installer that built a virtualenv (``uv``, ``pip``), from its marker; None if unknown."""
     try:
-        with open(os.path.join(venv, VENV_MARKER), encoding="utf-8") as fh:
-            words = fh.read().split()
-    except OSError:
+        data = vumi_files.read_bounded(os.path.join(venv, VENV_MARKER), 4096, follow=True)
+    except (OSError, vumi_files.NotRegular):
         return None
-    return words[1] if len(words) > 1 else "pip"
+    words = (data or b"").decode("utf-8", "replace").split()
+    if not words:
+        return None
+    return words[1] if len(words) > 1 and words[1] in ("uv", "pip") else "pip"
 
 
 def venv_ok(venv):
@@ -42,27 +45,58 @@ INCLUDE_OPTS = ("-r", "--requirement", "-c", "--constraint")
 PATH_OPTS = ("-f", "--find-links", "-e", "--editable")
 
 
-def hash_path(digest, path):
+#: what the hash of the requirements reads at most: a requirements file (each), the files
+#: of the local paths it installs from (all of them, and their bytes); past that the deploy
+#: fails naming the path (``-e /`` must not walk the whole file system at every no-op)
+REQUIREMENTS_LIMIT = 1 << 20
+LOCAL_FILES_MAX = 100_000
+LOCAL_BYTES_MAX = 4 << 30
+
+
+class _Budget:
+    def __init__(self):
+        self.files, self.bytes = 0, 0
+
+    def spend(self, path, size):
+        self.files += 1
+        self.bytes += size
+        if self.files > LOCAL_FILES_MAX or self.bytes > LOCAL_BYTES_MAX:
+            raise CommandExecutionError(
+                f"the local paths the requirements install from hold more than {LOCAL_FILES_MAX} files or "
+                f"{LOCAL_BYTES_MAX >> 30} GiB (at {path}); name a smaller folder"
+            )
+
+
+def hash_path(digest, path, budget=None):
+    """A local path's content: a file's bytes, a folder's names and files (its links as links), by chunks."""
+    budget = budget or _Budget()
     if os.path.isfile(path):
-        with open(path, "rb") as fh:
-            digest.update(hashlib.sha256(fh.read()).digest())
+        budget.spend(path, os.stat(path).st_size)
+        vumi_files.hash_file(digest, path, LOCAL_BYTES_MAX, follow=True)
     elif os.path.isdir(path):
         for top, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__"))
             for name in sorted(files):
-                digest.update(os.path.relpath(os.path.join(top, name), path).encode())
-                hash_path(digest, os.path.join(top, name))
+                full = os.path.join(top, name)
+                digest.update(os.path.relpath(full, path).encode())
+                info = os.lstat(full)
+                budget.spend(full, info.st_size)
+                if stat.S_ISLNK(info.st_mode):
+                    digest.update(b"link\0" + os.readlink(full).encode(errors="surrogateescape"))
+                elif stat.S_ISREG(info.st_mode):
+                    vumi_files.hash_file(digest, full, LOCAL_BYTES_MAX)
 
 
-def hash_listing(digest, folder):
+def hash_listing(digest, folder, budget=None):
     """
     A find-links folder as pip sees it: the archives at its top, never what is
     below (``-f /usr`` must not read 5 GB at every no-op).
     """
+    budget = budget or _Budget()
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.is_file(follow_symlinks=False) and entry.name.endswith((".whl", ".tar.gz", ".zip", ".tar.bz2")):
             digest.update(entry.name.encode() + b"\0")
-            hash_path(digest, entry.path)
+            hash_path(digest, entry.path, budget)
 
 
 def _local(path, value, code):
@@ -86,10 +120,15 @@ def walk_requirements(code, top, visit):
         if real in seen:
             return
         seen.add(real)
-        if not os.path.isfile(path):
+        try:
+            data = vumi_files.read_bounded(path, REQUIREMENTS_LIMIT, follow=True)
+        except vumi_files.NotRegular as exc:
+            raise CommandExecutionError(f"requirements file {os.path.relpath(path, code)}: {exc}") from None
+        except OSError as exc:
+            raise CommandExecutionError(f"requirements file {os.path.relpath(path, code)}: {exc.strerror}") from None
+        if data is None:
             raise CommandExecutionError(f"requirements file {os.path.relpath(path, code)} not found in {code}")
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = data.decode("utf-8", "replace")
         refs = []
         for number, line in enumerate(text.splitlines()):
             words = line.split("#", 1)[0].split()
@@ -120,14 +159,15 @@ def requirements_hash(cfg, code):
     # the interpreter itself, not the name it was reached by: salt-call (python3) and
     # the minion (python) must key one interpreter's virtualenvs alike
     digest = hashlib.sha256(os.path.realpath(interpreter(cfg)).encode() + sys.version.encode())
+    budget = _Budget()
 
     def visit(path, text, refs):
         digest.update(text.encode())
         for _, _, opt, target in refs:
             if opt in ("-f", "--find-links") and os.path.isdir(target):
-                hash_listing(digest, target)
+                hash_listing(digest, target, budget)
             elif opt not in INCLUDE_OPTS:
-                hash_path(digest, target)
+                hash_path(digest, target, budget)
 
     walk_requirements(code, cfg["requirements"], visit)
     if cfg["pip_packages"]:  # declared extras: part of what the virtualenv is

@@ -63,10 +63,16 @@ def test_settings_precedence_and_mappings_merged_key_by_key():
 
 
 def test_hooks_are_normalised_and_bad_ones_named():
-    assert vumi_settings.hooks({"before_publish": ["a", {"run": "b", "once": True}]}) == {
-        "before_publish": [{"run": "a", "once": False}, {"run": "b", "once": True}], "after_publish": []}
+    assert vumi_settings.hooks({"before_publish": ["a", {"run": "b", "once": True, "timeout": 5}]}, 60) == {
+        "before_publish": [{"run": "a", "once": False, "timeout": 60.0}, {"run": "b", "once": True, "timeout": 5.0}],
+        "after_publish": []}  # fmt: skip
     with pytest.raises(SaltInvocationError, match="hooks:after_publish entry"):
         vumi_settings.hooks({"after_publish": [{"run": "x", "when": "always"}]})
+    for bad in (0, -1, "10", True, float("nan"), float("inf")):
+        with pytest.raises(SaltInvocationError, match="invalid hooks:before_publish timeout"):
+            vumi_settings.hooks({"before_publish": [{"run": "x", "timeout": bad}]})
+    with pytest.raises(SaltInvocationError, match="invalid hook_timeout"):
+        vumi_settings.merge("staging", {"hook_timeout": 0}, None, {})
 
 
 # vumi_paths ----------------------------------------------------------------
@@ -131,7 +137,7 @@ def test_rollback_target_replays_the_history_as_a_stack(cfg, paths):
     vumi_layout.ensure_tree(cfg, paths)
     for name in ("20260101_000001", "20260101_000002", "20260101_000003"):
         os.makedirs(paths.release(name))
-        vumi_releases.write_manifest(paths, name, None, {"revision": name})
+        vumi_releases.write_manifest(paths, name, None, {"revision": (name.replace("_", "") * 3)[:40]})
         vumi_history.record(paths, "deploy", release=name)
     vumi_releases.publish(paths, "20260101_000003")
     assert vumi_releases.rollback_target(paths) == "20260101_000002"
