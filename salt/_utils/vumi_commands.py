@@ -5,10 +5,13 @@ in a release as the deploy user with the release's environment, keeping at most
 parts, which say what ran and how it ended) however much the command prints.
 """
 
+import contextlib
 import os
 import pwd
 import selectors
+import signal
 import subprocess
+import time
 
 #: bytes of stdout, and as many of stderr, that a result keeps
 OUTPUT_LIMIT = 1 << 20
@@ -37,30 +40,45 @@ class _Kept:
         return (bytes(self.head) + middle + bytes(self.tail)).decode("utf-8", "replace").rstrip("\n")
 
 
-def run_shell(line, cwd, runas, env, limit=OUTPUT_LIMIT):
+def run_shell(line, cwd, runas, env, limit=OUTPUT_LIMIT, timeout=None):
     """
     Run shell ``line`` (as ``runas``, a user name, or as Salt's own user when None):
-    Salt's ``cmd.run_all`` result shape, with ``truncated`` listing the streams cut.
+    Salt's ``cmd.run_all`` result shape, with ``truncated`` listing the streams cut
+    and ``timed_out`` whether ``timeout`` seconds passed first. The line runs in a
+    session of its own (no terminal); when it ends, or at the time limit, its whole
+    process group is killed: what it left in the background (``worker &``) neither
+    holds its output open nor outlives it.
     """
     user = pwd.getpwnam(runas) if runas else None
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
         ["/bin/sh", "-c", line], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         user=user.pw_uid if user else None, group=user.pw_gid if user else None,
         extra_groups=os.getgrouplist(user.pw_name, user.pw_gid) if user else None,
     )  # fmt: skip
+    deadline = None if timeout is None else time.monotonic() + timeout
     kept = {proc.stdout: _Kept(limit), proc.stderr: _Kept(limit)}
+    timed_out, ended = False, None
     with selectors.DefaultSelector() as selector:
         for stream in kept:
             selector.register(stream, selectors.EVENT_READ)
         while selector.get_map():
-            for key, _ in selector.select():
+            if ended is None and (_exited(proc) or (deadline is not None and time.monotonic() >= deadline)):
+                timed_out = not _exited(proc)
+                ended = time.monotonic()
+                _kill_group(proc)  # the line is done (or out of time): what it left behind goes
+            if ended is not None and time.monotonic() > ended + 1:
+                break  # a process of another session holds the pipes: not waited for (as_user reaps it)
+            for key, _ in selector.select(timeout=0.2):
                 chunk = os.read(key.fileobj.fileno(), 1 << 16)
                 if chunk:
                     kept[key.fileobj].add(chunk)
                 else:
                     selector.unregister(key.fileobj)
                     key.fileobj.close()
+    for stream in kept:
+        stream.close()
+    _kill_group(proc)
     retcode = proc.wait()
     out, err = kept[proc.stdout], kept[proc.stderr]
     return {
@@ -68,4 +86,19 @@ def run_shell(line, cwd, runas, env, limit=OUTPUT_LIMIT):
         "stdout": out.text(),
         "stderr": err.text(),
         "truncated": [name for name, k in (("stdout", out), ("stderr", err)) if k.total > k.limit],
+        "timed_out": timed_out,
     }
+
+
+def _exited(proc):
+    """Whether the line's shell ended, without reaping it: its pid still names its group for the kill."""
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _kill_group(proc):
+    if proc.returncode is None:  # not reaped yet: the group is still the line's
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -7,6 +7,8 @@ switch (``./manage.py migrate``, ``collectstatic``): a failure there is a failed
 deploy, and ``current`` and the running webapps are untouched. ``after_publish``
 runs once the release is current. An entry marked ``once`` runs on one host of
 a fleet deploy (the orchestration passes ``run_once=False`` to the others).
+Each line has ``hook_timeout`` seconds (its own ``timeout``); then it is killed with
+its whole process group, and the deploy fails at its stage.
 """
 
 import time
@@ -28,10 +30,16 @@ def run(d, stage):
             d.hooks_skipped.append(label)  # once, and another host of the fleet runs it
             continue
         started = time.monotonic()
-        res = vumi_commands.run_shell(hook["run"], code, d.runas, vumi_environment.for_release(d.cfg, d.paths, d.release))
+        res = vumi_commands.run_shell(hook["run"], code, d.runas, vumi_environment.for_release(d.cfg, d.paths, d.release),
+                                      timeout=hook["timeout"])  # fmt: skip
         d.timings[label] = round(time.monotonic() - started, 3)
-        outcome = "done" if res["retcode"] == 0 else "failed"
+        outcome = "done" if res["retcode"] == 0 and not res["timed_out"] else "failed"
         vumi_history.event(d, "hooks", started, outcome, hook=hook["run"], hook_stage=stage, index=index)
+        if res["timed_out"]:
+            raise CommandExecutionError(
+                f"{stage} hook {hook['run']!r} did not finish within {hook['timeout']:g}s (hook_timeout); "
+                f"it was killed with every process it started: {vumi_files.output_tail(res)}"
+            )
         if res["retcode"] != 0:
             raise CommandExecutionError(
                 f"{stage} hook {hook['run']!r} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}"

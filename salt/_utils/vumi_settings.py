@@ -60,6 +60,8 @@ DEFAULTS = {
     # the health check and the switch, after_publish after the switch; {run: ..., once: true}
     # runs on one host of a fleet deploy
     "hooks": {"before_publish": [], "after_publish": []},
+    # seconds a hook line may run (per line: {run: ..., timeout: 600}); then its process group is killed
+    "hook_timeout": 1800,
     "settings": None,  # a mapping rendered into every release as a Python settings file
     "settings_path": "environments/{env}.py",  # where, in the code folder
     "settings_extends": None,  # a module the rendered file imports first, e.g. environments.default
@@ -108,6 +110,10 @@ REVISION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
 
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+#: every control character but the tab: no line of a program file, no value of env, may hold one
+CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 RELEASE_FORMAT = "%Y%m%d_%H%M%S"
@@ -253,7 +259,7 @@ def validate(cfg):
     for key in ("keep_releases", "keep_failed"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be an integer >= 1")
-    for key in ("start_timeout", "stop_timeout", "lock_timeout", "health_timeout"):
+    for key in ("start_timeout", "stop_timeout", "lock_timeout", "health_timeout", "hook_timeout"):
         try:
             cfg[key] = float(cfg[key])
         except (TypeError, ValueError):
@@ -276,7 +282,9 @@ def validate(cfg):
         raise SaltInvocationError(f"invalid stop_signal {cfg['stop_signal']}: it does not stop a process")
     cfg["env"] = environment(cfg["env"])
     cfg["pip_packages"] = pip_packages(cfg["pip_packages"])
-    cfg["hooks"] = hooks(cfg["hooks"])
+    if cfg["hook_timeout"] == 0:
+        raise SaltInvocationError("invalid hook_timeout 0: a hook needs more than 0 seconds")
+    cfg["hooks"] = hooks(cfg["hooks"], cfg["hook_timeout"])
     cfg["supervisor"] = supervisor(cfg["supervisor"])
     cfg["database"] = database(cfg["database"], cfg)
     wsgi = cfg["wsgi_module"]
@@ -351,8 +359,10 @@ def environment(value):
     for key, item in value.items():
         if not isinstance(key, str) or not ENV_NAME_RE.match(key):
             raise SaltInvocationError(f"invalid env key {key!r}: must be a variable name (letters, digits, _)")
-        if isinstance(item, bool) or not isinstance(item, (str, int, float)) or "\0" in str(item):
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise SaltInvocationError(f"invalid env value for {key}: {item!r} must be a string or a number")
+        if CONTROL_RE.search(str(item)):
+            raise SaltInvocationError(f"invalid env value for {key}: {item!r} holds a line break or control character")
     return {key: str(item) for key, item in value.items()}
 
 
@@ -363,7 +373,7 @@ def pip_packages(value):
     if not isinstance(value, (list, tuple)):
         raise SaltInvocationError(f"invalid pip_packages {value!r}: must be a list of requirement specifiers")
     for item in value:
-        if not isinstance(item, str) or not item.strip() or item.lstrip().startswith("-") or "\0" in item:
+        if not isinstance(item, str) or not item.strip() or item.lstrip().startswith("-") or CONTROL_RE.search(item):
             raise SaltInvocationError(
                 f"invalid pip_packages entry {item!r}: must be a requirement specifier like psycopg2-binary==2.9.9"
             )
@@ -373,8 +383,8 @@ def pip_packages(value):
 HOOK_STAGES = ("before_publish", "after_publish")
 
 
-def hooks(value):
-    """Pillar ``hooks``: per stage a list of {run, once}, from shell lines or such mappings."""
+def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
+    """Pillar ``hooks``: per stage a list of {run, once, timeout}, from shell lines or such mappings."""
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -393,17 +403,26 @@ def hooks(value):
                 entry = {"run": entry, "once": False}
             if (
                 not isinstance(entry, dict)
-                or set(entry) - {"run", "once"}
+                or set(entry) - {"run", "once", "timeout"}
                 or not isinstance(entry.get("run"), str)
                 or not entry["run"].strip()
                 or "\0" in entry["run"]
                 or not isinstance(entry.get("once", False), bool)
             ):
                 raise SaltInvocationError(
-                    f"invalid hooks:{stage} entry {entry!r}: must be a shell line or {{run: <line>, once: true|false}}"
+                    f"invalid hooks:{stage} entry {entry!r}: must be a shell line or "
+                    "{run: <line>, once: true|false, timeout: <seconds>}"
                 )
-            result[stage].append({"run": entry["run"], "once": entry.get("once", False)})
+            result[stage].append({"run": entry["run"], "once": entry.get("once", False),
+                                  "timeout": seconds(entry.get("timeout", default_timeout), f"hooks:{stage} timeout")})  # fmt: skip
     return result
+
+
+def seconds(value, what):
+    """A positive, finite number of seconds (a float), or a clear error naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise SaltInvocationError(f"invalid {what} {value!r}: must be a number of seconds > 0")
+    return float(value)
 
 
 def signal_name(value):

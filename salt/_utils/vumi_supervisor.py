@@ -123,10 +123,14 @@ class Supervisor:
 
 
 def _value(text, what):
-    """A value for supervisor's ini file: one line, its own ``%`` escaped."""
+    """
+    A value for supervisor's ini file: one line, its own ``%`` escaped, no control
+    character (a line break splits the file; a \\x0b breaks the XML of supervisor's
+    answers, for every client of it).
+    """
     text = str(text)
-    if "\n" in text or "\r" in text or "\0" in text:
-        raise SaltInvocationError(f"{what} cannot hold a line break for supervisor: {text!r}")
+    if vumi_settings.CONTROL_RE.search(text):
+        raise SaltInvocationError(f"{what} cannot hold a line break or control character for supervisor: {text!r}")
     return text.replace("%", "%%")
 
 
