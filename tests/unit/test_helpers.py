@@ -30,6 +30,7 @@ import vumi_paths  # noqa: E402
 import vumi_releases  # noqa: E402
 import vumi_settings  # noqa: E402
 import vumi_settings_file  # noqa: E402
+import vumi_supervisor  # noqa: E402
 import vumi_webapp  # noqa: E402
 
 
@@ -76,6 +77,13 @@ def test_hooks_are_normalised_and_bad_ones_named():
 
 
 # vumi_paths ----------------------------------------------------------------
+
+
+def test_a_program_file_value_holds_no_control_character():
+    for bad in ("gunicorn --name a\x0bb", "a\nb", "a\x1bb", "a\x00b"):
+        with pytest.raises(SaltInvocationError, match="control character"):
+            vumi_supervisor._value(bad, "webapp_command")  # pylint: disable=protected-access
+    assert vumi_supervisor._value("a\tb 100%", "x") == "a\tb 100%%"  # pylint: disable=protected-access
 
 
 def test_paths_are_computed_in_one_place(paths, tmp_path):

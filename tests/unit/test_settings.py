@@ -217,6 +217,9 @@ def test_bad_revisions_are_refused(vumi, bad):
         ("ports", ["80a"]),
         ("ports", [True]),
         ("lock_timeout", "soon"),
+        ("hook_timeout", 0),
+        ("hook_timeout", "1h"),
+        ("pip_packages", ["gunicorn\x0b"]),
     ],
 )
 def test_bad_settings_are_named(vumi, key, bad):
@@ -226,6 +229,14 @@ def test_bad_settings_are_named(vumi, key, bad):
     assert key.rstrip("s").split("_")[0] in message or repr(bad) in message
     if not isinstance(bad, list):
         assert repr(bad) in message or str(bad) in message
+
+
+@pytest.mark.parametrize("value", ["on\x0b", "on\x1b[2J", "a\rb", "a\x7f"])
+def test_env_values_with_a_control_character_are_named(vumi, value):
+    # env reaches supervisor's program file, whose XML-RPC answers a \x0b breaks for every client
+    with pytest.raises(SaltInvocationError, match=r"invalid env value for DEBUG: .* control character"):
+        vumi.settings("staging", env={"DEBUG": value})
+    assert vumi.settings("staging", env={"DEBUG": "a\tb"}, show_secrets=True)["env"] == {"DEBUG": "a\tb"}
 
 
 def test_ports_accept_cli_shapes(vumi):
