@@ -6,7 +6,6 @@ starts is stopped by the test (the ``webapps`` fixture stops what is left).
 """
 
 import logging
-import os
 import pathlib
 import socket
 import sys
@@ -23,6 +22,7 @@ import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder
 import helpers  # noqa: E402
 from helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
 from supervisor_support import Supervisord  # noqa: E402
+from support import host  # noqa: E402
 
 
 def pytest_unconfigure(config):
@@ -55,13 +55,33 @@ def event_listener():
         yield listener
 
 
-@pytest.fixture(scope="module", autouse=True)
-def default_base_dir_untouched():
-    """The bundle's default base_dir stays as it was: every test sets its own."""
-    before = helpers.default_base_dir_state()
+def _host_untouched(what):
+    before = host.state()
     yield
-    written = helpers.default_base_dir_written(before)
-    assert not written, f"a test of this module wrote to {helpers.DEFAULT_BASE_DIR}: {written[:10]}"
+    changed = host.changes(before, host.state())
+    assert not changed, f"{what} changed the host outside its temporary folders: {changed[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_untouched_by_the_session():
+    """The session's own fixtures (supervisord, caches) leave the host as they found it."""
+    yield from _host_untouched("the session")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def host_untouched_by_the_module(request):
+    """A module's fixtures (a throw-away user, a PostgreSQL cluster) are gone with it."""
+    yield from _host_untouched(f"module {request.module.__name__}")
+
+
+@pytest.fixture(autouse=True)
+def host_untouched(request):
+    """
+    No test installs a package, starts a host service, writes a crontab, leaves a user
+    or touches the bundle's default paths (/var/praekelt, /etc/supervisor, /etc/nginx):
+    every test sets its own (tests/support/host.py lists what is watched).
+    """
+    yield from _host_untouched(request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +150,7 @@ def supervisor(supervisord):
 
 @pytest.fixture
 def vumi_config(repo, base_dir, supervisor):
-    """The ``vumi`` settings every functional test starts from (minion options, like pillar)."""
+    """The ``vumi`` settings every functional test starts from (the ``loaders`` fixture's pillar)."""
     return {
         "base_dir": str(base_dir),
         "app": "vumi",
@@ -144,8 +164,12 @@ def vumi_config(repo, base_dir, supervisor):
 
 
 @pytest.fixture
-def loaders(minion_opts, vumi_config):
-    with loaders_for(minion_opts, vumi_config) as loaders:
+def loaders(minion_opts, vumi_config, tmp_path):
+    """
+    Salt's loader of the bundle, ``vumi_config`` as pillar the way operators write it
+    (``pillar/vumi.sls``, compiled by Salt), no ``vumi`` minion options.
+    """
+    with loaders_for(minion_opts, {}, helpers.settings_pillar(tmp_path / "vumi-pillar", vumi_config)) as loaders:
         yield loaders
 
 

@@ -20,40 +20,6 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 #: the session's pip and uv cache (setting ``cache_dir``), set by tests/conftest.py
 SHARED_CACHE = None
 
-#: the bundle's default base_dir (its pillar and settings name it): no test may use it
-DEFAULT_BASE_DIR = pathlib.Path("/var/praekelt")
-
-
-def default_base_dir_state(depth=5):
-    """
-    What is at :data:`DEFAULT_BASE_DIR`, down to ``depth`` levels: each path with its
-    type and change time (``{}`` when it is absent). Compared before and after, this
-    tells what a test wrote there even on a machine where a real deploy already has
-    it (a directory's change time moves when an entry is made in it).
-    """
-    found = {}
-    top = str(DEFAULT_BASE_DIR)
-
-    def record(path):
-        with contextlib.suppress(OSError):
-            st = os.lstat(path)
-            found[path] = (st.st_mode, st.st_ctime_ns)
-
-    record(top)
-    for root, dirs, files in os.walk(top):  # walks nothing when it is absent or not a folder
-        for name in dirs + files:
-            record(os.path.join(root, name))
-        if root[len(top):].count(os.sep) + 1 >= depth:
-            dirs[:] = []
-    return found
-
-
-def default_base_dir_written(before):
-    """The paths at :data:`DEFAULT_BASE_DIR` made, changed or removed since ``before``."""
-    after = default_base_dir_state()
-    return sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
-
-
 def http_get(port, path="/", timeout=5):
     """GET from the webapp on 127.0.0.1: (status, body as JSON when it is JSON, else text)."""
     try:
@@ -124,6 +90,25 @@ def pillar_tree(path, override=None, envs=("staging", "production")):
     if override is not None:
         write_override(path, override)
     return path
+
+
+def settings_pillar(path, vumi):
+    """A pillar tree at ``path`` whose one file, ``vumi.sls``, holds the ``vumi`` settings, for every minion."""
+    path = pathlib.Path(path)
+    path.mkdir()
+    (path / "top.sls").write_text("base:\n  '*':\n    - vumi\n")
+    (path / "vumi.sls").write_text(json.dumps({"vumi": vumi}, indent=2))  # JSON is YAML
+    return path
+
+
+def sls_pillar(supervisor, **pillar):
+    """
+    The pillar of a state run whose settings are minion options: ``map.jinja`` reads
+    pillar alone, so the supervisor the test started is named there too (without it,
+    ``manage_service`` is on, and Salt would install and start the host's supervisor).
+    """
+    vumi = dict(pillar.pop("vumi", None) or {}, supervisor=dict(supervisor, manage_service=False))
+    return dict(pillar, vumi=vumi)
 
 
 @contextlib.contextmanager

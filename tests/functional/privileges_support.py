@@ -63,6 +63,8 @@ def user(top):
     finally:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
         subprocess.run(["userdel", name], capture_output=True, check=False)
+        with pytest.raises(KeyError):  # gone: the host guard leaves these users out of its record
+            pwd.getpwnam(name)
 
 
 @pytest.fixture(scope="module")

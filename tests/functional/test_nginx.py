@@ -24,7 +24,7 @@ import time
 
 import make_repo as sample
 import pytest
-from helpers import alive, http_get, module_env
+from helpers import alive, http_get, module_env, sls_pillar
 from nginx_support import NGINX, Load, Nginx, port_open, report
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -224,7 +224,7 @@ def test_rolling_restart_and_rollout_behind_nginx_drop_no_request(deployed, vumi
         began = time.monotonic()
         if size == 3:
             # state.apply vumi: vumi.deployed, then vumi.webapp_running's mod_watch restarts
-            states = apply_sls(deployed, "vumi", pillar)
+            states = apply_sls(deployed, "vumi", sls_pillar(deployed.config["supervisor"], **pillar))
             webapp = states[f"vumi-{ENV}-webapp"]
             assert states[f"vumi-{ENV}-deployed"].changes["revision"]["new"] == sha
             how = "state.apply vumi (deploy + watch)"
@@ -371,8 +371,8 @@ def test_stop_lets_requests_in_flight_finish(vumi, cluster):
     stopped = vumi.stop_webapp(ENV, port, ports=[port])
     took = time.monotonic() - began
     client.join(20)
-    assert stopped["stopped"] is True and stopped["killed"] is False
-    assert 0.8 < took < 5, took  # it waited for the request, not for stop_timeout
+    assert stopped["stopped"] is True and stopped["killed"] is False  # it left before stop_timeout
+    assert took > 0.8, took  # it waited for the request in flight
     ((status, body),) = results
     assert status == 200 and body["slept"] == 1.5 and body["port"] == port
     assert not port_open(port)
@@ -389,7 +389,7 @@ def test_stop_timeout_bounds_the_wait(vumi, cluster):
     took = time.monotonic() - began
     client.join(30)
     assert stopped["stopped"] is True and stopped["killed"] is True
-    assert took < 4, took
+    assert took < 15, took  # stop_timeout (1 s), then SIGKILL: not the 20 s the request wanted
     (result,) = results
     assert isinstance(result, OSError)  # the request was cut: what SIGKILL does
 
@@ -410,9 +410,8 @@ def test_stop_signal_is_the_one_configured(vumi, webapps, free_port):
     with pytest.raises(SaltInvocationError, match="invalid stop_signal 'SIGNOPE'"):
         vumi.stop_webapp(ENV, port, **dict(kwargs, stop_signal="SIGNOPE"))
     assert alive(ret["pid"])  # a bad signal name signals nothing
-    began = time.monotonic()
     stopped = vumi.stop_webapp(ENV, port, **kwargs)
-    assert stopped["killed"] is False and time.monotonic() - began < 2
+    assert stopped["killed"] is False  # SIGUSR1 stopped it; SIGTERM would have needed SIGKILL after 5 s
     assert not alive(ret["pid"])
 
 
@@ -451,4 +450,9 @@ def test_no_site_for_an_environment_the_host_does_not_deploy(deployed, tmp_path)
     pillar = nginx_pillar([8000], tmp_path, 8080)
     pillar["branch"] = "stagign"  # a typo: no such environment in pillar
     ret = deployed.loaders.modules.state.apply("vumi.nginx", pillar=pillar)
+    assert not ret.errors, ret.errors  # rendered: the SLS itself decided there is no site
+    assert not [s.id for s in ret if "nginx-site" in s.id], [s.id for s in ret]
     assert not list(tmp_path.glob("*.conf")), [s.comment for s in ret]
+    pillar["branch"] = ENV  # the same pillar with the environment's real name: a site, in that folder
+    ret = deployed.loaders.modules.state.apply("vumi.nginx", pillar=pillar)
+    assert [p.name for p in tmp_path.glob("*.conf")] == [f"vumi-{ENV}.conf"], [s.comment for s in ret]

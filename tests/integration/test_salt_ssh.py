@@ -18,7 +18,10 @@ salt-ssh's output of the three commands.
 The tests are steps of one story and run in file order.
 """
 
+import contextlib
 import json
+import os
+import threading
 import time
 
 import pytest
@@ -26,7 +29,8 @@ import salt.config
 import salt.output
 import ssh_support
 from fleet_support import REPO, free_ports, kill_leftover_webapps, make_host
-from helpers import default_base_dir_state, default_base_dir_written, http_get
+from helpers import http_get
+from support import host as host_guard
 from saltfactories.utils import random_string
 
 pytestmark = pytest.mark.slow
@@ -134,7 +138,7 @@ def serving(port, env):
 
 
 def test_state_apply_staging_over_ssh(synced, host):
-    before = default_base_dir_state()
+    before = host_guard.state(trees=["/var/praekelt"], files=[])
     started = time.monotonic()
     data = apply(synced, "staging")
     print(f"(state.apply staging over salt-ssh: {time.monotonic() - started:.1f}s)")
@@ -148,7 +152,8 @@ def test_state_apply_staging_over_ssh(synced, host):
         assert (body["release"], body["greeting"]) == (release, GREETING), body
     settings_file = host.env_root("staging") / "current" / "vumi" / "environments" / "staging.py"
     assert oct(settings_file.stat().st_mode & 0o777) == "0o640"
-    assert not default_base_dir_written(before), "the host's pillar did not reach the deploy"
+    written = host_guard.changes(before, host_guard.state(trees=["/var/praekelt"], files=[]))
+    assert not written, f"the host's pillar did not reach the deploy: {written[:5]}"
 
     # the settings functions see the same pillar through the wrapper: nothing to do again
     code, data, proc = salt_ssh(synced, "vumi.current staging")
@@ -187,3 +192,49 @@ def test_execute_production_over_ssh(synced, host):
     code, data, proc = salt_ssh(synced, 'vumi.execute production "./manage.py fail"')
     assert code != 0, proc.stdout
     assert data["retcode"] == 3 and "failing on purpose" in data["stderr"], data
+
+
+class CommandLines(threading.Thread):
+    """
+    Samples every process's command line on this machine (the web host, and the controlling
+    host's ssh client too) until stopped: those holding ``needle``.
+    """
+
+    def __init__(self, needle):
+        super().__init__(daemon=True)
+        self.needle, self.seen, self.samples, self.stop = needle.encode(), set(), 0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.samples += 1
+            for name in os.listdir("/proc"):
+                if name.isdigit():
+                    with contextlib.suppress(OSError):
+                        with open(f"/proc/{name}/cmdline", "rb") as fh:
+                            line = fh.read()
+                        if self.needle in line and int(name) != os.getpid():
+                            self.seen.add(line.replace(b"\0", b" ")[:200])
+            time.sleep(0.005)
+
+
+def remote_command_lines(ctl, command_line, needle):
+    watcher = CommandLines(needle)
+    watcher.start()
+    try:
+        code, data, proc = salt_ssh(ctl, command_line)
+    finally:
+        watcher.stop.set()
+        watcher.join()
+    assert code == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    return watcher
+
+
+def test_pillar_settings_reach_the_hosts_process_list_only_for_the_functions_that_use_them(synced):
+    # the wrapper hands the host's pillar to every function as an argument (part of the remote
+    # salt-call's command line); pillar's settings mappings only to deploy, prepare, current, settings
+    for line in ("vumi.releases staging", "vumi.webapp_status staging", "vumi.check staging"):
+        watcher = remote_command_lines(synced, line, GREETING)
+        assert watcher.samples > 10 and not watcher.seen, (line, watcher.seen)
+    # the same sampling sees them where the README says they go (so it would have seen them above)
+    watcher = remote_command_lines(synced, "vumi.settings staging", GREETING)
+    assert watcher.seen, "the remote salt-call's command line was never sampled"

@@ -99,6 +99,7 @@ def test_the_module_reads_vumi_pillar_instead_of_its_own(vumi, vumi_config):
     given = {"base_dir": "/srv/apps", "sls": {}, "environments": {"staging": {"ports": [8001, 8002]}}}
     cfg = vumi.settings("staging", vumi_pillar=given)
     assert (cfg["base_dir"], cfg["ports"]) == ("/srv/apps", [8001, 8002])
-    assert cfg["repo_url"] == vumi_config["repo_url"]  # minion options still under it
+    # this host's own pillar (vumi_config) is not read under it: the defaults are
+    assert cfg["repo_url"] == "http://github.com/praekelt/vumi.git" != vumi_config["repo_url"]
     assert vumi.settings("staging")["base_dir"] == vumi_config["base_dir"]
     assert vumi.paths("staging", vumi_pillar=given)["root"] == "/srv/apps/vumi/staging"
