@@ -120,14 +120,16 @@ def walk_requirements(code, top, visit):
         if real in seen:
             return
         seen.add(real)
+        shown = os.path.relpath(path, code)
+        shown = path if shown.startswith("..") else shown  # outside the code folder: where it is
         try:
             data = vumi_files.read_bounded(path, REQUIREMENTS_LIMIT, follow=True)
         except vumi_files.NotRegular as exc:
-            raise CommandExecutionError(f"requirements file {os.path.relpath(path, code)}: {exc}") from None
+            raise CommandExecutionError(f"requirements file {shown}: {exc}") from None
         except OSError as exc:
-            raise CommandExecutionError(f"requirements file {os.path.relpath(path, code)}: {exc.strerror}") from None
+            raise CommandExecutionError(f"requirements file {shown}: {exc.strerror}") from None
         if data is None:
-            raise CommandExecutionError(f"requirements file {os.path.relpath(path, code)} not found in {code}")
+            raise CommandExecutionError(f"requirements file {shown} not found in {code}")
         text = data.decode("utf-8", "replace")
         refs = []
         for number, line in enumerate(text.splitlines()):

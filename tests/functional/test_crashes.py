@@ -99,7 +99,10 @@ def _landed(root, before):
 
 
 def kill_when(conf, args, trigger, delay=0.0):
-    """``salt-call <args>``, its process group SIGKILLed ``delay`` seconds after ``trigger(proc)`` (or its end)."""
+    """
+    ``salt-call <args>``, its process group SIGKILLed ``delay`` seconds after ``trigger(proc)``
+    (or its end). Returns whether the kill landed: the job was still running, and died of it.
+    """
     proc = salt_call(conf, *args)
     try:
         fired = wait_for(lambda: trigger(proc) or proc.poll() is not None, timeout=60)
@@ -111,11 +114,12 @@ def kill_when(conf, args, trigger, delay=0.0):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
+    return proc.returncode == -signal.SIGKILL
 
 
 def _kill_during(conf, root, args, delay):
     """``salt-call vumi.<args>``, SIGKILLed ``delay`` seconds after it took the deploy lock (or when it ended)."""
-    kill_when(conf, args, lambda proc: lock_holder(root) == proc.pid, delay)
+    return kill_when(conf, args, lambda proc: lock_holder(root) == proc.pid, delay)
 
 
 class Crasher:
@@ -133,8 +137,8 @@ class Crasher:
         """
         root = env_root(self.base_dir, name)
         before = {"lines": len(history(root)), "current": current_state(root), "releases": _releases(root)}
-        kill_when(self.conf, ["vumi.deploy", name], lambda proc: trigger(root, proc), delay)
-        landed = _landed(root, before)
+        killed = kill_when(self.conf, ["vumi.deploy", name], lambda proc: trigger(root, proc), delay)
+        landed = _landed(root, before) if killed else "after the deploy (finished first)"
         self.landed.append(landed)
 
         # what the kill left: current as it was (or a complete new release), no lock held
@@ -233,8 +237,10 @@ def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path):
     print(f"\n[issue5] crash: one deploy's body took {body:.3f}s through salt-call; kills landed in:")
     for where in sorted(set(landed)):
         print(f"[issue5]   {landed.count(where):2d} x {where}")
-    assert len(landed) >= 20
-    assert len({w.split(" ")[0] for w in landed}) >= 6, landed  # spread over the stages
+    # the kills that cut a deploy short (not one that had finished): most of them, over the stages
+    inside = [w for w in landed if not w.startswith(("after the deploy", "before the lock"))]
+    assert len(inside) >= len(landed) // 2, landed
+    assert len({w.split(" ")[0] for w in inside}) >= 5, landed
 
 
 # --------------------------------------------------------------------------
@@ -404,7 +410,7 @@ def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_
         for k, delay in enumerate((0, 0.05, 0.1, 0.2, 0.3, 0.5)):
             before = vumi.current(ENV)["revision"]
             tip = sample.commit_file(repo, ENV, "NEWS", f"fix {k}\n", f"Fix {k}")
-            _kill_during(conf, root, ["vumi.update", ENV], delay)
+            killed = _kill_during(conf, root, ["vumi.update", ENV], delay)
             assert current_problem(root) is None, (delay, current_problem(root))
             now = vumi.current(ENV)["revision"]
             assert now in (before, tip), (delay, now)
@@ -414,30 +420,32 @@ def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_
                 assert (code / "NEWS").read_text() == f"fix {k}\n"
             assert vumi.update(ENV)["new_revision"] == tip and vumi.current(ENV)["revision"] == tip
             assert leftovers(root) == [], delay
-            cases.append(f"update killed after {delay}s: current at {'the new' if now == tip else 'the old'} commit")
+            cases.append((f"update killed after {delay}s: current at {'the new' if now == tip else 'the old'} commit", killed))
 
         # discard: a prepared release is there whole, or out of sight; never half of it looking complete
         for delay in (0, 0.02, 0.05, 0.1):
             prepared = vumi.prepare(ENV)["release"]
-            _kill_during(conf, root, ["vumi.discard", ENV, prepared], delay)
+            killed = _kill_during(conf, root, ["vumi.discard", ENV, prepared], delay)
             assert current_problem(root) is None and _intact(root) == [], delay
             vumi.discard(ENV, prepared)  # again: it also finishes what the killed one put out of sight
             assert prepared not in _releases(root)
             assert leftovers(root) == [] and not list((root / "releases").glob(".removing-*")), delay
-            cases.append(f"discard killed after {delay}s")
+            cases.append((f"discard killed after {delay}s", killed))
 
         # cleanup: the same for each release it removes
         for delay in (0, 0.02, 0.05, 0.1):
             for k in range(3):
                 sample.commit_file(repo, ENV, "NEWS", f"release {delay} {k}\n", "another release")
                 vumi.deploy(ENV)
-            _kill_during(conf, root, ["vumi.cleanup", ENV, "limit=1"], delay)
+            killed = _kill_during(conf, root, ["vumi.cleanup", ENV, "limit=1"], delay)
             assert current_problem(root) is None and _intact(root) == [], delay
             assert vumi.cleanup(ENV, limit=1)["kept"] == [vumi.current(ENV)["release"]]
             assert leftovers(root) == [] and not list((root / "releases").glob(".removing-*")), delay
-            cases.append(f"cleanup killed after {delay}s")
+            cases.append((f"cleanup killed after {delay}s", killed))
     finally:
         kill_processes_under(base_dir)
-    for case in cases:
-        TALLY.add("crash (SIGKILL) of update/discard/cleanup", True, case)
-    print("\n[issue15] " + "\n[issue15] ".join(cases))
+    for case, killed in cases:  # every check above passed; a kill that came after the job ended proves nothing
+        TALLY.add("crash (SIGKILL) of update/discard/cleanup", True, f"{case} ({'cut short' if killed else 'had ended'})")
+    print("\n[issue15] " + "\n[issue15] ".join(f"{c} ({'cut short' if k else 'had finished'})" for c, k in cases))
+    for what in ("update", "discard", "cleanup"):
+        assert any(k for c, k in cases if c.startswith(what)), f"no kill cut a {what} short: {cases}"

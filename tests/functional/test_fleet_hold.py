@@ -6,7 +6,7 @@ The orchestration itself runs against a real master in tests/integration/test_or
 
 import datetime
 import json
-import time
+import pathlib
 
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -27,6 +27,7 @@ def test_a_held_environment_refuses_every_other_deploy_naming_the_fleet_deploy(v
     sample.commit_file(repo, ENV, "NEWS", "the fleet's change\n", "change")
     release = release_name(2)
     prepared = vumi.prepare(ENV, release=release, hold=600)
+    assert prepared["release"] == release and prepared["action"] == "prepare"
     held = vumi.held(ENV)
     assert held["release"] == release and held["user"], held
     refusal = rf"staging is held by the fleet deploy of release {release} .*vumi\.unhold staging lifts it"
@@ -48,14 +49,17 @@ def test_a_held_environment_refuses_every_other_deploy_naming_the_fleet_deploy(v
 
 
 def test_a_hold_lapses_on_its_own(vumi, repo, base_dir):
-    vumi.prepare(ENV, release=release_name(), hold=8)
-    mark = json.loads((env_root(base_dir) / "HELD").read_text())
+    vumi.prepare(ENV, release=release_name(), hold=600)
+    held = env_root(base_dir) / "HELD"
+    mark = json.loads(held.read_text())
     until = datetime.datetime.fromisoformat(mark["until"])
-    assert until - datetime.datetime.fromisoformat(mark["since"]) == datetime.timedelta(seconds=8)
-    left = (until - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-    if left > 0.5:
-        assert vumi.held(ENV)["release"] == mark["release"]
-        time.sleep(left + 0.5)
+    assert until - datetime.datetime.fromisoformat(mark["since"]) == datetime.timedelta(seconds=600)
+    assert vumi.held(ENV)["release"] == mark["release"]
+    with pytest.raises(CommandExecutionError, match="is held by the fleet deploy"):
+        vumi.deploy(ENV)
+    # the orchestration died: its hold runs out (its time moved back instead of waiting 10 minutes)
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
+    held.write_text(json.dumps(dict(mark, until=past.isoformat(timespec="seconds"))))
     assert vumi.held(ENV) is None
     assert vumi.deploy(ENV)["revision"] == sample.git(repo, "rev-parse", ENV)
 
@@ -87,6 +91,6 @@ def test_once_on_names_the_host_that_runs_the_once_hooks(vumi, loaders, base_dir
     hooks = {"before_publish": [{"run": "touch ran-once", "once": True}]}
     me = loaders.opts["id"]
     here = vumi.prepare(ENV, release=release_name(), once_on=me, hooks=hooks)
-    assert here["hooks_skipped"] == []
+    assert here["hooks_skipped"] == [] and (pathlib.Path(here["path"]) / "vumi" / "ran-once").exists()
     other = vumi.prepare(ENV, release=release_name(2), once_on="web-2", hooks=hooks)
-    assert other["hooks_skipped"] == ["before_publish[0]"]
+    assert other["hooks_skipped"] == ["before_publish[0]"] and not (pathlib.Path(other["path"]) / "vumi" / "ran-once").exists()

@@ -278,6 +278,12 @@ def test_broken_virtualenv_is_redeployed(states, vumi, base_dir, root):
 # --------------------------------------------------------------------------
 
 
+def program_file_path(vumi):
+    """Where the environment's supervisor program file goes (``vumi.webapp_programs`` names it)."""
+    settings = vumi.settings(ENV)
+    return pathlib.Path(settings["supervisor"]["conf_dir"]) / f"{settings['app']}-{ENV}.conf"
+
+
 def test_webapp_running_restarts_old_releases_and_webapp_dead_stops(
     states, vumi, repo, base_dir, free_port, webapps
 ):
@@ -290,7 +296,8 @@ def test_webapp_running_restarts_old_releases_and_webapp_dead_stops(
     ret = states.webapp_running(ENV, ports=ports, test=True)
     assert ret.result is None, ret.comment
     assert ret.changes == {str(p): {"old": "stopped", "new": "started"} for p in ports} | {
-        "programs": ret.changes.get("programs")}  # and the program file, to be written
+        "programs": {"old": None, "new": str(program_file_path(vumi))}}  # and the program file, to be written
+    assert not program_file_path(vumi).exists()  # predicted, not written
     assert all(port_closed(p) for p in ports)
 
     ret = states.webapp_running(ENV, ports=ports)

@@ -1,16 +1,14 @@
 """
 The helpers in ``salt/_utils``, each on its own, imported as the execution module
 imports them (plain modules from that folder). Real files, folders and
-processes in ``tmp_path``; Salt's loader is not involved: what needs a Salt
-function (``cmd.run_all``) gets Salt's own ``cmdmod.run_all`` shape from a
-small real implementation over ``subprocess``.
+processes in ``tmp_path``; Salt's loader is not involved: nothing tested here calls a
+Salt function (what does is tested through the loader, in tests/functional).
 """
 
 import getpass
 import http.server
 import os
 import pathlib
-import subprocess
 import sys
 import threading
 import types
@@ -32,13 +30,6 @@ import vumi_settings  # noqa: E402
 import vumi_settings_file  # noqa: E402
 import vumi_supervisor  # noqa: E402
 import vumi_webapp  # noqa: E402
-
-
-def run_all(cmd, cwd=None, env=None, python_shell=False, clean_env=False, **_):
-    """Salt's cmd.run_all result for a real command."""
-    proc = subprocess.run(cmd, cwd=cwd, shell=python_shell, capture_output=True, text=True,
-                          env=env if clean_env else dict(os.environ, **(env or {})))  # fmt: skip
-    return {"retcode": proc.returncode, "stdout": proc.stdout.strip(), "stderr": proc.stderr.strip()}
 
 
 @pytest.fixture
@@ -183,7 +174,7 @@ def test_hooks_run_in_the_code_folder_and_a_failure_names_the_line(cfg, paths):
     name = "20260101_000001"
     os.makedirs(paths.code(name))
     d = types.SimpleNamespace(
-        salt={"cmd.run_all": run_all}, cfg=dict(cfg, hooks=vumi_settings.hooks({"before_publish": [
+        salt={}, cfg=dict(cfg, hooks=vumi_settings.hooks({"before_publish": [
             "pwd > out", {"run": "touch once", "once": True}, "echo boom >&2; exit 2"]})),
         paths=paths, release=name, runas=None, run_once=False, hooks_skipped=[], timings={}, events=False,
     )  # fmt: skip
