@@ -25,6 +25,7 @@ from saltfactories.utils import random_string
 from saltfactories.utils.functional import Loaders
 
 import helpers
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from helpers import alive, clone_origin, env_root, http_get  # noqa: F401  (clone_origin: for the test modules)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -132,8 +133,35 @@ def build_seed(module_loaders, top, origin):
 
 
 def seed_venv(seed, base_dir, env="staging"):
-    dest = env_root(base_dir, env) / "shared" / "virtualenvs" / seed.name
-    shutil.copytree(seed, dest, symlinks=True)
+    """The module's first virtualenv, made again in ``env``'s tree under its hash (``rebuild_venv``)."""
+    return rebuild_venv(seed, env_root(base_dir, env) / "shared" / "virtualenvs" / seed.name)
+
+
+def rebuild_venv(source, dest, find_links=()):
+    """
+    A virtualenv at ``dest`` with what ``source`` holds, made as the bundle makes one (uv, the
+    same interpreter, offline from the wheelhouse, compiled, its completion marker last): a copy
+    would not do, its scripts' first lines name ``source``'s python, which no deploy runs.
+    ``find_links``: folders of the repository's own wheels (its ``wheels/``), beside the sample's.
+    """
+    source, dest = pathlib.Path(source), pathlib.Path(dest)
+    uv = pathlib.Path(sys.executable).parent / "uv"
+    env = dict(os.environ, UV_CACHE_DIR=os.path.join(helpers.SHARED_CACHE, "uv"), UV_PYTHON_DOWNLOADS="never")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    python = os.path.realpath(source / "bin" / "python")
+    subprocess.run([str(uv), "venv", "--quiet", "--python", python, str(dest)], env=env, check=True)
+    frozen = subprocess.run([str(uv), "pip", "freeze", "--python", str(source / "bin" / "python")],
+                            env=env, check=True, capture_output=True, text=True).stdout  # fmt: skip
+    requirements = dest / ".seeded"
+    requirements.mkdir()
+    (requirements / "requirements.txt").write_text(frozen)
+    # the registry's packages from the wheelhouse, the sample's own library as its repository ships it
+    sample.build_wheel(sample.LIB_DIR, sample.LIB_NAME, sample.LIB_VERSION, requirements)
+    subprocess.run([str(uv), "pip", "install", "--quiet", "--no-index", "--find-links", str(REPO / ".wheelhouse"),
+                    "--find-links", str(requirements), *(f"--find-links={f}" for f in find_links), "--compile-bytecode", "--python", str(dest / "bin" / "python"),
+                    "-r", str(requirements / "requirements.txt")], env=env, check=True)  # fmt: skip
+    shutil.rmtree(requirements)
+    shutil.copy2(source / ".vumi-complete", dest / ".vumi-complete")
     return dest
 
 

@@ -9,7 +9,8 @@ Every assertion is about what an operator sees: the tree under
 
 Speed: building a virtualenv takes seconds, so the first deploy of a module
 wide environment (``first``) builds one for real and the other tests start
-from a copy of it in their own environment (``seed``), which a deploy then
+from it made again in their own environment (``seed``: not a copy, whose scripts would
+name its python), which a deploy then
 reuses exactly as it reuses a virtualenv built by an earlier release (same
 requirements hash). The tests about building (first deploy, a requirements
 change, a pip failure) build for real.

@@ -11,8 +11,9 @@ A virtualenv counts only once its marker ``.vumi-complete`` exists.
 Speed: a virtualenv build takes seconds. One module-wide environment
 (``lifecycle``) builds the two virtualenvs of the sample's requirements with and
 without an extra package for real; tests about anything else than building start
-from copies of those (``seed``), which a deploy reuses because their content hash
-is the same in every environment. The tests about building (a local package
+from those made again in their environment (``seed``: uv from the session's warm cache,
+not a copy, whose scripts would name the other virtualenv's python), which a deploy
+reuses because their content hash is the same in every environment. The tests about building (a local package
 changed, an interrupted build, ``reuse_virtualenvs: False``) build for real.
 """
 
@@ -20,7 +21,6 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +29,7 @@ import types
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 import pytest
+from failure_support import rebuild_venv
 from helpers import current_target, env_root, http_get, module_env
 
 ENV = "staging"
@@ -107,12 +108,10 @@ def python_in(venv, code):
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
-def seed(root, *venvs):
-    """Copy built virtualenvs into an environment's ``shared/virtualenvs`` under their hash."""
-    dest = pathlib.Path(root) / "shared" / "virtualenvs"
-    dest.mkdir(parents=True, exist_ok=True)
+def seed(root, *venvs, wheels=()):
+    """Built virtualenvs, made again in an environment's ``shared/virtualenvs`` under their hash."""
     for venv in venvs:
-        shutil.copytree(venv, dest / pathlib.Path(venv).name, symlinks=True)
+        rebuild_venv(venv, pathlib.Path(root) / "shared" / "virtualenvs" / pathlib.Path(venv).name, wheels)
 
 
 def processes_mentioning(text):
@@ -174,10 +173,11 @@ def root(base_dir):
 
 @pytest.fixture
 def seeded(lifecycle, root):
-    """Copy the built virtualenvs A (and B) into this test's environment."""
+    """The built virtualenvs A (and B), made again in this test's environment."""
 
     def go(*which):
-        seed(root, *(getattr(lifecycle, f"venv_{w}") for w in which))
+        wheels = sorted(lifecycle.root.glob("releases/*/vumi/wheels"))  # the repository's own (vumi-extra)
+        seed(root, *(getattr(lifecycle, f"venv_{w}") for w in which), wheels=wheels)
 
     return go
 
@@ -460,6 +460,8 @@ def test_execute_and_the_webapp_run_in_the_release_virtualenv(vumi, root, seeded
     # gunicorn of that virtualenv, its interpreter the virtualenv's
     assert os.path.realpath(argv[1].decode()) == os.path.realpath(ve / "bin" / "gunicorn"), argv
     assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(ve / "bin" / "python")
+    # the interpreter as gunicorn's first line names it: this virtualenv's (a copied one names another's)
+    assert os.path.realpath(os.path.dirname(argv[0].decode())) == os.path.realpath(ve / "bin"), argv
 
     vumi.stop_webapp(ENV, port, ports=[port])
     assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
