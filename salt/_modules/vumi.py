@@ -664,7 +664,15 @@ def rollback(environment, release=None, restart=True, **kwargs):
     res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, False, who)
     _deployed(cfg, res["release"], res["revision"])
     if restart:
-        res["restarted"] = vumi_releases.restart_running(cfg, found)
+        try:
+            res["restarted"] = vumi_releases.restart_running(cfg, found)
+        except CommandExecutionError as exc:
+            # the switch happened: say so, with what the roll did and left
+            raise CommandExecutionError(
+                f"rolled back: current is release {res['release']} (was {res['previous']}), but restarting the "
+                f"running ports onto it failed: {exc}",
+                info=dict(getattr(exc, "info", None) or {}, release=res["release"], previous=res["previous"]),
+            ) from None
     return res
 
 

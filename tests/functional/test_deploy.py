@@ -590,6 +590,30 @@ def _deploy_commits(vumi, repo, count):
     return out
 
 
+def test_a_rollback_whose_port_does_not_come_back_says_it_switched_and_stops_the_roll(
+    vumi, repo, base_dir, seed, webapps, free_port
+):
+    seed()
+    ports = [free_port(), free_port()]
+    webapps.extend(("staging", p) for p in ports)
+    first = vumi.deploy("staging")
+    sample.commit_file(repo, "staging", "NEWS", "second\n", "a second release")
+    second = vumi.deploy("staging")
+    for port in ports:
+        vumi.start_webapp("staging", port, ports=ports)
+    # the release to go back to cannot start any more: its WSGI module fails as it loads
+    wsgi = env_root(base_dir) / "releases" / first["release"] / "vumi" / "sampleapp" / "wsgi.py"
+    wsgi.write_text(wsgi.read_text() + "\nraise SystemExit('broken on purpose')\n")
+    with pytest.raises(CommandExecutionError) as exc:
+        vumi.rollback("staging", ports=ports)
+    message = str(exc.value)
+    assert f"rolled back: current is release {first['release']} (was {second['release']})" in message, message
+    assert f"stopped at port {ports[0]}" in message and f"left as they were: {ports[1]}" in message, message
+    assert current_target(base_dir) == f"releases/{first['release']}"
+    status, body = http_get(ports[1])  # the roll stopped at the first port: the second still serves
+    assert status == 200 and body["release"] == second["release"], body
+
+
 def test_rollback_follows_the_history(vumi, repo, base_dir, seed):
     seed()
     (r1, s1), (r2, s2), (r3, s3) = _deploy_commits(vumi, repo, 3)

@@ -5,6 +5,7 @@ The orchestration itself runs against a real master in tests/integration/test_or
 """
 
 import datetime
+import importlib.util
 import json
 import pathlib
 
@@ -15,6 +16,7 @@ import make_repo as sample
 from helpers import current_target, env_root
 
 ENV = "staging"
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def release_name(seconds_from_now=0):
@@ -94,3 +96,29 @@ def test_once_on_names_the_host_that_runs_the_once_hooks(vumi, loaders, base_dir
     assert here["hooks_skipped"] == [] and (pathlib.Path(here["path"]) / "vumi" / "ran-once").exists()
     other = vumi.prepare(ENV, release=release_name(2), once_on="web-2", hooks=hooks)
     assert other["hooks_skipped"] == ["before_publish[0]"] and not (pathlib.Path(other["path"]) / "vumi" / "ran-once").exists()
+
+
+def test_the_grain_follows_deploy_update_rollback_publish_and_revert(vumi, loaders, repo):
+    # salt/_grains/vumi.py, as the minion loads it, over this loader's cache
+    spec = importlib.util.spec_from_file_location("vumi_grain_under_test", REPO / "salt" / "_grains" / "vumi.py")
+    grain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grain)
+    grain.__opts__ = loaders.opts
+
+    def now():
+        return grain.vumi()["vumi"][ENV]
+
+    first = vumi.deploy(ENV)
+    assert now() == {"release": first["release"], "revision": first["revision"]}
+    sample.commit_file(repo, ENV, "NEWS", "a fix\n", "a fix")
+    updated = vumi.update(ENV)
+    assert now() == {"release": updated["release"], "revision": updated["new_revision"]}
+    vumi.rollback(ENV, restart=False)
+    assert now() == {"release": first["release"], "revision": first["revision"]}
+    sample.commit_file(repo, ENV, "NEWS", "the fleet's change\n", "change")
+    release = vumi.prepare(ENV, release=release_name(5))["release"]
+    assert now()["release"] == first["release"]  # prepared is not current
+    published = vumi.publish(ENV, release)
+    assert now() == {"release": release, "revision": published["revision"]}
+    vumi.revert(ENV, release)
+    assert now() == {"release": first["release"], "revision": first["revision"]}

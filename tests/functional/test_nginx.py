@@ -15,9 +15,11 @@ rolling restart took. Nothing here touches /etc/nginx or the system's nginx.
 """
 
 import getpass
+import http.client
 import json
 import os
 import pathlib
+import ssl
 import subprocess
 import threading
 import time
@@ -444,6 +446,33 @@ def test_site_serves_uploads_from_shared_and_takes_a_certificate(deployed, clust
     half = nginx_pillar(ports, nginx.sites, nginx.port, ssl_certificate=str(cert))
     (state,) = apply_sls(deployed, "vumi.nginx", half).values()
     assert state.result is False and "go together" in state.comment
+
+
+@pytest.mark.skipif(not os.access(OPENSSL, os.X_OK), reason="openssl makes the test's certificate")
+def test_a_site_with_a_certificate_serves_https(deployed, cluster, nginx, tmp_path):
+    (port,) = cluster(1)
+    cert, key = tmp_path / "site.crt", tmp_path / "site.key"
+    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)  # fmt: skip
+    pillar = nginx_pillar([port], nginx.sites, nginx.port, listen=f"127.0.0.1:{nginx.port} ssl",
+                          ssl_certificate=str(cert), ssl_certificate_key=str(key))  # fmt: skip
+    (site,) = apply_sls(deployed, "vumi.nginx", pillar).values()
+    assert site.result is True, site.comment
+    nginx.start()
+    # a client that trusts that certificate alone: the handshake is nginx's, with that key
+    conn = http.client.HTTPSConnection("127.0.0.1", nginx.port, timeout=10,
+                                       context=ssl.create_default_context(cafile=str(cert)))  # fmt: skip
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 200 and body["port"] == port, body  # the webapp, behind TLS
+        assert conn.sock.getpeercert()["subject"] == ((("commonName", "localhost"),),)
+    finally:
+        conn.close()
+    status, _ = http_get(nginx.port)  # plain HTTP on that port: nginx's own 400, nothing proxied
+    assert status == 400
 
 
 def test_no_site_for_an_environment_the_host_does_not_deploy(deployed, tmp_path):
