@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import types
 
 import make_repo as sample
@@ -61,10 +62,20 @@ def user(top):
     try:
         yield pwd.getpwnam(name)
     finally:
+        remove_user(name)
+
+
+def remove_user(name, timeout=30):
+    """Kill what still runs as ``name`` (a failed test's webapp), then remove it: the host guard counts on it."""
+    deadline = time.monotonic() + timeout
+    while True:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
-        subprocess.run(["userdel", name], capture_output=True, check=False)
-        with pytest.raises(KeyError):  # gone: the host guard leaves these users out of its record
-            pwd.getpwnam(name)
+        gone = subprocess.run(["userdel", name], capture_output=True, check=False).returncode in (0, 6)
+        if gone or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # "currently used by process": the kill has not landed yet
+    with pytest.raises(KeyError):  # gone: the host guard leaves these users out of its record
+        pwd.getpwnam(name)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ from failure_support import (
 )
 from failure_support import mod, serving  # noqa: F401  (mod: the fixture of the module)
 from failure_support import free_port as _free_port
+from privileges_support import remove_user
 from helpers import env_root, sls_pillar
 
 ENV = "staging"
@@ -421,9 +422,7 @@ def system_user():
     try:
         yield pwd.getpwnam(name)
     finally:
-        subprocess.run(["userdel", name], capture_output=True, check=False)
-        with pytest.raises(KeyError):  # gone: the host guard leaves these users out of its record
-            pwd.getpwnam(name)
+        remove_user(name)
 
 
 def test_files_and_the_webapp_belong_to_the_configured_user(mod, system_user, request):

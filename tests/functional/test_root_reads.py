@@ -14,12 +14,15 @@ and ``webapp_status``: none.
 """
 
 import contextlib
+import datetime
 import json
 import os
+import signal
+import subprocess
 import time
 
 import pytest
-from failure_support import free_port
+from failure_support import SALT_CALL, free_port, wait_for
 from privileges_support import (  # noqa: F401  (fixtures)
     ENV, SKIPS, STRACE, as_user, bounded, commit, peak_rss_mb, pillar_config, root_calls_in, run_salt_call, site, top,
     traced, user,
@@ -199,24 +202,56 @@ def test_a_manifest_with_a_huge_revision_is_not_a_manifest(site, user, conf):
 
 @pytest.mark.skipif(STRACE is None, reason="strace is not installed (.ci/run installs Debian's)")
 def test_root_opens_no_file_of_the_users_tree(site, user, top, conf):
+    """Every command the README says runs as the deploy user, traced: root opens no file of the tree."""
     port = free_port()
     counts = {}
     commit(site, user, "NEWS", "traced reads\n", "a commit to deploy")
-    pillar = json.dumps({"branch": ENV, "vumi": {"environments": {ENV: {"ports": [port], "health_check": True}}}})
-    for name, args in (
+    own = {"ports": [port], "health_check": True, "hooks": {"before_publish": ["./manage.py migrate --noinput"]}}
+    pillar = json.dumps({"branch": ENV, "vumi": {"environments": {ENV: own}}})
+    # a fleet deploy's release name, later than any this test's deploys take (they are named after it)
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    later, then = (when.strftime("%Y%m%d_%H%M%S") for when in (soon, soon + datetime.timedelta(minutes=1)))
+    steps = [
         ("state.apply (deploy)", ["state.apply", "vumi", f"pillar={pillar}"]),
         ("state.apply (no-op)", ["state.apply", "vumi", f"pillar={pillar}"]),
         ("webapp_status", ["vumi.webapp_status", ENV, f"ports=[{port}]"]),
+        ("restart_webapp", ["vumi.restart_webapp", ENV, str(port), f"ports=[{port}]"]),
+        ("execute", ["vumi.execute", ENV, "ls config"]),
+        ("managepy", ["vumi.managepy", ENV, "check"]),
+        ("update", ["vumi.update", ENV]),
         ("rollback", ["vumi.rollback", ENV, f"ports=[{port}]"]),
+        ("prepare", ["vumi.prepare", ENV, f"release={later}", "health_check=True", f"ports=[{port}]"]),
+        ("publish", ["vumi.publish", ENV, later]),
+        ("revert", ["vumi.revert", ENV, later]),
+        ("prepare (to discard)", ["vumi.prepare", ENV, f"release={then}"]),
+        ("discard", ["vumi.discard", ENV, then]),
+        ("lock", ["vumi.lock", ENV, "reason=traced"]),
+        ("unlock", ["vumi.unlock", ENV]),
         ("cleanup", ["vumi.cleanup", ENV, "limit=1"]),
         ("current", ["vumi.current", ENV]),
         ("releases", ["vumi.releases", ENV]),
         ("check", ["vumi.check", ENV]),
-    ):
-        log = top / f"strace-reads-{name.split()[0]}.log"
+        ("summary", ["vumi.summary"]),
+    ]
+    for index, (name, args) in enumerate(steps):
+        if name == "update":
+            commit(site, user, "NEWS", "an update\n", "a commit to update to")
+        log = top / f"strace-reads-{index}.log"
         proc = traced(conf, log, *args)
         assert proc.returncode == 0, (name, proc.stdout[-2000:], proc.stderr[-2000:])
         counts[name] = root_calls_in(log.read_text(), site.root)
+    # crash recovery: a deploy killed in its stages, then the next one (which cleans up) traced
+    commit(site, user, "NEWS", "killed\n", "a commit whose deploy is killed")
+    killed = subprocess.Popen([str(SALT_CALL), "--local", "-c", str(conf), "vumi.deploy", ENV],  # pylint: disable=consider-using-with
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    assert wait_for(lambda: any((site.root / "releases").glob(f"{time.strftime('%Y')}*/vumi/manage.py"))
+                    and len(list((site.root / "releases").iterdir())) > 1, timeout=60)  # fmt: skip
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    log = top / "strace-reads-recovery.log"
+    proc = traced(conf, log, "vumi.deploy", ENV)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    counts["deploy after a kill"] = root_calls_in(log.read_text(), site.root)
     run_salt_call(conf, "vumi.stop_webapp", ENV, str(port), f"ports=[{port}]")
     print("\n[root reads] root's opens of files in the user's tree (reads, writes): "
           + ", ".join(f"{k} {len(v['reads'])}, {len(v['writes'])}" for k, v in counts.items()))  # fmt: skip
