@@ -110,6 +110,8 @@ def full_disk(site, user, top):
         for index in range(3):
             commit(site, user, "NEWS", f"on tmpfs {index}\n", f"a commit on tmpfs {index}")
             site.vumi.deploy(ENV)
+        commit(site, user, "NEWS", "prepared\n", "a commit a fleet deploy prepared")
+        site.prepared = site.vumi.prepare(ENV)["release"]  # never published: vumi.discard's to remove
         root = mount / "vumi" / ENV
         filler = root / "shared" / "filler"
         as_user(user, "dd", "if=/dev/zero", f"of={filler}", "bs=1M")  # until the disk is full
@@ -121,7 +123,7 @@ def full_disk(site, user, top):
         mount.rmdir()
 
 
-def test_on_a_full_disk_lock_rollback_and_cleanup_work(site, full_disk):
+def test_on_a_full_disk_lock_rollback_discard_and_cleanup_work(site, full_disk):
     root, mount = full_disk
     before = os.readlink(root / "current")
     locked = site.vumi.lock(ENV, reason="disk full")
@@ -133,6 +135,8 @@ def test_on_a_full_disk_lock_rollback_and_cleanup_work(site, full_disk):
     assert os.readlink(root / "current") != before and rolled["previous"] == os.path.basename(before)
     actions = [line for line in (root / "history.log").read_text().splitlines() if '"rollback"' in line]
     assert actions, "the rollback was not recorded"
+    assert site.vumi.discard(ENV, site.prepared)["discarded"] is True
+    assert not (root / "releases" / site.prepared).exists()
     free = shutil.disk_usage(mount).free
     cleaned = site.vumi.cleanup(ENV, limit=1)
     assert cleaned["removed"] and shutil.disk_usage(mount).free > free, (cleaned, free)
