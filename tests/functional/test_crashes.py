@@ -393,6 +393,43 @@ def _intact(root):
     ]  # fmt: skip
 
 
+def test_sigkill_of_an_update_building_a_virtualenv_leaves_one_commit_live_and_no_trusted_half_build(mod, tmp_path):
+    repo = clone_origin(mod.origin, tmp_path / "upstream")
+    base_dir = tmp_path / "srv"
+    base_dir.mkdir()
+    settings = base_settings(base_dir, repo)
+    mod.loaders.use(settings)
+    vumi = mod.loaders.vumi
+    conf = salt_call_config(tmp_path / "call", settings)
+    seed_venv(mod.seed, base_dir, ENV)
+    root = env_root(base_dir, ENV)
+    venvs = root / "shared" / "virtualenvs"
+    before = vumi.deploy(ENV)
+    known = set(os.listdir(venvs))
+    cut = []
+    try:
+        for i, delay in enumerate((0.3, 1.0, 2.0)):  # moments of the build: made, installing, compiling
+            tip = sample.commit_file(repo, ENV, "config/requirements.pip", sample.requirements() + f"# update {i}\n",
+                                     f"Requirements for update {i}")  # fmt: skip
+            building = lambda proc: any(  # noqa: E731  (a new virtualenv's folder, not complete yet)
+                not (venvs / n / ".vumi-complete").exists() for n in set(os.listdir(venvs)) - known)
+            cut.append(kill_when(conf, ["vumi.update", ENV], building, delay))
+            assert current_problem(root) is None, (delay, current_problem(root))
+            now = vumi.current(ENV)
+            assert now["revision"] in (before["revision"], tip) and now["virtualenv_ok"] is True, (delay, now)
+            done = vumi.update(ENV)  # again: the half-built virtualenv is not trusted, but built anew
+            assert vumi.current(ENV)["revision"] == tip and vumi.current(ENV)["virtualenv_ok"] is True
+            assert done["changed"] is False or done["virtualenv_built"] is True, done
+            out = vumi.execute(ENV, "python -c 'import django, vumi_sample_lib'")
+            assert out["retcode"] == 0, out
+            assert leftovers(root) == [], delay
+            before, known = vumi.current(ENV), set(os.listdir(venvs))
+    finally:
+        kill_processes_under(base_dir)
+    print(f"\n[issue15] update killed while building a virtualenv: {sum(cut)} of {len(cut)} kills cut it short")
+    assert any(cut), "no kill landed during the build"
+
+
 def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_next_run_converges(mod, tmp_path):
     repo = clone_origin(mod.origin, tmp_path / "upstream")
     base_dir = tmp_path / "srv"
