@@ -121,3 +121,22 @@ def test_a_failing_stage_fires_its_failure_and_nothing_after(salt_master, minion
     assert failed.tag == f"vumi/deploy/{ENV}/virtualenv"
     assert failed.data["data"]["outcome"] == "failed", failed.data
     assert "config/missing.pip not found" in failed.data["data"]["error"], failed.data
+
+
+def test_each_hook_line_is_announced_and_events_false_fires_none(salt_master, minion, host, event_listener):
+    salt = salt_master.salt_cli(timeout=180)
+    start = time.time()
+    hooks = 'hooks={"before_publish": ["true", "echo second"]}'
+    ret = salt.run("vumi.deploy", ENV, hooks, minion_tgt=host.id)
+    assert ret.returncode == 0, ret
+    events = deploy_events(event_listener, salt_master, start, count=len(STAGES) + 1)
+    lines = [e.data["data"] for e in events if e.data["data"]["stage"] == "hooks" and "hook" in e.data["data"]]
+    assert [(d["hook"], d["hook_stage"], d["index"], d["outcome"]) for d in lines] == [
+        ("true", "before_publish", 0, "done"), ("echo second", "before_publish", 1, "done")], lines
+
+    # events: false: the same deploy, and not one event on the bus
+    start = time.time()
+    ret = salt.run("vumi.deploy", ENV, "events=False", minion_tgt=host.id)
+    assert ret.returncode == 0 and ret.data["timings"], ret
+    time.sleep(2)  # time for a stray event to arrive
+    assert deploy_events(event_listener, salt_master, start) == []
