@@ -7,7 +7,6 @@ starts is stopped by the test (the ``webapps`` fixture stops what is left).
 
 import logging
 import pathlib
-import socket
 import sys
 
 import pytest
@@ -22,7 +21,7 @@ import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder
 import helpers  # noqa: E402
 from helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
 from supervisor_support import Supervisord  # noqa: E402
-from support import host  # noqa: E402
+from support import host, net  # noqa: E402
 
 
 def pytest_unconfigure(config):
@@ -182,16 +181,7 @@ def vumi(loaders):
 @pytest.fixture
 def free_port():
     """A loopback port nobody listens on (for now)."""
-    ports = []
-
-    def get():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        ports.append(port)
-        return port
-
-    return get
+    return net.free_port
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from saltfactories.utils import random_string
 from saltfactories.utils.functional import Loaders
 
 import helpers
+from support.net import free_port  # noqa: F401  (for the test modules)
+from support.tree import history  # noqa: F401  (for the test modules)
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from helpers import alive, clone_origin, env_root, http_get  # noqa: F401  (clone_origin: for the test modules)
 
@@ -84,12 +85,6 @@ def mod(minion_opts, origin, tmp_path_factory, supervisord):
         yield types.SimpleNamespace(loaders=loaders, seed=seed, origin=origin)
     finally:
         loaders.close()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serving(port):
@@ -266,13 +261,6 @@ def lock_holder(root):
         return json.loads((pathlib.Path(root) / ".deploy.lock").read_text())["pid"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def history(root):
-    path = pathlib.Path(root) / "history.log"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def processes_under(path):

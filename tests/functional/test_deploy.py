@@ -34,6 +34,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from failure_support import masterless_minion, seed_venv
 from helpers import clone_origin, current_target, env_root, http_get, loaders_for, release_dirs
+from support import tree
 
 ME = getpass.getuser()
 
@@ -168,10 +169,7 @@ def revision_file(base_dir, name, env="staging"):
 
 
 def history(base_dir, env="staging"):
-    path = env_root(base_dir, env) / "history.log"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return tree.history(env_root(base_dir, env))
 
 
 def code_head(base_dir, name, env="staging"):

@@ -15,12 +15,13 @@ from salt.exceptions import CommandExecutionError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from helpers import current_target, env_root, release_dirs
+from support import tree
 
 ENV = "staging"
 
 
 def history(base_dir):
-    return [json.loads(line) for line in (env_root(base_dir) / "history.log").read_text().splitlines()]
+    return tree.history(env_root(base_dir))
 
 
 def test_capistrano_check_linked_dirs_a_missing_shared_dir_is_created(vumi, base_dir):

@@ -9,27 +9,15 @@ import dataclasses
 import getpass
 import json
 import pathlib
-import socket
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
 from supervisor_support import Supervisord
+from support.net import free_ports  # noqa: F401  (for the test modules)
 from saltfactories.utils import random_string
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
 ENVS = ("staging", "production")
-
-
-def free_ports(count, taken=()):
-    """``count`` distinct loopback ports nobody listens on, none of them in ``taken``."""
-    found = []
-    while len(found) < count:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in found and port not in taken:
-            found.append(port)
-    return found
 
 
 @dataclasses.dataclass

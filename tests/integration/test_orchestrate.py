@@ -27,6 +27,7 @@ import pytest
 import salt.output
 from fleet_support import kill_leftover_webapps, make_hosts, pillar_override, started_master
 from helpers import http_get
+from support import tree
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,7 @@ def assert_serving(host, release, revision):
 
 
 def history(host):
-    lines = (host.env_root(ENV) / "history.log").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return tree.history(host.env_root(ENV))
 
 
 def orchestrate(salt_run, test=False, **pillar):
