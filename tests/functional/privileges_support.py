@@ -159,11 +159,16 @@ def pillar_config(top, settings, name="call", envs=None):
     return conf
 
 
-#: salt-call in this interpreter, reporting its own peak RSS (root's process alone, not its children)
+#: salt-call in this interpreter, reporting its own peak RSS (root's process alone, not its children):
+#: VmHWM of its own memory, not getrusage's ru_maxrss, which Linux carries over an execve from the
+#: process that forked it (a pytest worker of 400 MB made every salt-call look that large)
 _MEASURED = (
-    "import atexit, resource, runpy, sys\n"
+    "import atexit, runpy, sys\n"
     "out = sys.argv.pop(1)\n"
-    "atexit.register(lambda: open(out, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "def peak():\n"
+    "    kb = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+    "    open(out, 'w').write(kb)\n"
+    "atexit.register(peak)\n"
     "sys.argv[0] = sys.argv[1]; del sys.argv[1]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
