@@ -24,10 +24,7 @@ pytestmark = pytest.mark.skipif(not GitHTTP.available(), reason="git's http-back
 
 @pytest.fixture
 def server(origin, tmp_path):
-    root = tmp_path / "git"
-    root.mkdir()
-    sample.git(tmp_path, "clone", "--quiet", "--bare", str(origin), str(root / "app.git"))
-    with GitHTTP(root, "deploy", TOKEN) as srv:
+    with GitHTTP.serving(origin, tmp_path / "git", "deploy", TOKEN) as srv:
         yield srv
 
 

@@ -19,8 +19,6 @@ from helpers import env_root, loaders_for, settings_pillar
 from privileges_support import PYTHON, SKIPS, remove_user
 from support.git_http import GitHTTP
 
-import make_repo as sample
-
 ENV = "staging"
 TOKEN = "tok-manage-7c1e"
 
@@ -36,10 +34,7 @@ def top():
 @pytest.fixture
 def upstream(origin, top):
     """The sample over HTTP: a user that does not exist yet cannot own a local clone."""
-    root = top / "git"
-    root.mkdir()
-    sample.git(top, "clone", "--quiet", "--bare", str(origin), str(root / "app.git"))
-    with GitHTTP(root, "deploy", TOKEN) as srv:
+    with GitHTTP.serving(origin, top / "git", "deploy", TOKEN) as srv:
         yield f"http://deploy:{TOKEN}@127.0.0.1:{srv.port}/app.git"
 
 

@@ -76,3 +76,10 @@ class GitHTTP:
     @staticmethod
     def available():
         return os.access(BACKEND, os.X_OK)
+
+    @classmethod
+    def serving(cls, repository, folder, user, token):
+        """A server of ``folder`` holding a bare clone of ``repository`` as ``app.git`` (not started yet)."""
+        folder.mkdir()
+        subprocess.run(["git", "clone", "--quiet", "--bare", str(repository), str(folder / "app.git")], check=True)
+        return cls(folder, user, token)
