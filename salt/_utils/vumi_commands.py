@@ -63,9 +63,9 @@ def run_shell(line, cwd, runas, env, limit=OUTPUT_LIMIT, timeout=None):
         for stream in kept:
             selector.register(stream, selectors.EVENT_READ)
         while selector.get_map():
-            if ended is None and (_exited(proc) or (deadline is not None and time.monotonic() >= deadline)):
-                timed_out = not _exited(proc)
-                ended = time.monotonic()
+            exited = ended is None and _exited(proc)
+            if ended is None and (exited or (deadline is not None and time.monotonic() >= deadline)):
+                timed_out, ended = not exited, time.monotonic()
                 _kill_group(proc)  # the line is done (or out of time): what it left behind goes
             if ended is not None and time.monotonic() > ended + 1:
                 break  # a process of another session holds the pipes: not waited for (as_user reaps it)

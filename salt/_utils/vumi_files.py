@@ -174,10 +174,10 @@ class NotRegular(CommandExecutionError):
 SAFE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def open_regular(path, limit=None, uid=None, follow=False):
+def open_regular(path, limit=None, follow=False):
     """
-    A descriptor of ``path`` checked to be a regular file (of ``uid`` when given, at
-    most ``limit`` bytes when given); None when it does not exist. The caller closes it.
+    A descriptor of ``path`` checked to be a regular file (at most ``limit`` bytes when
+    given); None when it does not exist. The caller closes it.
     ``follow``: a link is followed (for the deploy user's own reads, which reach no
     further than the user may).
     """
@@ -193,8 +193,6 @@ def open_regular(path, limit=None, uid=None, follow=False):
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise NotRegular(f"{path} is not a regular file; not read")
-        if uid is not None and info.st_uid != uid:
-            raise NotRegular(f"{path} belongs to uid {info.st_uid}, not {uid}; not read")
         if limit is not None and info.st_size > limit:
             raise NotRegular(f"{path} has {info.st_size} bytes, more than the {limit} it may have; not read")
     except BaseException:
@@ -203,12 +201,12 @@ def open_regular(path, limit=None, uid=None, follow=False):
     return fd
 
 
-def read_bounded(path, limit, tail=False, uid=None, follow=False):
+def read_bounded(path, limit, tail=False, follow=False):
     """
     The bytes of regular file ``path`` (None when it does not exist); larger than
     ``limit``: refused (``NotRegular``), or with ``tail``, its last ``limit`` bytes.
     """
-    fd = open_regular(path, None if tail else limit, uid, follow)
+    fd = open_regular(path, None if tail else limit, follow)
     if fd is None:
         return None
     try:
@@ -227,10 +225,10 @@ def read_bounded(path, limit, tail=False, uid=None, follow=False):
         os.close(fd)
 
 
-def read_json(path, limit=64 << 10, uid=None):
+def read_json(path, limit=64 << 10):
     """The JSON in a small file (None: absent; {}: a link, a special file, too large or not JSON)."""
     try:
-        data = read_bounded(path, limit, uid=uid)
+        data = read_bounded(path, limit)
     except (OSError, NotRegular) as exc:
         log.warning("%s", exc)
         return {}
