@@ -97,6 +97,18 @@ class Fleet:
         ``fun`` on ``hosts``, all at once: {host: return}. The first host (by name)
         that failed or did not answer raises ``Failed``, once every host has returned.
         """
+        out, failures = self._ask(phase, hosts, fun, arg, kwarg)
+        if failures:
+            raise Failed(phase, *failures[0]) from None
+        return out
+
+    def quietly(self, phase, hosts, fun, arg=(), kwarg=None):
+        """The same as ``call`` for the undoing: ({host: return}, ["host: what went wrong"]), nothing raised."""
+        out, failures = self._ask(phase, hosts, fun, arg, kwarg)
+        return out, [f"{host}: {error}" for host, error in failures]
+
+    def _ask(self, phase, hosts, fun, arg, kwarg):
+        """One job to ``hosts``, waiting at most ``timeout`` for them: ({host: return}, [(host, error)])."""
         started = time.monotonic()
         rets = self.client.cmd(hosts, fun, arg=list(arg), kwarg=kwarg or {}, tgt_type="list",
                                timeout=self.timeout, full_return=True)  # fmt: skip
@@ -104,7 +116,7 @@ class Fleet:
         out, failures = {}, []
         for host in hosts:
             ret = rets.get(host)
-            if not isinstance(ret, dict) or "ret" not in ret:
+            if not isinstance(ret, dict) or "ret" not in ret or ret.get("out") == "no_return":
                 failures.append((host, f"did not answer {fun} within {self.timeout}s"))
                 continue
             error = _error(ret["ret"], ret.get("retcode"))
@@ -112,23 +124,7 @@ class Fleet:
                 failures.append((host, error))
                 continue
             out[host] = ret["ret"]
-        if failures:
-            raise Failed(phase, *failures[0]) from None
-        return out
-
-    def quietly(self, phase, hosts, fun, arg=(), kwarg=None):
-        """The same as ``call`` for the undoing: failures are collected, not raised."""
-        try:
-            return self.call(phase, hosts, fun, arg, kwarg), []
-        except Failed:
-            pass
-        problems, out = [], {}
-        for host in hosts:  # again one by one, to say which of them failed
-            try:
-                out.update(self.call(phase, [host], fun, arg, kwarg))
-            except Failed as exc:
-                problems.append(f"{host}: {exc.error}")
-        return out, problems
+        return out, failures
 
 
 def _batches(hosts, batch):

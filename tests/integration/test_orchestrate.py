@@ -139,7 +139,8 @@ def orch_fleet(orch_master, orch_hosts, salt_cli, salt_run):
     """
     with contextlib.ExitStack() as stack:
         for host in orch_hosts:
-            stack.enter_context(orch_master.salt_minion_daemon(host.id).started())
+            host.minion = orch_master.salt_minion_daemon(host.id)  # a test stops one: a host that does not answer
+            stack.enter_context(host.minion.started())
         try:
             ret = salt_cli.run("saltutil.sync_all", minion_tgt=TARGET)
             assert ret.returncode == 0, ret
@@ -338,13 +339,17 @@ def test_a_restart_that_fails_on_the_second_host_puts_the_fleet_back(
 ):
     """
     The new commit does not start on one port of the second host (``FAIL_ON_PORTS``);
-    its health check (on a spare port) passes. With ``batch: 1`` the first host
-    has restarted onto it when the second fails: both restart back, the third
-    switches back without a restart.
+    its health check (on a spare port) passes. With ``batch: 25%`` (of three hosts:
+    one at a time) the first host has restarted onto it when the second fails: both
+    restart back; the third switches back and its webapps were never restarted.
     """
     first, broken, last = orch_hosts
+    untouched = pids(last)
     sample.commit_file(upstream, ENV, "FAIL_ON_PORTS", f"{broken.ports[ENV][0]}\n", "Breaks one port")
-    ret, elapsed, state = orchestrate(salt_run, target=TARGET, batch=1)
+    try:
+        ret, elapsed, state = orchestrate(salt_run, target=TARGET, batch="25%")
+    finally:
+        sample.commit_file(upstream, ENV, "FAIL_ON_PORTS", "\n", "Mends the port")
     print(f"\na restart failure ({elapsed:.1f}s), as salt-run prints it:\n" + readable(ret, orch_master.config))
     assert ret.returncode != 0 and state["result"] is False, state
     lines = state["comment"].splitlines()
@@ -355,6 +360,53 @@ def test_a_restart_that_fails_on_the_second_host_puts_the_fleet_back(
     assert_fleet_serves(orch_fleet.values(), steady)
     for host in (first, broken):  # restarted back: new processes, old release
         assert history(host)[-1]["action"] == "rollback", host.id
+    assert pids(last) == untouched, "the third host's batch never came"
+
+
+def pids(host):
+    """The process id of each of ``host``'s webapps, as its supervisord reports them."""
+    return {name: info["pid"] for name, info in host.supervisord.processes().items()}
+
+
+def test_a_pinned_revision_goes_to_the_compound_targeted_hosts_only(orch_fleet, orch_hosts, steady, upstream, salt_run):
+    """``revision`` pins the commit (the one served, not the tip pushed since); a compound target picks the hosts."""
+    first, middle, last = orch_hosts
+    pinned = sample.git(upstream, "rev-parse", f"refs/heads/{ENV}")
+    sample.commit_file(upstream, ENV, "CHANGES", "pushed, not pinned\n", "Not pinned")
+    target = f"{first.id} or E@^{last.id}$"
+    ret, _, state = orchestrate(salt_run, target=target, tgt_type="compound", revision=pinned)
+    assert ret.returncode == 0 and state["result"] is True, state
+    assert set(state["changes"]) == {first.id, last.id}, state["changes"]
+    (release,) = {c["new"] for c in state["changes"].values()}
+    assert pinned != sample.git(upstream, "rev-parse", f"refs/heads/{ENV}")
+    assert_fleet_serves([first, last], {first.id: (release, pinned), last.id: (release, pinned)})
+    assert_fleet_serves([middle], steady)  # not targeted
+
+
+def test_a_host_that_does_not_answer_fails_the_run_and_the_undoing_names_it(
+    orch_fleet, orch_hosts, steady, upstream, orch_master, salt_run
+):
+    """
+    The third host's minion is down for the run (its key accepted: the target matches
+    it). It does not answer the prepare within ``timeout``: the run stops there, the
+    others discard what they prepared, and the discard it does not answer either is
+    named as the undoing that failed.
+    """
+    first, middle, last = orch_hosts
+    sample.commit_file(upstream, ENV, "CHANGES", "while a host is down\n", "A host is down")
+    before = {host.id: host.releases(ENV) for host in orch_hosts}
+    with last.minion.stopped():
+        ret, elapsed, state = orchestrate(salt_run, target=TARGET, timeout=15)
+    print(f"\na host that does not answer ({elapsed:.1f}s):\n" + readable(ret, orch_master.config))
+    assert ret.returncode != 0 and state["result"] is False, state
+    lines = state["comment"].splitlines()
+    assert lines[0] == f"{last.id} failed at prepare: did not answer vumi.prepare within 15s", lines[0]
+    assert "nothing was published" in state["comment"], state["comment"]
+    assert "THE UNDOING FAILED TOO" in state["comment"], state["comment"]
+    assert f"{last.id}: did not answer vumi.discard within 15s" in state["comment"], state["comment"]
+    assert not any(h.id in state["comment"].split("FAILED TOO")[1] for h in (first, middle)), state["comment"]
+    assert_fleet_serves(orch_fleet.values(), steady)
+    assert {host.id: host.releases(ENV) for host in orch_hosts} == before, "every prepared release is discarded"
 
 
 def test_cleanup_removes_a_release_prepared_but_never_published(orch_fleet, live, salt_cli):

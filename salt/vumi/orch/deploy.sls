@@ -13,7 +13,9 @@
     revision and the release, and changes nothing.
 
     pillar: branch, target, tgt_type (default glob), revision, release, batch,
-    hold (seconds a host stays held should the run die; default 1800).          -#}
+    hold (seconds a host stays held should the run die; default 1800), timeout
+    (seconds each phase waits for the hosts' answers; a host silent that long has
+    failed; default 900).                                                        -#}
 {%- set branch = pillar.get("branch") %}
 {%- set target = pillar.get("target") %}
 {%- if not branch or not target %}
@@ -31,7 +33,7 @@ vumi-fleet-deploy:
     - name: {{ branch | json }}
     - tgt: {{ target | json }}
     - tgt_type: {{ pillar.get("tgt_type", "glob") | json }}
-{%-   for key in ("revision", "release", "batch", "hold") if pillar.get(key) is not none %}
-    - {{ key }}: {{ pillar[key] | string | json if key != "hold" else pillar[key] | int }}
+{%-   for key in ("revision", "release", "batch", "hold", "timeout") if pillar.get(key) is not none %}
+    - {{ key }}: {{ pillar[key] | int if key in ("hold", "timeout") else pillar[key] | string | json }}
 {%-   endfor %}
 {%- endif %}
