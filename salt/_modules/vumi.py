@@ -489,7 +489,10 @@ def layout(environment, test=False, **kwargs):
     cfg, found = _context(environment, kwargs)
     if test:
         return vumi_layout.ensure_tree(cfg, found, test=True)
-    return _as_user(cfg, found, vumi_layout.ensure_tree, cfg, found, make_root=True)
+    user = vumi_privileges.dropping(cfg)
+    made = user is not None and vumi_privileges.ensure_env_root(cfg, found, user)  # root makes it, for the user
+    res = _as_user(cfg, found, vumi_layout.ensure_tree, cfg, found)
+    return dict(res, created=[found.root] * made + res["created"])
 
 
 def update(environment, **kwargs):

@@ -301,7 +301,7 @@ def ensure_log_dir(cfg, paths):
 def ensure_env_root(cfg, paths, user):
     """
     ``<base_dir>`` and ``<base_dir>/<app>`` root's (0755); the environment's folder made
-    once, for its user. Everything inside it, the user makes.
+    once, for its user. Everything inside it, the user makes. Whether it made that folder.
     """
     for path in _parents(cfg["base_dir"]) + [cfg["base_dir"], paths.app_dir]:
         if not os.path.isdir(path) or os.path.islink(path):
@@ -327,6 +327,7 @@ def ensure_env_root(cfg, paths, user):
             )
     finally:
         os.close(fd)
+    return made
 
 
 def _parents(path):
