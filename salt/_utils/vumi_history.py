@@ -131,7 +131,11 @@ def flock(path, timeout, busy):
                     holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
                     raise busy(holder or "unknown holder") from None
                 time.sleep(0.05)
-        holder = {"pid": os.getpid(), "user": getpass.getuser(), "since": vumi_files.now().isoformat()}
+        # the Salt process of the deploy (salt-call's, the minion job's), which an operator sees;
+        # as the deploy user, the process that acts for it too
+        holder = {"pid": SALT_PID or os.getpid(), "user": getpass.getuser(), "since": vumi_files.now().isoformat()}
+        if SALT_PID:
+            holder["worker"] = os.getpid()
         os.ftruncate(fd, 0)
         try:
             os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -178,6 +182,8 @@ def event_bus_up(opts):
 #: in a process of the deploy user's (vumi_privileges.as_user): where events go instead of the bus,
 #: which is root's; the parent fires them
 RELAY = None
+#: ...and the pid of the Salt process it acts for (the lock's holder note names it)
+SALT_PID = None
 
 
 def event(d, stage, started, outcome, **extra):

@@ -48,7 +48,7 @@ def dropping(cfg):
         raise SaltInvocationError(f"user {cfg['user']!r} does not exist") from None
 
 
-def _drop(user):
+def _drop(user, parent):
     os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
     os.setgid(user.pw_gid)
     os.setuid(user.pw_uid)
@@ -60,6 +60,19 @@ def _drop(user):
     )
     with contextlib.suppress(OSError):
         os.chdir("/")
+    # the job ends with the Salt process it acts for (salt-call killed, a minion job ended), and
+    # takes what it started along (pip, git, a hook): a deploy nobody waits for must not go on
+    # holding the lock or writing. Armed after the drop, which clears it
+    signal.signal(signal.SIGTERM, _parent_died)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the signal was armed
+        _parent_died()
+
+
+def _parent_died(*_):
+    reap()
+    os._exit(1)  # pylint: disable=protected-access
 
 
 def _error(exc):
@@ -126,6 +139,7 @@ def _detach(keep):
 
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
 
 
 def children(pid):
@@ -173,6 +187,7 @@ def as_user(cfg, salt, opts, fn, *args, timeout=None, **kwargs):
     _warm(salt)
     events = bool(opts is not None and cfg.get("events") and vumi_history.event_bus_up(opts))
     read_fd, write_fd = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns into Salt
         code = 0
@@ -181,9 +196,10 @@ def as_user(cfg, salt, opts, fn, *args, timeout=None, **kwargs):
             _detach(write_fd)
             out = os.fdopen(write_fd, "w", encoding="utf-8")
             vumi_history.RELAY = (lambda message: (out.write(json.dumps(message) + "\n"), out.flush())) if events else (lambda message: None)
+            vumi_history.SALT_PID = os.getppid()
             try:
                 _keep_logs_open()
-                _drop(user)
+                _drop(user, parent)
                 message = {"result": fn(*args, **kwargs)}
             except BaseException as exc:  # pylint: disable=broad-except
                 message = _error(exc)
@@ -307,15 +323,17 @@ def ensure_env_root(cfg, paths, user):
         if not os.path.isdir(path) or os.path.islink(path):
             if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
                 raise CommandExecutionError(f"{path} is not a folder (a link or a file); refusing")
-        if path in (cfg["base_dir"], paths.app_dir):
-            _root_dir(path)
-        elif not os.path.isdir(path):
-            os.mkdir(path, 0o755)
-    try:
-        os.mkdir(paths.root, 0o755)
-        made = True
-    except FileExistsError:
-        made = False
+        with _making(path):
+            if path in (cfg["base_dir"], paths.app_dir):
+                _root_dir(path)
+            elif not os.path.isdir(path):
+                os.mkdir(path, 0o755)
+    with _making(paths.root):
+        try:
+            os.mkdir(paths.root, 0o755)
+            made = True
+        except FileExistsError:
+            made = False
     fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         info = os.fstat(fd)
@@ -328,6 +346,17 @@ def ensure_env_root(cfg, paths, user):
     finally:
         os.close(fd)
     return made
+
+
+@contextlib.contextmanager
+def _making(path):
+    """An error making ``path`` said as the bundle says it (a path under a file, a folder Salt cannot write)."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, FileExistsError):
+            raise
+        raise CommandExecutionError(f"cannot make the folder {path}: {exc.strerror}") from None
 
 
 def _parents(path):
