@@ -5,9 +5,11 @@ Everything a test makes lives under pytest's temp dirs; every process a test
 starts is stopped by the test (the ``webapps`` fixture stops what is left).
 """
 
+import contextlib
 import logging
 import pathlib
 import sys
+import types
 
 import pytest
 import salt._logging  # noqa: F401  (sets up the handlers we close at exit)
@@ -21,7 +23,15 @@ import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder
 import helpers  # noqa: E402
 from helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
 from supervisor_support import Supervisord  # noqa: E402
-from support import host, net  # noqa: E402
+from support import host, net, users  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--deploy-user", choices=("root", "unprivileged"), default="root",
+        help="who the functional tests' environments belong to: root (as Salt runs), or a throw-away "
+             "user of the session (the privilege drop of every command, where the README promises it)",
+    )  # fmt: skip
 
 
 def pytest_unconfigure(config):
@@ -107,15 +117,58 @@ def origin(tmp_path_factory):
     return sample.make_repo(tmp_path_factory.mktemp("origin") / "sampleapp")
 
 
-@pytest.fixture
-def repo(origin, tmp_path):
-    """This test's own upstream repository, so commits do not leak between tests."""
-    return clone_origin(origin, tmp_path / "upstream")
+@pytest.fixture(scope="session")
+def deploy_user(request):
+    """
+    None: the environments are root's. With ``--deploy-user=unprivileged``: the pwd entry of
+    a throw-away user of the session whom every environment of the ``vumi_config`` fixture
+    belongs to (its trees in /tmp folders it can reach, its own pip/uv cache).
+    """
+    if request.config.getoption("--deploy-user") == "root":
+        yield None
+        return
+    why_not = users.can_deploy_as_another_user()
+    if why_not:
+        pytest.fail(f"--deploy-user=unprivileged: {why_not}")
+    with users.reachable_dir("vumi-deploy-user-") as top, users.throwaway_user("vumitest-", top / "home") as user:
+        # its interpreter the system's, with uv beside it (as an operator installs it for every user)
+        (top / "bin").mkdir()
+        (top / "bin" / "python3").symlink_to(users.PYTHON)
+        (top / "bin" / "uv").symlink_to(REPO / ".venv" / "bin" / "uv")
+        yield types.SimpleNamespace(pw_name=user.pw_name, pw_uid=user.pw_uid, pw_gid=user.pw_gid,
+                                    pw_dir=user.pw_dir, python=str(top / "bin" / "python3"))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def make_top(tmp_path_factory, deploy_user):
+    """
+    ``make_top(name)``: a folder for a test module's environments, a temp dir or (with a
+    deploy user) one that user can reach; those are removed at the end of the session.
+    """
+    with contextlib.ExitStack() as stack:
+        yield lambda name: (tmp_path_factory.mktemp(name) if deploy_user is None
+                            else stack.enter_context(users.reachable_dir(f"vumi-{name}-")))  # fmt: skip
 
 
 @pytest.fixture
-def base_dir(tmp_path):
-    path = tmp_path / "srv"
+def test_top(deploy_user, tmp_path):
+    """Where this test's upstream and environments live: its temp dir, or one the deploy user can reach."""
+    if deploy_user is None:
+        yield tmp_path
+        return
+    with users.reachable_dir("vumi-as-user-") as path:
+        yield path
+
+
+@pytest.fixture
+def repo(origin, test_top, deploy_user):
+    """This test's own upstream repository, so commits do not leak between tests (the deploy user's)."""
+    return users.give(clone_origin(origin, test_top / "upstream"), deploy_user)
+
+
+@pytest.fixture
+def base_dir(test_top):
+    path = test_top / "srv"
     path.mkdir()
     return path
 
@@ -148,7 +201,7 @@ def supervisor(supervisord):
 
 
 @pytest.fixture
-def vumi_config(repo, base_dir, supervisor):
+def vumi_config(repo, base_dir, supervisor, deploy_user):
     """The ``vumi`` settings every functional test starts from (the ``loaders`` fixture's pillar)."""
     return {
         "base_dir": str(base_dir),
@@ -158,7 +211,7 @@ def vumi_config(repo, base_dir, supervisor):
         "start_timeout": 20,
         "stop_timeout": 5,
         "supervisor": supervisor.settings(),
-        "cache_dir": helpers.SHARED_CACHE,
+        **helpers.owned_by(deploy_user),
     }
 
 

@@ -14,11 +14,19 @@ import urllib.request
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
 from saltfactories.utils.functional import Loaders
+from support import users
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 #: the session's pip and uv cache (setting ``cache_dir``), set by tests/conftest.py
 SHARED_CACHE = None
+
+def owned_by(user):
+    """The settings that make an environment ``user``'s (a pwd entry; None: root's, with the session's cache)."""
+    if user is None:
+        return {"cache_dir": SHARED_CACHE}
+    return {"user": user.pw_name, "python": getattr(user, "python", users.PYTHON), "cache_dir": f"{user.pw_dir}/cache"}
+
 
 def http_get(port, path="/", timeout=5):
     """GET from the webapp on 127.0.0.1: (status, body as JSON when it is JSON, else text)."""
@@ -127,18 +135,19 @@ def loaders_for(minion_opts, vumi, pillar_dir=None, **opts):
 
 
 @contextlib.contextmanager
-def module_env(minion_opts, origin, top, env="staging", **settings):
+def module_env(minion_opts, origin, top, env="staging", owner=None, **settings):
     """
     An environment of a test module's own under ``top``: its upstream clone, its
     base_dir and a loader whose ``vumi`` settings are minion options alone (the
     bundle's pillar, base_dir /var/praekelt, would win over them, so the pillar
     roots are empty). ``settings`` are added to base_dir, app, repo_url and ports.
+    ``owner``: the deploy user whose environment it is (the ``deploy_user`` fixture).
     """
     top = pathlib.Path(top)
-    repo = clone_origin(origin, top / "upstream")
+    repo = users.give(clone_origin(origin, top / "upstream"), owner)
     base_dir = top / "srv"
     base_dir.mkdir()
-    config = {"base_dir": str(base_dir), "app": "vumi", "repo_url": str(repo), "ports": [], "cache_dir": SHARED_CACHE,
+    config = {"base_dir": str(base_dir), "app": "vumi", "repo_url": str(repo), "ports": [], **owned_by(owner),
               **settings}  # fmt: skip
     no_pillar = top / "pillar"
     no_pillar.mkdir()

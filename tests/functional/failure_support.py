@@ -26,6 +26,7 @@ from saltfactories.utils.functional import Loaders
 import helpers
 from support.net import free_port  # noqa: F401  (for the test modules)
 from support.tree import history  # noqa: F401  (for the test modules)
+from support import users
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from helpers import alive, clone_origin, env_root, http_get  # noqa: F401  (clone_origin: for the test modules)
 
@@ -75,16 +76,22 @@ class ModuleLoaders:
 
 
 @pytest.fixture(scope="module")
-def mod(minion_opts, origin, tmp_path_factory, supervisord):
-    """The module's loader and the virtualenv every environment here starts from (a fixture)."""
+def mod(minion_opts, origin, make_top, deploy_user, supervisord):
+    """
+    The module's loader and the virtualenv every environment here starts from (a fixture);
+    ``owner``: whose environments they are (``deploy_user``: None, root's).
+    """
     SUPERVISOR.update(supervisord.settings())
-    top = tmp_path_factory.mktemp("failures")
+    OWNER.clear()
+    OWNER.update(helpers.owned_by(deploy_user))
+    top = make_top("failures")
     loaders = ModuleLoaders(minion_opts, top)
     try:
-        seed = build_seed(loaders, top, origin)
-        yield types.SimpleNamespace(loaders=loaders, seed=seed, origin=origin)
+        seed = build_seed(loaders, top, origin, deploy_user)
+        yield types.SimpleNamespace(loaders=loaders, seed=seed, origin=origin, owner=deploy_user)
     finally:
         loaders.close()
+        OWNER.clear()
 
 
 def serving(port):
@@ -96,14 +103,15 @@ def serving(port):
 
 #: the session's supervisord (pillar ``supervisor``), set by the modules' ``mod`` fixtures
 SUPERVISOR = {}
+#: whose the module's environments are (``helpers.owned_by``), set by the ``mod`` fixtures
+OWNER = {}
 
 
 def base_settings(base_dir, repo, **more):
-    # the session's cache is root's: an environment of another user keeps its own
-    shared = {"cache_dir": helpers.SHARED_CACHE} if more.get("user", ME) == ME else {}
+    # the module's deploy user, unless the test names its own (which keeps its own cache)
+    owner = dict(OWNER) if "user" not in more else {}
     return dict(
         {
-            **shared,
             "supervisor": dict(SUPERVISOR),
             "base_dir": str(base_dir),
             "app": "vumi",
@@ -112,14 +120,15 @@ def base_settings(base_dir, repo, **more):
             "user": ME,
             "start_timeout": 20,
             "stop_timeout": 5,
+            **owner,
         },
         **more,
     )
 
 
-def build_seed(module_loaders, top, origin):
-    """Deploy once for real: its virtualenv seeds every other environment of the module."""
-    repo = clone_origin(origin, top / "seed-upstream")
+def build_seed(module_loaders, top, origin, owner=None):
+    """Deploy once for real (as ``owner``, or root): its virtualenv seeds every other environment of the module."""
+    repo = users.give(clone_origin(origin, top / "seed-upstream"), owner)
     base_dir = top / "seed-srv"
     base_dir.mkdir()
     module_loaders.use(base_settings(base_dir, repo))
@@ -127,9 +136,14 @@ def build_seed(module_loaders, top, origin):
     return pathlib.Path(os.path.realpath(result["path"] + "/ve"))
 
 
-def seed_venv(seed, base_dir, env="staging"):
-    """The module's first virtualenv, made again in ``env``'s tree under its hash (``rebuild_venv``)."""
-    return rebuild_venv(seed, env_root(base_dir, env) / "shared" / "virtualenvs" / seed.name)
+def seed_venv(seed, base_dir, env="staging", owner=None):
+    """
+    The module's first virtualenv, made again in ``env``'s tree under its hash (``rebuild_venv``);
+    the folders made for it ``owner``'s (a deploy user, or None: root's).
+    """
+    venv = rebuild_venv(seed, env_root(base_dir, env) / "shared" / "virtualenvs" / seed.name)
+    users.give(env_root(base_dir, env), owner)  # base_dir and <base_dir>/vumi stay root's, as the bundle makes them
+    return venv
 
 
 def rebuild_venv(source, dest, find_links=()):
@@ -149,6 +163,8 @@ def rebuild_venv(source, dest, find_links=()):
                             env=env, check=True, capture_output=True, text=True).stdout  # fmt: skip
     requirements = dest / ".seeded"
     requirements.mkdir()
+    # pip itself (in a virtualenv the stdlib's venv made) comes from ensurepip, not the wheelhouse: left out
+    frozen = "".join(line for line in frozen.splitlines(True) if not line.lower().startswith(("pip==", "setuptools==")))
     (requirements / "requirements.txt").write_text(frozen)
     # the registry's packages from the wheelhouse, the sample's own library as its repository ships it
     sample.build_wheel(sample.LIB_DIR, sample.LIB_NAME, sample.LIB_VERSION, requirements)

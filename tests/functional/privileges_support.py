@@ -11,16 +11,13 @@ import contextlib
 import json
 import os
 import pathlib
-import pwd
 import re
-import secrets
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 import types
 
 import make_repo as sample
@@ -28,11 +25,11 @@ import pytest
 import yaml
 from failure_support import SALT_CALL, ModuleLoaders, base_settings, clone_origin, masterless_minion
 from helpers import env_root
+from support.users import PYTHON, throwaway_user
 
 import failure_support
 
 ENV = "staging"
-PYTHON = "/usr/bin/python3"  # the user cannot run the project's interpreter under /root or /work
 STRACE = shutil.which("strace")
 
 SKIPS = [
@@ -56,26 +53,8 @@ def top():
 
 @pytest.fixture(scope="module")
 def user(top):
-    name = f"vumipriv-{secrets.token_hex(3)}"
-    home = top / "home"
-    subprocess.run(["useradd", "--system", "--home-dir", str(home), "--create-home", name], check=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        remove_user(name)
-
-
-def remove_user(name, timeout=30):
-    """Kill what still runs as ``name`` (a failed test's webapp), then remove it: the host guard counts on it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
-        gone = subprocess.run(["userdel", name], capture_output=True, check=False).returncode in (0, 6)
-        if gone or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)  # "currently used by process": the kill has not landed yet
-    with pytest.raises(KeyError):  # gone: the host guard leaves these users out of its record
-        pwd.getpwnam(name)
+    with throwaway_user("vumipriv-", home=top / "home") as entry:
+        yield entry
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from failure_support import (
     Tally,
     base_settings,
-    clone_origin,
     current_problem,
     current_state,
     finish,
@@ -146,7 +145,8 @@ class Crasher:
         valid = problem is None or (before["current"] is None and current_state(root) is None)
         TALLY.add("crash (SIGKILL)", valid, f"{name}: killed in {landed}")
         assert valid, f"after a kill in {landed}: {problem}"
-        assert lock_free(root), "a killed deploy left its lock held"
+        # as another user, the deploy's own process ends with the killed salt-call: a moment after it
+        assert wait_for(lambda: lock_free(root), timeout=10), "a killed deploy left its lock held"
 
         # the next deploy converges without help
         result = self.vumi.deploy(name, revision=converge_at)
@@ -184,10 +184,7 @@ class Crasher:
         return lambda root, proc: set(os.listdir(root / "shared" / "virtualenvs")) - known
 
 
-def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path):
-    repo = clone_origin(mod.origin, tmp_path / "upstream")
-    base_dir = tmp_path / "srv"
-    base_dir.mkdir()
+def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path, repo, base_dir):
     fresh = ["fresh1", "fresh2"]  # never deployed: a kill can land in the first clone
     settings = base_settings(base_dir, repo, health_check=True, keep_releases=3,
                              environments={name: {"branch": ENV} for name in fresh})  # fmt: skip
@@ -195,7 +192,7 @@ def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path):
     vumi = mod.loaders.vumi
     crasher = Crasher(vumi, salt_call_config(tmp_path / "call", settings), base_dir)
     for name in [ENV, *fresh]:
-        seed_venv(mod.seed, base_dir, name)
+        seed_venv(mod.seed, base_dir, name, mod.owner)
     staging = env_root(base_dir, ENV)
     try:
         vumi.deploy(ENV)  # something to keep: current exists from here on
@@ -254,14 +251,11 @@ def slow_webapp(seconds):
 
 
 @pytest.fixture
-def slow(mod, tmp_path):
+def slow(mod, tmp_path, repo, base_dir):
     """Two environments whose deploys hold their lock for 1.5 s+ (a slow-starting webapp in the health check)."""
-    repo = clone_origin(mod.origin, tmp_path / "upstream")
-    base_dir = tmp_path / "srv"
-    base_dir.mkdir()
     mod.loaders.use(base_settings(base_dir, repo, health_check=True))  # here: the normal webapp
     for name in (ENV, "production"):
-        seed_venv(mod.seed, base_dir, name)
+        seed_venv(mod.seed, base_dir, name, mod.owner)
         mod.loaders.vumi.deploy(name)  # a current release, deployed fast (a normal webapp)
     conf = salt_call_config(tmp_path / "call", base_settings(base_dir, repo, health_check=True,
                                                              webapp_command=slow_webapp(1.5)))  # fmt: skip
@@ -393,15 +387,12 @@ def _intact(root):
     ]  # fmt: skip
 
 
-def test_sigkill_of_an_update_building_a_virtualenv_leaves_one_commit_live_and_no_trusted_half_build(mod, tmp_path):
-    repo = clone_origin(mod.origin, tmp_path / "upstream")
-    base_dir = tmp_path / "srv"
-    base_dir.mkdir()
+def test_sigkill_of_an_update_building_a_virtualenv_leaves_one_commit_live_and_no_trusted_half_build(mod, tmp_path, repo, base_dir):
     settings = base_settings(base_dir, repo)
     mod.loaders.use(settings)
     vumi = mod.loaders.vumi
     conf = salt_call_config(tmp_path / "call", settings)
-    seed_venv(mod.seed, base_dir, ENV)
+    seed_venv(mod.seed, base_dir, ENV, mod.owner)
     root = env_root(base_dir, ENV)
     venvs = root / "shared" / "virtualenvs"
     before = vumi.deploy(ENV)
@@ -430,15 +421,12 @@ def test_sigkill_of_an_update_building_a_virtualenv_leaves_one_commit_live_and_n
     assert any(cut), "no kill landed during the build"
 
 
-def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_next_run_converges(mod, tmp_path):
-    repo = clone_origin(mod.origin, tmp_path / "upstream")
-    base_dir = tmp_path / "srv"
-    base_dir.mkdir()
+def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_next_run_converges(mod, tmp_path, repo, base_dir):
     settings = base_settings(base_dir, repo, keep_releases=10)
     mod.loaders.use(settings)
     vumi = mod.loaders.vumi
     conf = salt_call_config(tmp_path / "call", settings)
-    seed_venv(mod.seed, base_dir, ENV)
+    seed_venv(mod.seed, base_dir, ENV, mod.owner)
     root = env_root(base_dir, ENV)
     vumi.deploy(ENV)
     cases = []

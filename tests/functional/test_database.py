@@ -54,8 +54,8 @@ def site(minion_opts, vumi_config, postgres, tmp_path, free_port):
     sites = tmp_path / "sites"
     sites.mkdir()
     override = dict(
-        vumi_config,
-        user=getpass.getuser(),
+        {"user": getpass.getuser()},  # unless the environments are a deploy user's
+        **vumi_config,
         database=postgres.database_settings("s3cret pass/word", name=name, user=name),
         hooks={"before_publish": ["./manage.py migrate --noinput", "./manage.py collectstatic --noinput"]},
         nginx={

@@ -16,6 +16,7 @@ requirements hash). The tests about building (first deploy, a requirements
 change, a pip failure) build for real.
 """
 
+import contextlib
 import getpass
 import io
 import json
@@ -33,8 +34,8 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from failure_support import masterless_minion, seed_venv
-from helpers import clone_origin, current_target, env_root, http_get, loaders_for, release_dirs
-from support import tree
+from helpers import clone_origin, current_target, env_root, http_get, loaders_for, owned_by, release_dirs
+from support import tree, users
 
 ME = getpass.getuser()
 
@@ -106,14 +107,19 @@ def loaders(module_loaders, vumi_config):
 
 
 @pytest.fixture(scope="module")
-def first(minion_opts, origin, empty_pillar, tmp_path_factory):
+def first(minion_opts, origin, empty_pillar, tmp_path_factory, deploy_user):
     """
     One environment per module, deployed once for real (the virtualenv is
     built): the first-deploy test reads it, the bad-input tests check that they
     change nothing in it, and its virtualenv seeds the other tests'.
     """
-    top = tmp_path_factory.mktemp("first")
-    repo = clone_origin(origin, top / "upstream")
+    with contextlib.ExitStack() as stack:
+        top = tmp_path_factory.mktemp("first") if deploy_user is None else stack.enter_context(users.reachable_dir())
+        yield from _first(minion_opts, origin, empty_pillar, top, deploy_user)
+
+
+def _first(minion_opts, origin, empty_pillar, top, deploy_user):
+    repo = users.give(clone_origin(origin, top / "upstream"), deploy_user)
     base_dir = top / "srv"
     base_dir.mkdir()
     settings = {
@@ -122,6 +128,7 @@ def first(minion_opts, origin, empty_pillar, tmp_path_factory):
         "repo_url": str(repo),
         "ports": [],
         "user": ME,
+        **owned_by(deploy_user),
         # bad branch names can only come from pillar/options (the first
         # argument of every function is already called ``branch``)
         "environments": {f"evil{i}": {"branch": bad} for i, bad in enumerate(BAD_NAMES)},
@@ -139,11 +146,11 @@ def first(minion_opts, origin, empty_pillar, tmp_path_factory):
 
 
 @pytest.fixture
-def seed(first, base_dir):
+def seed(first, base_dir, deploy_user):
     """Copy the module's virtualenv into this test's environment, where a deploy reuses it."""
 
     def seed_env(env="staging"):
-        return seed_venv(first.venv, base_dir, env)
+        return seed_venv(first.venv, base_dir, env, deploy_user)
 
     return seed_env
 
@@ -928,7 +935,7 @@ def test_failed_first_deploy_leaves_no_current(vumi, base_dir, env, kwargs, name
 
 
 @pytest.fixture
-def salt_call(tmp_path, repo, base_dir):
+def salt_call(tmp_path, repo, base_dir, deploy_user):
     """A masterless minion config in tmp_path, with the settings in pillar."""
     conf = tmp_path / "conf"
     pillar = tmp_path / "pillar"
@@ -937,7 +944,8 @@ def salt_call(tmp_path, repo, base_dir):
         path.mkdir()
     (pillar / "top.sls").write_text("base:\n  '*':\n    - vumi\n")
     (pillar / "vumi.sls").write_text(
-        yaml.safe_dump({"vumi": {"base_dir": str(base_dir), "repo_url": str(repo), "user": ME, "ports": []}})
+        yaml.safe_dump({"vumi": {"base_dir": str(base_dir), "repo_url": str(repo), "user": ME, "ports": [],
+                                 **owned_by(deploy_user)}})  # fmt: skip
     )
     (conf / "minion").write_text(yaml.safe_dump(masterless_minion(state, pillar, "vumi-call-")))
     salt_call_bin = pathlib.Path(sys.executable).parent / "salt-call"

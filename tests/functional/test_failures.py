@@ -15,14 +15,9 @@ Run with ``pytest -s`` to see, per group, how many cases left ``current`` valid.
 
 import contextlib
 import os
-import pathlib
-import pwd
-import secrets
-import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import time
 import types
 
@@ -45,7 +40,7 @@ from failure_support import (
 )
 from failure_support import mod, serving  # noqa: F401  (mod: the fixture of the module)
 from failure_support import free_port as _free_port
-from privileges_support import remove_user
+from support import users
 from helpers import env_root, sls_pillar
 
 ENV = "staging"
@@ -77,21 +72,19 @@ class Env(types.SimpleNamespace):
 
 
 @pytest.fixture
-def env(mod, tmp_path, supervisor):
+def env(mod, tmp_path, repo, base_dir, supervisor):
     """``staging`` ready to deploy: its own upstream repo and base_dir, the seeded virtualenv, health checks on."""
-    base_dir = tmp_path / "srv"
-    base_dir.mkdir()
     env = Env(
         loaders=mod.loaders,
         seed=mod.seed,
-        repo=clone_origin(mod.origin, tmp_path / "upstream"),
+        repo=repo,
         base_dir=base_dir,
         root=env_root(base_dir, ENV),
         top=tmp_path,
         supervisor=supervisor.settings(),
     )
     env.use()
-    seed_venv(mod.seed, base_dir)
+    seed_venv(mod.seed, base_dir, owner=mod.owner)
     try:
         yield env
     finally:
@@ -411,35 +404,26 @@ def test_a_failure_at_each_stage_keeps_current_and_the_old_webapp(env, case):
 
 @pytest.fixture
 def system_user():
-    if os.geteuid() != 0:
-        pytest.skip("only root can deploy as another user")
-    if not shutil.which("useradd") or not shutil.which("userdel"):
-        pytest.skip("useradd/userdel are not installed")
-    name = f"vumitest-{secrets.token_hex(3)}"
-    made = subprocess.run(["useradd", "--system", "--no-create-home", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"useradd failed: {made.stderr.strip()}")
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        remove_user(name)
+    why_not = users.can_deploy_as_another_user()
+    if why_not:
+        pytest.skip(why_not)
+    with users.throwaway_user() as user:
+        yield user
 
 
-def test_files_and_the_webapp_belong_to_the_configured_user(mod, system_user, request):
-    python = "/usr/bin/python3"
-    if not os.access(python, os.X_OK):
-        pytest.skip(f"{python} is needed: the user cannot run an interpreter under /root")
-    if subprocess.run([python, "-c", "import ensurepip, venv"], capture_output=True).returncode != 0:
-        pytest.skip("python3-venv is not installed (.ci/run installs it)")
-    # /tmp/pytest-of-root is mode 0700: the user could not even reach the tree there
-    top = pathlib.Path(tempfile.mkdtemp(prefix="vumi-owner-", dir="/tmp"))
-    request.addfinalizer(lambda: shutil.rmtree(top, ignore_errors=True))
-    os.chmod(top, 0o755)
-    repo = clone_origin(mod.origin, top / "upstream")
-    subprocess.run(["chown", "-R", f"{system_user.pw_uid}:{system_user.pw_gid}", str(repo)], check=True)
+@pytest.fixture
+def reachable():
+    """/tmp/pytest-of-root is mode 0700: the user could not even reach the tree there."""
+    with users.reachable_dir("vumi-owner-") as top:
+        yield top
+
+
+def test_files_and_the_webapp_belong_to_the_configured_user(mod, system_user, reachable):
+    top = reachable
+    repo = users.give(clone_origin(mod.origin, top / "upstream"), system_user)
     base_dir = top / "srv"
     base_dir.mkdir()
-    mod.loaders.use(base_settings(base_dir, repo, user=system_user.pw_name, python=python, health_check=True))
+    mod.loaders.use(base_settings(base_dir, repo, user=system_user.pw_name, python=users.PYTHON, health_check=True))
     vumi = mod.loaders.vumi
     root = env_root(base_dir, ENV)
     try:

@@ -14,7 +14,6 @@ Run with ``-s`` to see the load figures: requests sent, failed, and how long the
 rolling restart took. Nothing here touches /etc/nginx or the system's nginx.
 """
 
-import getpass
 import http.client
 import json
 import os
@@ -41,14 +40,14 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.
 
 
 @pytest.fixture(scope="module")
-def deployed(minion_opts, origin, tmp_path_factory, supervisord):
+def deployed(minion_opts, origin, make_top, deploy_user, supervisord):
     """``staging`` deployed once from its own upstream clone (a fresh virtualenv costs seconds)."""
     # settings from the minion options alone; the pillar of each state run adds the rest
     with module_env(
         minion_opts,
         origin,
-        tmp_path_factory.mktemp("nginx"),
-        user=getpass.getuser(),
+        make_top("nginx"),
+        owner=deploy_user,
         start_timeout=20,
         stop_timeout=8,
         supervisor=dict(supervisord.settings(), start_retries=1),

@@ -15,7 +15,7 @@ from salt.exceptions import CommandExecutionError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from helpers import current_target, env_root, release_dirs
-from support import tree
+from support import tree, users
 
 ENV = "staging"
 
@@ -119,9 +119,11 @@ def test_keep_failed_holds_for_failed_releases_and_health_logs(vumi, repo, base_
     assert len([n for n in os.listdir(root / "shared" / "logs") if n.startswith("webapp.health.")]) == 2
 
 
-def test_a_planted_release_from_year_9999_gives_a_clear_error(vumi, base_dir):
+def test_a_planted_release_from_year_9999_gives_a_clear_error(vumi, base_dir, deploy_user):
     first = vumi.deploy(ENV)["release"]
-    (env_root(base_dir) / "releases" / "99991231_235959").mkdir()
+    planted = env_root(base_dir) / "releases" / "99991231_235959"
+    planted.mkdir()
+    users.give(planted, deploy_user)  # planted by whoever can: the environment's user
     with pytest.raises(CommandExecutionError, match="99991231_235959 .* is later than any time"):
         vumi.deploy(ENV)
     assert current_target(base_dir) == f"releases/{first}"
@@ -206,7 +208,8 @@ def test_update_keeps_the_shared_links_when_the_repository_tracks_logs(vumi, rep
 
 
 @pytest.mark.parametrize("where", ["under a regular file", "in a folder Salt cannot write"])
-def test_an_unusable_deploy_path_gets_a_clear_error(vumi, tmp_path, where):
+def test_an_unusable_deploy_path_gets_a_clear_error(vumi, test_top, where):
+    tmp_path = test_top
     if where == "under a regular file":
         (tmp_path / "plain-file").write_text("")
         base = tmp_path / "plain-file" / "srv"
@@ -227,8 +230,8 @@ def test_an_unusable_deploy_path_gets_a_clear_error(vumi, tmp_path, where):
         subprocess.run(["chattr", "-i", str(tmp_path / "sealed")], capture_output=True, check=False)
 
 
-def test_find_links_to_a_big_folder_reads_only_its_top(vumi, repo, base_dir, tmp_path):
-    big = tmp_path / "big"
+def test_find_links_to_a_big_folder_reads_only_its_top(vumi, repo, base_dir, test_top):
+    big = test_top / "big"
     (big / "deep" / "deeper").mkdir(parents=True)
     (big / "deep" / "deeper" / "huge.bin").write_bytes(b"x" * 1000)
     sample.commit_file(repo, ENV, "config/requirements.pip",
@@ -288,8 +291,8 @@ def test_ansistrano_remove_rolled_back(vumi, repo, base_dir):
     assert release_dirs(base_dir) == [first] and bad not in os.listdir(env_root(base_dir) / "releases")
 
 
-def test_ansistrano_git_submodules_are_checked_out(vumi, repo, tmp_path):
-    lib = tmp_path / "sublib"
+def test_ansistrano_git_submodules_are_checked_out(vumi, repo, test_top, deploy_user):
+    lib = test_top / "sublib"
     lib.mkdir()
     sample.git(lib, "init", "--quiet", "-b", "main")
     (lib / "VERSION").write_text("sub 1.0\n")
@@ -298,6 +301,8 @@ def test_ansistrano_git_submodules_are_checked_out(vumi, repo, tmp_path):
     sample.git(repo, "checkout", "--quiet", ENV)
     sample.git(repo, "-c", "protocol.file.allow=always", "submodule", "--quiet", "add", str(lib), "vendor/sublib")
     sample.git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "a submodule")
+    users.give(lib, deploy_user)  # the deploy user's git clones it
+    users.give(repo, deploy_user)
     deployed = vumi.deploy(ENV)
     assert (pathlib.Path(deployed["path"]) / "vumi" / "vendor" / "sublib" / "VERSION").read_text() == "sub 1.0\n"
 

@@ -48,13 +48,10 @@ def salt_env(monkeypatch, tmp_path):
     return {"AWS_SECRET_ACCESS_KEY", "SALT_SECRET"}
 
 
-def own_home():
-    return pwd.getpwuid(os.geteuid()).pw_dir
-
-
 def test_env_reaches_the_webapp_execute_and_hooks_and_salts_environment_does_not(
-    vumi, envapp, base_dir, free_port, webapps, salt_env
+    vumi, envapp, base_dir, free_port, webapps, salt_env, deploy_user
 ):
+    owner = deploy_user or pwd.getpwuid(os.geteuid())  # whose the environment is
     port = free_port()
     webapps.append((ENV, port))
     env = {"DATABASE_URL": "postgres://app@127.0.0.1:5432/app", "WORKERS": 3}
@@ -62,20 +59,20 @@ def test_env_reaches_the_webapp_execute_and_hooks_and_salts_environment_does_not
     deployed = vumi.deploy(ENV, env=env, hooks=hooks, health_check=True, webapp_command=ENV_APP_COMMAND)
     root = env_root(base_dir)
     # the hook: in the new release, before the switch, with env and the user's own HOME
-    assert (root / "shared" / "tmp" / "hook.out").read_text() == f"postgres://app@127.0.0.1:5432/app|{own_home()}|unset"
+    assert (root / "shared" / "tmp" / "hook.out").read_text() == f"postgres://app@127.0.0.1:5432/app|{owner.pw_dir}|unset"
     assert "hooks" in deployed["timings"] and "before_publish[0]" in deployed["timings"]
 
     vumi.start_webapp(ENV, port, ports=[port], env=env, webapp_command=ENV_APP_COMMAND)
     status, seen = http_get(port)
     assert status == 200
     assert seen["DATABASE_URL"] == env["DATABASE_URL"] and seen["WORKERS"] == "3"
-    assert seen["HOME"] == own_home() and seen["USER"] == pwd.getpwuid(os.geteuid()).pw_name
+    assert seen["HOME"] == owner.pw_dir and seen["USER"] == owner.pw_name
     assert seen["PATH"].split(":")[0].endswith("/ve/bin") and seen["VUMI_PORT"] == str(port)
     assert not salt_env & set(seen), "Salt's own environment reached the webapp"
     assert "DJANGO_SETTINGS_MODULE" in seen  # the sample app has environments/staging.py
 
     ran = vumi.execute(ENV, 'echo "$DATABASE_URL $HOME ${AWS_SECRET_ACCESS_KEY-unset}"', env=env)
-    assert ran["stdout"] == f"{env['DATABASE_URL']} {own_home()} unset"
+    assert ran["stdout"] == f"{env['DATABASE_URL']} {owner.pw_dir} unset"
 
 
 def test_django_settings_module_only_when_the_release_has_it(vumi, envapp, repo, free_port, webapps):

@@ -54,8 +54,8 @@ def write_pillar(pillar_dir, vumi_config, settings=None, **env_extra):
     if settings is not None:
         staging["settings"] = settings
     ours = dict(
-        vumi_config,
-        user=getpass.getuser(),
+        {"user": getpass.getuser()},  # unless the environments are a deploy user's
+        **vumi_config,
         settings_extends="environments.default",  # the repo's defaults under pillar's values
         environments={"staging": staging, "production": {"ports": []}},
     )
@@ -108,7 +108,7 @@ def serving(port):
 # --------------------------------------------------------------------------
 
 
-def test_settings_rendered_from_pillar_private_and_used(states, vumi, base_dir, free_port, webapps):
+def test_settings_rendered_from_pillar_private_and_used(states, vumi, vumi_config, base_dir, free_port, webapps):
     ret = states.deployed(ENV)
     assert ret.result is True, ret.comment
     (release,) = release_dirs(base_dir)
@@ -125,7 +125,7 @@ def test_settings_rendered_from_pillar_private_and_used(states, vumi, base_dir, 
     info = path.stat()
     assert stat.S_IMODE(info.st_mode) == 0o640, oct(info.st_mode)
     assert not info.st_mode & stat.S_IROTH
-    assert info.st_uid == pwd.getpwnam(getpass.getuser()).pw_uid
+    assert info.st_uid == pwd.getpwnam(vumi_config.get("user", getpass.getuser())).pw_uid
     # the secret lives in that one file: not in the manifest, history or the result
     manifest = (env_root(base_dir, ENV) / "releases" / release / "release.json").read_text()
     assert json.loads(manifest)["settings_hash"] and "not-in-the-repo" not in manifest

@@ -36,8 +36,8 @@ def pillar_dir(tmp_path, vumi_config):
     be /var/praekelt, github and the ports 8000-8003.
     """
     ours = dict(
-        vumi_config,
-        user=getpass.getuser(),
+        {"user": getpass.getuser()},  # unless the environments are a deploy user's
+        **vumi_config,
         environments={"staging": {"ports": []}, "production": {"ports": []}},
     )
     return pillar_tree(tmp_path / "pillar", ours)
@@ -374,6 +374,7 @@ def sls_pillar(vumi_config, ports, branch=ENV):
             "base_dir": vumi_config["base_dir"],
             "repo_url": vumi_config["repo_url"],
             "user": getpass.getuser(),
+            **{k: vumi_config[k] for k in ("user", "python", "cache_dir") if k in vumi_config},  # a deploy user's
             "environments": {ENV: {"ports": ports}},
         }
     }

@@ -29,11 +29,12 @@ import types
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 import pytest
+import failure_support
 from failure_support import rebuild_venv
 from helpers import current_target, env_root, http_get, module_env
+from support import users
 
 ENV = "staging"
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MARKER = ".vumi-complete"
 REQUIREMENTS = "config/requirements.pip"
 EXTRA = "vumi-extra"  # the tiny package a requirements change adds
@@ -143,14 +144,14 @@ def wait_for(predicate, timeout=10.0, interval=0.05):
 
 
 @pytest.fixture(scope="module")
-def lifecycle(minion_opts, origin, tmp_path_factory):
+def lifecycle(minion_opts, origin, make_top, deploy_user):
     """
     One environment, three deploys for real: r1 builds the virtualenv of the
     sample's requirements (A), r2 reuses it, then the requirements gain a
     package and r3 builds a second one (B). A is snapshotted around r3.
     """
-    top = tmp_path_factory.mktemp("venv-lifecycle")
-    with module_env(minion_opts, origin, top, lock_timeout=60) as env:
+    top = make_top("venv-lifecycle")
+    with module_env(minion_opts, origin, top, owner=deploy_user, lock_timeout=60) as env:
         vumi, repo, base_dir, root = env.vumi, env.repo, env.base_dir, env.root
         r1 = vumi.deploy(ENV)
         r2 = vumi.deploy(ENV)
@@ -172,12 +173,13 @@ def root(base_dir):
 
 
 @pytest.fixture
-def seeded(lifecycle, root):
-    """The built virtualenvs A (and B), made again in this test's environment."""
+def seeded(lifecycle, root, deploy_user):
+    """The built virtualenvs A (and B), made again in this test's environment (the deploy user's)."""
 
     def go(*which):
         wheels = sorted(lifecycle.root.glob("releases/*/vumi/wheels"))  # the repository's own (vumi-extra)
         seed(root, *(getattr(lifecycle, f"venv_{w}") for w in which), wheels=wheels)
+        users.give(root, deploy_user)
 
     return go
 
@@ -265,28 +267,9 @@ def test_a_changed_local_package_gives_a_new_hash_with_the_same_requirements_tex
 
 
 @pytest.fixture
-def salt_call_config(tmp_path, repo, base_dir):
-    """A masterless minion config in tmp_path; the settings are minion options, no pillar."""
-    conf = tmp_path / "conf"
-    state = tmp_path / "salt-state"
-    for path in (conf, state / "pillar", state / "srv"):
-        path.mkdir(parents=True)
-    minion = {
-        "id": "vumi-venv-test",
-        "file_client": "local",
-        "file_roots": {"base": [str(state / "srv")]},
-        "pillar_roots": {"base": [str(state / "pillar")]},
-        "module_dirs": [str(REPO_ROOT / "salt" / "_modules")],
-        "states_dirs": [str(REPO_ROOT / "salt" / "_states")],
-        "root_dir": str(state),
-        "cachedir": str(state / "cache"),
-        "pki_dir": str(state / "pki"),
-        "sock_dir": str(state / "sock"),
-        "log_file": str(state / "minion.log"),
-        "vumi": {"base_dir": str(base_dir), "app": "vumi", "repo_url": str(repo), "ports": []},
-    }
-    (conf / "minion").write_text(json.dumps(minion, indent=2))  # JSON is YAML
-    return conf
+def salt_call_config(tmp_path, vumi_config):
+    """A masterless minion config; the test's settings (the deploy user's, if any) its ``vumi`` options."""
+    return failure_support.salt_call_config(tmp_path / "call", vumi_config)
 
 
 def test_an_interrupted_build_is_not_reused(vumi, repo, root, base_dir, seeded, salt_call_config, tmp_path):

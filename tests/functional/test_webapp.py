@@ -23,13 +23,13 @@ import urllib.request
 
 import make_repo as sample
 import pytest
+import failure_support
 from helpers import alive, http_get, module_env
 from nginx_support import port_open
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 from supervisor_support import Supervisord
 
 ENV = "staging"
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------
@@ -38,12 +38,12 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def deployed(minion_opts, origin, tmp_path_factory, supervisord):
+def deployed(minion_opts, origin, make_top, deploy_user, supervisord):
     """``staging`` deployed once from its own upstream clone; the module through Salt's loader."""
-    top = tmp_path_factory.mktemp("webapp")
     with module_env(
-        minion_opts, origin, top, start_timeout=20, stop_timeout=5, supervisor=supervisord.settings()
-    ) as env:
+        minion_opts, origin, make_top("webapp"), owner=deploy_user, start_timeout=20, stop_timeout=5,
+        supervisor=supervisord.settings(),
+    ) as env:  # fmt: skip
         env.vumi.deploy(ENV)
         yield env
 
@@ -554,24 +554,7 @@ def test_concurrent_starts_of_one_port_leave_one_webapp(vumi, webapps, free_port
 @pytest.fixture
 def salt_call(deployed, tmp_path):
     """``salt-call --local`` with a config dir in tmp_path and the settings as minion options."""
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    state = tmp_path / "salt"
-    for sub in ("srv", "pillar"):
-        (state / sub).mkdir(parents=True)
-    config = {
-        "file_client": "local",
-        "id": "vumi-webapp-test",
-        "root_dir": str(state),
-        "cachedir": str(state / "cache"),
-        "pki_dir": str(state / "pki"),
-        "log_file": str(state / "minion.log"),
-        "file_roots": {"base": [str(state / "srv")]},
-        "pillar_roots": {"base": [str(state / "pillar")]},
-        "module_dirs": [str(REPO_ROOT / "salt" / "_modules")],
-        "vumi": deployed.config,
-    }
-    (conf / "minion").write_text(json.dumps(config, indent=2))  # JSON is YAML
+    conf = failure_support.salt_call_config(tmp_path / "call", deployed.config)
     exe = pathlib.Path(sys.executable).with_name("salt-call")
     exe = str(exe) if exe.exists() else shutil.which("salt-call")
 
