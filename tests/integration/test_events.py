@@ -11,11 +11,16 @@ prints the per-stage timings of the deploy.
 """
 
 import json
+import pathlib
+import pwd
 import time
 
+import make_repo as sample
 import pytest
 from fleet_support import ENVS, free_ports, kill_leftover_webapps, make_host, write_pillar
+from helpers import clone_origin
 from saltfactories.utils import random_string
+from support import users
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +145,34 @@ def test_each_hook_line_is_announced_and_events_false_fires_none(salt_master, mi
     assert ret.returncode == 0 and ret.data["timings"], ret
     time.sleep(2)  # time for a stray event to arrive
     assert deploy_events(event_listener, salt_master, start) == []
+
+
+@pytest.fixture
+def user_env(origin_repo):
+    """A throw-away deploy user, its upstream clone and a base_dir it can reach (the minion drops to it)."""
+    why_not = users.can_deploy_as_another_user()
+    if why_not:
+        pytest.skip(why_not)
+    with users.reachable_dir("vumi-events-") as top, users.throwaway_user("vumitest-", top / "home") as user:
+        repo = users.give(clone_origin(origin_repo, top / "upstream"), user)
+        yield {"user": user.pw_name, "base_dir": str(top / "srv"), "repo_url": str(repo), "python": users.PYTHON}
+
+
+@pytest.fixture(scope="module")
+def origin_repo(tmp_path_factory):
+    return sample.make_repo(tmp_path_factory.mktemp("events-origin") / "sampleapp")
+
+
+def test_the_deploy_users_process_has_its_events_relayed(salt_master, minion, host, event_listener, user_env):
+    """The stages run in a process of the deploy user's, which cannot reach the minion's bus: root relays them."""
+    salt = salt_master.salt_cli(timeout=300)
+    start = time.time()
+    ret = salt.run("vumi.deploy", ENV, *(f"{k}={v}" for k, v in user_env.items()), minion_tgt=host.id)
+    assert ret.returncode == 0, ret
+    root = pathlib.Path(user_env["base_dir"]) / "vumi" / ENV
+    assert (root / "current").lstat().st_uid == pwd.getpwnam(user_env["user"]).pw_uid  # the user deployed
+    stages = list(ret.data["timings"])
+    events = deploy_events(event_listener, salt_master, start, count=len(stages))
+    assert [e.tag for e in events] == [f"vumi/deploy/{ENV}/{stage}" for stage in stages], [e.tag for e in events]
+    assert all(e.data["id"] == host.id and e.data["data"]["outcome"] == "done" for e in events), [e.data for e in events]
+    assert events[-1].data["data"]["release"] == ret.data["release"]
