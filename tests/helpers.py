@@ -41,6 +41,14 @@ def http_get(port, path="/", timeout=5):
         return status, body
 
 
+def answer(port, env=None):
+    """What the sample webapp on ``port`` says of itself (release, revision, env, port, ppid...), asserting a 200."""
+    status, body = http_get(port)
+    assert status == 200, (port, body)
+    assert body["port"] == port and (env is None or body["env"] == env), (port, env, body)
+    return body
+
+
 def env_root(base_dir, env="staging", app="vumi"):
     return pathlib.Path(base_dir) / app / env.replace("/", "~")
 

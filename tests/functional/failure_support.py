@@ -20,11 +20,12 @@ import types
 
 import pytest
 import yaml
-from saltfactories.utils import random_string
 from saltfactories.utils.functional import Loaders
 
 import helpers
 from support.net import free_port  # noqa: F401  (for the test modules)
+from support import tree
+from support.salt_config import masterless_minion  # noqa: F401  (for the test modules)
 from support.tree import history  # noqa: F401  (for the test modules)
 from support import users
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
@@ -96,8 +97,7 @@ def mod(minion_opts, origin, make_top, deploy_user, supervisord):
 
 def serving(port):
     """(release, pid) of the webapp answering on ``port`` (the pid supervisor runs: gunicorn's master)."""
-    status, body = http_get(port)
-    assert status == 200, body
+    body = helpers.answer(port)
     return body["release"], body["ppid"]
 
 
@@ -182,34 +182,8 @@ def rebuild_venv(source, dest, find_links=()):
 
 
 def snapshot(top, skip=()):
-    """
-    Every path under ``top`` with its kind, mode and owner (a link's target, a
-    file's size); the insides of .git folders and virtualenvs are left out for
-    speed, and so are the paths in ``skip`` (the environment, where a failure
-    may legitimately write its history).
-    """
-    top = pathlib.Path(top)
-    skip = {pathlib.Path(p) for p in skip}
-    found = {}
-    for parent, dirs, files in os.walk(top):
-        here = pathlib.Path(parent)
-        for name in dirs + files:
-            path = here / name
-            if path in skip:
-                continue
-            st = path.lstat()
-            rel = str(path.relative_to(top))
-            if path.is_symlink():
-                found[rel] = ("link", os.readlink(path), st.st_uid)
-            elif path.is_dir():
-                found[rel] = ("dir", oct(st.st_mode), st.st_uid, st.st_gid)
-            else:
-                found[rel] = ("file", oct(st.st_mode), st.st_uid, st.st_size, st.st_mtime_ns)
-        dirs[:] = [
-            d for d in dirs
-            if here / d not in skip and d != ".git" and here.name != "virtualenvs" and not (here / d).is_symlink()
-        ]  # fmt: skip
-    return found
+    """Every path under ``top`` with its kind, mode and owner (``support.tree.snapshot``); ``skip`` left out."""
+    return tree.snapshot(top, skip, level="owners")
 
 
 def current_state(root):
@@ -327,26 +301,6 @@ def leftovers(root):
 # --------------------------------------------------------------------------
 # salt-call --local in a subprocess: its own config, the settings as minion options
 # --------------------------------------------------------------------------
-
-
-def masterless_minion(state, pillar, id_prefix, **more):
-    """Options of a ``salt-call --local`` minion of the bundle: its state under ``state``, pillar from ``pillar``."""
-    return {
-        "id": random_string(id_prefix),
-        "user": ME,
-        "file_client": "local",
-        "file_roots": {"base": [str(REPO / "salt")]},
-        "pillar_roots": {"base": [str(pillar)]},
-        "module_dirs": [str(REPO / "salt" / "_modules")],
-        "states_dirs": [str(REPO / "salt" / "_states")],
-        "root_dir": str(state),
-        "cachedir": str(state / "cache"),
-        "pki_dir": str(state / "pki"),
-        "sock_dir": str(state / "sock"),
-        "log_file": str(state / "minion.log"),
-        "log_level_logfile": "info",
-        **more,
-    }
 
 
 def salt_call_config(top, settings):

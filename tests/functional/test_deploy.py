@@ -188,33 +188,8 @@ def tip(repo, branch="staging"):
 
 
 def snapshot(top, skip=None):
-    """
-    Every path under ``top`` with its kind (and a symlink's target, a file's
-    size); the insides of virtualenvs and .git folders are left out for speed,
-    and so is ``skip`` (the environment a failure may legitimately write to).
-    """
-    top = pathlib.Path(top)
-    found = {}
-    for parent, dirs, files in os.walk(top):
-        here = pathlib.Path(parent)
-        if skip is not None and (here == skip or skip in here.parents):
-            dirs[:] = []
-            continue
-        for name in dirs + files:
-            path = here / name
-            rel = str(path.relative_to(top))
-            if path.is_symlink():
-                found[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                found[rel] = ("dir",)
-            else:
-                found[rel] = ("file", path.stat().st_size)
-        dirs[:] = [
-            d for d in dirs
-            if d != ".git" and here.name != "virtualenvs" and not (here / d).is_symlink()
-            and (skip is None or here / d != skip)
-        ]  # fmt: skip
-    return found
+    """Every path under ``top`` with its kind (a link's target, a file's size), ``skip`` left out."""
+    return tree.snapshot(top, skip or ())
 
 
 def venv_python(base_dir, name, env="staging"):

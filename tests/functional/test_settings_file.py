@@ -27,7 +27,7 @@ import make_repo as sample  # on sys.path thanks to tests/conftest.py
 import pytest
 from salt.exceptions import SaltInvocationError
 
-from helpers import env_root, http_get, loaders_for, pillar_tree, release_dirs, write_override
+from helpers import answer, env_root, loaders_for, pillar_tree, release_dirs, write_override
 
 ENV = "staging"
 SETTINGS = {
@@ -98,9 +98,7 @@ def showsettings(vumi, **kwargs):
 
 
 def serving(port):
-    status, body = http_get(port)
-    assert status == 200, body
-    return body
+    return answer(port)
 
 
 # --------------------------------------------------------------------------

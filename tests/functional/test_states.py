@@ -15,7 +15,8 @@ import socket
 import pytest
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
-from helpers import current_target, env_root, http_get, loaders_for, pillar_tree, release_dirs
+from helpers import answer, current_target, env_root, http_get, loaders_for, pillar_tree, release_dirs
+from support import tree
 
 ENV = "staging"
 
@@ -71,12 +72,7 @@ def root(base_dir):
 def snapshot(path):
     """What a user would call "the tree": every path (and link target), plus the history log."""
     path = pathlib.Path(path)
-    found = {}
-    for top, dirs, files in os.walk(path):
-        for name in dirs + files:
-            full = os.path.join(top, name)
-            rel = os.path.relpath(full, path)
-            found[rel] = os.readlink(full) if os.path.islink(full) else None
+    found = tree.snapshot(path)
     history = path / "vumi" / ENV / "history.log"
     return found, history.read_text() if history.is_file() else None
 
@@ -96,9 +92,8 @@ def current_revision(vumi):
 
 def serving(port):
     """(release, revision, pid) of the webapp answering on ``port``."""
-    status, body = http_get(port)
-    assert status == 200, body
-    assert body["app"] == "sampleapp" and body["env"] == ENV and body["port"] == port, body
+    body = answer(port, ENV)
+    assert body["app"] == "sampleapp", body
     return body["release"], body["revision"], body["ppid"]
 
 

@@ -17,7 +17,6 @@ reuses because their content hash is the same in every environment. The tests ab
 changed, an interrupted build, ``reuse_virtualenvs: False``) build for real.
 """
 
-import hashlib
 import json
 import os
 import pathlib
@@ -32,7 +31,7 @@ import pytest
 import failure_support
 from failure_support import rebuild_venv
 from helpers import current_target, env_root, http_get, module_env
-from support import users
+from support import tree, users
 
 ENV = "staging"
 MARKER = ".vumi-complete"
@@ -84,20 +83,7 @@ def shared_venvs(root):
 
 def tree_snapshot(top):
     """Every path under ``top`` with its kind, mtime and content hash (a symlink: its target)."""
-    found = {}
-    for parent, dirs, files in os.walk(top):
-        for name in dirs + files:
-            path = os.path.join(parent, name)
-            rel = os.path.relpath(path, top)
-            st = os.lstat(path)
-            if os.path.islink(path):
-                found[rel] = ("link", os.readlink(path))
-            elif os.path.isdir(path):
-                found[rel] = ("dir", st.st_mtime_ns)
-            else:
-                with open(path, "rb") as fh:
-                    found[rel] = ("file", st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
-    return found
+    return tree.snapshot(top, level="contents")
 
 
 def python_in(venv, code):

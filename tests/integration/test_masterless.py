@@ -15,8 +15,9 @@ import shlex
 import subprocess
 
 import pytest
-from fleet_support import ENVS, REPO, SALT_CALL, free_ports, kill_leftover_webapps, make_host, write_pillar
-from helpers import http_get
+from fleet_support import ENVS, SALT_CALL, free_ports, kill_leftover_webapps, make_host, write_pillar
+from helpers import answer
+from support.salt_config import masterless_minion
 from saltfactories.utils import random_string
 
 pytestmark = pytest.mark.slow
@@ -39,16 +40,7 @@ def config_dir(host, tmp_path_factory):
     pillar_dir = write_pillar(root / "pillar", [host])
     conf = root / "conf"
     conf.mkdir()
-    config = {
-        "id": host.id,
-        "file_client": "local",
-        "root_dir": str(root / "root"),
-        "log_file": str(root / "salt.log"),
-        "file_roots": {"base": [str(REPO / "salt")]},
-        "pillar_roots": {"base": [str(pillar_dir)]},
-        "module_dirs": [str(REPO / "salt" / "_modules")],
-        "states_dirs": [str(REPO / "salt" / "_states")],
-    }
+    config = masterless_minion(root / "root", pillar_dir, minion_id=host.id)
     (conf / "minion").write_text(json.dumps(config, indent=2) + "\n")
     return conf
 
@@ -105,9 +97,8 @@ def assert_applied(applied):
 def serving(host, env):
     pids = {}
     for port in host.ports[env]:
-        status, body = http_get(port)
-        assert status == 200, (port, body)
-        assert (body["env"], body["revision"], body["port"]) == (env, host.revision(env), port)
+        body = answer(port, env)
+        assert body["revision"] == host.revision(env), (port, body)
         pids[port] = body["ppid"]
     return pids
 

@@ -29,7 +29,7 @@ import salt.config
 import salt.output
 import ssh_support
 from fleet_support import REPO, free_ports, kill_leftover_webapps, make_host
-from helpers import http_get
+from helpers import answer
 from support import host as host_guard
 from saltfactories.utils import random_string
 
@@ -126,10 +126,7 @@ def apply(ctl, env):
 
 
 def serving(port, env):
-    status, body = http_get(port)
-    assert status == 200, body
-    assert body["env"] == env and body["port"] == port, body
-    return body
+    return answer(port, env)
 
 
 # --------------------------------------------------------------------------
