@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "sample"))
 sys.path.insert(0, str(REPO / "tests"))
 
 import make_repo as sample  # noqa: E402
-from supervisor_support import Supervisord  # noqa: E402  (a supervisord of the bench's own)
+from support.supervisor import Supervisord  # noqa: E402  (a supervisord of the bench's own)
 
 SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
 

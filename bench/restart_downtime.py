@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "sample"))
 sys.path.insert(0, str(REPO / "tests"))
 
 import make_repo  # noqa: E402  (the bundled sample app's repo builder)
-from supervisor_support import Supervisord  # noqa: E402  (a supervisord of our own, as the tests start it)
+from support.supervisor import Supervisord  # noqa: E402  (a supervisord of our own, as the tests start it)
 import salt.client  # noqa: E402
 import salt.config  # noqa: E402
 

@@ -1,8 +1,11 @@
 """
-Fixtures shared by the three levels of tests (see STYLE: unit, functional, integration).
+Fixtures shared by the three levels of tests: unit, functional (Salt's loader in the
+test process, real daemons) and integration (a real salt-master, minions, sshd).
 
-Everything a test makes lives under pytest's temp dirs; every process a test
-starts is stopped by the test (the ``webapps`` fixture stops what is left).
+Everything a test makes lives under pytest's temp dirs (or, for a throw-away deploy
+user, /tmp folders it can reach, removed after); every process a test starts is
+stopped by the test (the ``webapps`` fixture stops what is left); the host guard
+(``support.host``) fails a test that changes the host outside them.
 """
 
 import contextlib
@@ -20,9 +23,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "sample"))
 
 import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder)
-import helpers  # noqa: E402
-from helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
-from supervisor_support import Supervisord  # noqa: E402
+from support import helpers  # noqa: E402
+from support.helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
+from support.supervisor import Supervisord  # noqa: E402
 from support import host, net, users  # noqa: E402
 
 

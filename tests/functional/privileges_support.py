@@ -24,7 +24,7 @@ import make_repo as sample
 import pytest
 import yaml
 from failure_support import SALT_CALL, ModuleLoaders, base_settings, clone_origin, masterless_minion
-from helpers import env_root
+from support.helpers import env_root
 from support.users import PYTHON, throwaway_user
 
 import failure_support

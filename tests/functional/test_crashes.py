@@ -43,7 +43,7 @@ from failure_support import (
 )
 from failure_support import mod, serving  # noqa: F401  (mod: the fixture of the module)
 from failure_support import free_port as _free_port
-from helpers import env_root
+from support.helpers import env_root
 
 ENV = "staging"
 TALLY = Tally()

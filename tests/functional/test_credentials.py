@@ -12,7 +12,7 @@ import stat
 
 import make_repo as sample
 import pytest
-from helpers import env_root
+from support.helpers import env_root
 from salt.exceptions import CommandExecutionError
 from support.git_http import GitHTTP
 

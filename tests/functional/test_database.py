@@ -14,9 +14,9 @@ import time
 
 import make_repo as sample
 import pytest
-from helpers import http_get, loaders_for, pillar_tree
-from nginx_support import NGINX, Load, Nginx
-from postgres_support import Postgres, bin_dir
+from support.helpers import http_get, loaders_for, pillar_tree
+from support.nginx import NGINX, Load, Nginx
+from support.postgres import Postgres, bin_dir
 
 ENV = "staging"
 

@@ -34,7 +34,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from failure_support import masterless_minion, seed_venv
-from helpers import clone_origin, current_target, env_root, http_get, loaders_for, owned_by, release_dirs
+from support.helpers import clone_origin, current_target, env_root, http_get, loaders_for, owned_by, release_dirs
 from support import tree, users
 
 ME = getpass.getuser()

@@ -41,7 +41,7 @@ from failure_support import (
 from failure_support import mod, serving  # noqa: F401  (mod: the fixture of the module)
 from failure_support import free_port as _free_port
 from support import users
-from helpers import env_root, sls_pillar
+from support.helpers import env_root, sls_pillar
 
 ENV = "staging"
 TALLY = Tally()

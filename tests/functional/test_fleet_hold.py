@@ -13,7 +13,7 @@ import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import make_repo as sample
-from helpers import current_target, env_root
+from support.helpers import current_target, env_root
 
 ENV = "staging"
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -34,7 +34,7 @@ from failure_support import (
     kill_processes_under,
     snapshot,
 )
-from helpers import env_root, sls_pillar
+from support.helpers import env_root, sls_pillar
 
 ENV = "staging"
 TALLY = Tally()

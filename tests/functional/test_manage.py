@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 
 import pytest
-from helpers import env_root, loaders_for, settings_pillar
+from support.helpers import env_root, loaders_for, settings_pillar
 from privileges_support import PYTHON, SKIPS
 from support.users import remove_user
 from support.git_http import GitHTTP

@@ -25,8 +25,8 @@ import time
 
 import make_repo as sample
 import pytest
-from helpers import alive, http_get, module_env, sls_pillar
-from nginx_support import NGINX, Load, Nginx, port_open, report
+from support.helpers import alive, http_get, module_env, sls_pillar
+from support.nginx import NGINX, Load, Nginx, port_open, report
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 ENV = "staging"

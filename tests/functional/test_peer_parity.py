@@ -14,7 +14,7 @@ import pytest
 from salt.exceptions import CommandExecutionError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from helpers import current_target, env_root, release_dirs
+from support.helpers import current_target, env_root, release_dirs
 from support import tree, users
 
 ENV = "staging"

@@ -16,7 +16,7 @@ import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from helpers import current_target, env_root, http_get, release_dirs
+from support.helpers import current_target, env_root, http_get, release_dirs
 
 ENV = "staging"
 

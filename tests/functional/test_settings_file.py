@@ -27,7 +27,7 @@ import make_repo as sample  # on sys.path thanks to tests/conftest.py
 import pytest
 from salt.exceptions import SaltInvocationError
 
-from helpers import answer, env_root, loaders_for, pillar_tree, release_dirs, write_override
+from support.helpers import answer, env_root, loaders_for, pillar_tree, release_dirs, write_override
 
 ENV = "staging"
 SETTINGS = {

@@ -15,7 +15,7 @@ import socket
 import pytest
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
-from helpers import answer, current_target, env_root, http_get, loaders_for, pillar_tree, release_dirs
+from support.helpers import answer, current_target, env_root, http_get, loaders_for, pillar_tree, release_dirs
 from support import tree
 
 ENV = "staging"

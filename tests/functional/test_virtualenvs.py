@@ -30,7 +30,7 @@ import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 import pytest
 import failure_support
 from failure_support import rebuild_venv
-from helpers import current_target, env_root, http_get, module_env
+from support.helpers import current_target, env_root, http_get, module_env
 from support import tree, users
 
 ENV = "staging"

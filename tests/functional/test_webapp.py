@@ -24,10 +24,10 @@ import urllib.request
 import make_repo as sample
 import pytest
 import failure_support
-from helpers import alive, http_get, module_env
-from nginx_support import port_open
+from support.helpers import alive, http_get, module_env
+from support.nginx import port_open
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-from supervisor_support import Supervisord
+from support.supervisor import Supervisord
 
 ENV = "staging"
 

@@ -11,7 +11,7 @@ import json
 import pathlib
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
-from supervisor_support import Supervisord
+from support.supervisor import Supervisord
 from support.net import free_ports  # noqa: F401  (for the test modules)
 from saltfactories.utils import random_string
 

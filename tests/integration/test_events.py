@@ -18,7 +18,7 @@ import time
 import make_repo as sample
 import pytest
 from fleet_support import ENVS, free_ports, kill_leftover_webapps, make_host, write_pillar
-from helpers import clone_origin
+from support.helpers import clone_origin
 from saltfactories.utils import random_string
 from support import users
 

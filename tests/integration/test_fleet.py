@@ -19,7 +19,7 @@ be run on its own.
 import make_repo as sample
 import pytest
 from fleet_support import pillar_override
-from helpers import http_get
+from support.helpers import http_get
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 from fleet_support import ENVS, SALT_CALL, free_ports, kill_leftover_webapps, make_host, write_pillar
-from helpers import answer
+from support.helpers import answer
 from support.salt_config import masterless_minion
 from saltfactories.utils import random_string
 

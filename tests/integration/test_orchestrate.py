@@ -26,7 +26,7 @@ import make_repo as sample
 import pytest
 import salt.output
 from fleet_support import kill_leftover_webapps, make_hosts, pillar_override, started_master
-from helpers import http_get
+from support.helpers import http_get
 from support import tree
 
 pytestmark = pytest.mark.slow

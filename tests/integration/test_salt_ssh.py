@@ -29,7 +29,7 @@ import salt.config
 import salt.output
 import ssh_support
 from fleet_support import REPO, free_ports, kill_leftover_webapps, make_host
-from helpers import answer
+from support.helpers import answer
 from support import host as host_guard
 from saltfactories.utils import random_string
 

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-from helpers import loaders_for
+from support.helpers import loaders_for
 
 #: env/branch names that must never reach the disk or a shell
 BAD_NAMES = [

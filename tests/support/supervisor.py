@@ -14,7 +14,7 @@ import tempfile
 import time
 import xmlrpc.client
 
-from helpers import REPO
+from support.helpers import REPO
 from supervisor.xmlrpc import SupervisorTransport
 
 SUPERVISORD = REPO / ".venv" / "bin" / "supervisord"

@@ -16,7 +16,7 @@ import make_repo as sample  # on sys.path thanks to tests/conftest.py
 from saltfactories.utils.functional import Loaders
 from support import users
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 #: the session's pip and uv cache (setting ``cache_dir``), set by tests/conftest.py
 SHARED_CACHE = None
