@@ -83,11 +83,13 @@ if _HELPERS is not None:
     import vumi_check  # noqa: E402
     import vumi_commands  # noqa: E402
     import vumi_environment  # noqa: E402
+    import vumi_events  # noqa: E402
     import vumi_files  # noqa: E402
     import vumi_freeze  # noqa: E402
     import vumi_git  # noqa: E402
     import vumi_history  # noqa: E402
     import vumi_layout  # noqa: E402
+    import vumi_manifest  # noqa: E402
     import vumi_paths  # noqa: E402
     import vumi_pipeline  # noqa: E402
     import vumi_privileges  # noqa: E402
@@ -238,7 +240,7 @@ def _deployed(cfg, release, revision):
     except OSError as exc:  # the grain is a convenience; the deploy itself is done
         log.warning("could not record the deployed release for the vumi grain in %s: %s", path, exc)
         return
-    if not vumi_history.event_bus_up(__opts__):
+    if not vumi_events.event_bus_up(__opts__):
         return  # masterless with no minion daemon: no one to tell (the refresh would wait 1 s for its bus)
     with contextlib.suppress(Exception):
         __salt__["saltutil.refresh_grains"]()  # the pillar refresh brings the grains to the master
@@ -590,7 +592,7 @@ def execute(environment, command, release=None, timeout=None, **kwargs):
 
 
 def _execute(cfg, found, command, release, timeout=None):
-    name = vumi_releases.resolve_release(found, release)
+    name = vumi_manifest.resolve_release(found, release)
     # the operator's own shell line; at most OUTPUT_LIMIT bytes of each stream are kept
     res = vumi_commands.run_shell(
         command, found.code(name), vumi_files.runas_user(cfg), vumi_environment.for_release(cfg, found, name),
@@ -628,7 +630,7 @@ def managepy(environment, command, release=None, timeout=None, **kwargs):
         raise SaltInvocationError(f"invalid manage.py command {command!r}: {exc}") from None
     # each word quoted: the command is arguments to manage.py, not a shell line; --settings
     # only when the release has that module (else the project's own default stands)
-    module = vumi_environment.release_settings_module(cfg, found, vumi_releases.resolve_release(found, release))
+    module = vumi_environment.release_settings_module(cfg, found, vumi_manifest.resolve_release(found, release))
     line = shlex.join(["python", "manage.py", *words, *([f"--settings={module}"] if module else [])])
     return execute(environment, line, release=release, timeout=timeout, **kwargs)
 
@@ -664,11 +666,11 @@ def rollback(environment, release=None, restart=True, **kwargs):
         raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
     who = vumi_history.who(__opts__, kwargs)
     # the switch as the user; the restart through supervisor, root's part
-    res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, False, who)
+    res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, who)
     _deployed(cfg, res["release"], res["revision"])
     if restart:
         try:
-            res["restarted"] = vumi_releases.restart_running(cfg, found)
+            res["restarted"] = vumi_webapp.restart_running(cfg, found)
         except CommandExecutionError as exc:
             # the switch happened: say so, with what the roll did and left
             raise CommandExecutionError(
@@ -778,7 +780,7 @@ def summary(**kwargs):
             now, revision, tip = _read_as_user(cfg, _summary_row, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
         except (SaltInvocationError, CommandExecutionError) as exc:
             log.warning("vumi.summary: %s: %s", env, exc)
-            now, revision, tip = vumi_releases.current_release_safe(found), None, None
+            now, revision, tip = vumi_manifest.current_release_safe(found), None, None
         behind = None if tip is None or revision is None else tip != revision
         ports = vumi_webapp.status(cfg, found)
         running = sorted(p for p, s in ports.items() if s["running"])
@@ -792,8 +794,8 @@ def summary(**kwargs):
 
 def _summary_row(salt, cfg, found):
     """As the deploy user: the current release, its revision, and the branch's (or pin's) tip (None: unknown)."""
-    now = vumi_releases.current_release_safe(found)
-    revision = (vumi_releases.read_manifest(found, now) or {}).get("revision") if now else None
+    now = vumi_manifest.current_release_safe(found)
+    revision = (vumi_manifest.read_manifest(found, now) or {}).get("revision") if now else None
     try:
         tip = vumi_git.remote_revision(salt, cfg, found, cfg["revision"])
     except (SaltInvocationError, CommandExecutionError):

@@ -10,11 +10,10 @@ module, and pillar ``env`` last.
 import os
 import pwd
 
-import vumi_releases
+import vumi_manifest
 import vumi_settings
 import vumi_settings_file
 
-PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def release_settings_module(cfg, paths, name):
@@ -38,7 +37,7 @@ def _base(cfg, venv):
         "HOME": user.pw_dir,
         "USER": user.pw_name,
         "LOGNAME": user.pw_name,
-        "PATH": os.path.join(venv, "bin") + os.pathsep + PLAIN_PATH,
+        "PATH": os.path.join(venv, "bin") + os.pathsep + vumi_settings.PLAIN_PATH,
         "LANG": "C.UTF-8",
         "VIRTUAL_ENV": venv,
         "VUMI_ENV": cfg["environment"],
@@ -50,7 +49,7 @@ def _base(cfg, venv):
 
 def for_release(cfg, paths, name, **extra):
     """The environment of a process of release ``name`` (``extra`` adds e.g. ``VUMI_PORT``)."""
-    manifest = vumi_releases.read_manifest(paths, name) or {}
+    manifest = vumi_manifest.read_manifest(paths, name) or {}
     env = dict(_base(cfg, paths.venv(name)), VUMI_RELEASE=name, VUMI_REVISION=manifest.get("revision") or "")
     module = release_settings_module(cfg, paths, name)
     if module:
@@ -67,7 +66,7 @@ def for_current(cfg, paths):
     release from its working directory).
     """
     env = _base(cfg, paths.current_venv())
-    name = vumi_releases.current_release_safe(paths)
+    name = vumi_manifest.current_release_safe(paths)
     module = release_settings_module(cfg, paths, name) if name else None
     if module:
         env["DJANGO_SETTINGS_MODULE"] = module

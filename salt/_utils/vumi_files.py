@@ -19,19 +19,29 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 log = logging.getLogger(__name__)
 
 
-def runas_user(cfg):
-    """The user to run commands as, or None when it is the one running Salt."""
+def deploy_user(cfg):
+    """
+    The passwd entry of the deploy user Salt must act as (None: the user running Salt is
+    the deploy user). The one place that says so: a user that does not exist, or one Salt
+    cannot become (it does not run as root), is refused here, not passed over.
+    """
     me = pwd.getpwuid(os.geteuid()).pw_name
     user = cfg["user"]  # validated: a non-empty name (an empty user is not root)
     if user == me:
         return None
     try:
-        pwd.getpwnam(user)
+        entry = pwd.getpwnam(user)
     except KeyError:
         raise SaltInvocationError(f"user {user!r} does not exist") from None
     if os.geteuid() != 0:
         raise SaltInvocationError(f"Salt runs as {me} and cannot act as user {user!r}")
-    return user
+    return entry
+
+
+def runas_user(cfg):
+    """The name of the user to run commands as (Salt's ``runas``), or None when it is the one running Salt."""
+    entry = deploy_user(cfg)
+    return entry.pw_name if entry else None
 
 
 def chown(path, runas):

@@ -3,7 +3,7 @@ What keeps deploys off an environment for a while: an operator's freeze
 (``vumi.lock`` / ``vumi.unlock`` / ``vumi.locked``, Deployer's deploy:lock) and a
 fleet deploy's hold (``vumi.orch.deploy``: from its prepare to its end, no other
 deploy may switch this host to another release; it lapses by itself when that
-orchestration died). Neither is the deploy lock (vumi_history.deploy_lock),
+orchestration died). Neither is the deploy lock (vumi_lock.deploy_lock),
 which one deploy holds while it runs.
 """
 

@@ -11,7 +11,7 @@ import shutil
 from salt.exceptions import CommandExecutionError
 
 import vumi_files
-import vumi_releases
+import vumi_naming
 import vumi_settings
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,9 @@ def _resolve_pin(d):
 def cut_release(d):
     """The release's code: a clone sharing the cache's objects (small .git), at the commit."""
     if d.release is None:
-        d.release = vumi_releases.new_release_name(d.paths)
+        d.release = vumi_naming.new_release_name(d.paths)
     else:
-        vumi_releases.check_sorts_last(d.paths, d.release)
+        vumi_naming.check_sorts_last(d.paths, d.release)
     rel = d.paths.release(d.release)
     if os.path.lexists(rel):
         raise CommandExecutionError(f"release {d.release} already exists in {d.paths.releases}")

@@ -12,6 +12,7 @@ import time
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import vumi_files
+import vumi_probes
 import vumi_webapp
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _wait_open(cfg, port, proc):
     while True:
         if proc.poll() is not None:
             return f"exited with code {proc.returncode}"
-        if vumi_webapp.port_open(cfg["host"], port):
+        if vumi_probes.port_open(cfg["host"], port):
             return None
         if time.monotonic() >= deadline:
             return f"did not open the port within {cfg['start_timeout']:g}s"
@@ -105,15 +106,3 @@ def probe(cfg, port, proc):
         if passes(resp.status):
             return True, evidence
         return False, f"{evidence}: {body!r}" if body else evidence
-
-
-def answers(host, port, timeout=2.0):
-    """Whether ``GET /`` on the port gets an HTTP answer below 500 (the default probe's rule), quickly."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", "/", headers={"User-Agent": "vumi-salt status"})
-        return conn.getresponse().status < 500
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()

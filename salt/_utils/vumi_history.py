@@ -1,10 +1,9 @@
 """
-The environment's history log, its deploy lock, and a Salt event per stage.
+The environment's history log (``history.log``): who did what, when; read back to a bound.
 """
 
 import contextlib
 import errno
-import fcntl
 import getpass
 import json
 import logging
@@ -12,7 +11,6 @@ import os
 import stat
 import time
 
-from salt.exceptions import CommandExecutionError
 
 import vumi_files
 import vumi_settings
@@ -107,99 +105,3 @@ def read_history(paths):
                     if isinstance(entry, dict):
                         entries.append(entry)
     return entries
-
-
-@contextlib.contextmanager
-def flock(path, timeout, busy):
-    """
-    Hold an exclusive ``flock`` on ``path``, recording who holds it. The kernel
-    releases it when its holder dies, so a crash never leaves a stale lock.
-    After ``timeout`` seconds of waiting, raise ``busy(holder)``.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CommandExecutionError(f"the lock file {path} is not a regular file; remove it")
-        vumi_files.own_like_parent(path, fd)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-                    raise busy(holder or "unknown holder") from None
-                time.sleep(0.05)
-        # the Salt process of the deploy (salt-call's, the minion job's), which an operator sees;
-        # as the deploy user, the process that acts for it too
-        holder = {"pid": SALT_PID or os.getpid(), "user": getpass.getuser(), "since": vumi_files.now().isoformat()}
-        if SALT_PID:
-            holder["worker"] = os.getpid()
-        os.ftruncate(fd, 0)
-        try:
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
-        except OSError as exc:  # a full disk: the lock holds all the same, only its note is missing
-            log.warning("could not note the holder of %s: %s", path, exc)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def deploy_lock(cfg, paths):
-    """One deploy (or rollback, update, cleanup) at a time per environment."""
-    if not os.path.isdir(paths.root):
-        raise CommandExecutionError(f"{cfg['environment']} is not deployed: {paths.root} does not exist")
-    vumi_files.refuse_links(paths)
-    return flock(
-        paths.lock,
-        cfg["lock_timeout"],
-        lambda holder: CommandExecutionError(
-            f"another deploy of {cfg['environment']} holds the lock {paths.lock}: {holder}"
-        ),
-    )
-
-
-def event_bus_up(opts):
-    """
-    Whether an event would reach anyone: under a master, yes; masterless only
-    when a minion daemon's event bus runs (otherwise each event waits a second
-    for a socket that is not there).
-    """
-    local = opts.get("local") or opts.get("file_client") == "local"
-    if not local or opts.get("use_master_when_local") or opts.get("ipc_mode") == "tcp":
-        return True
-    sock_dir = opts.get("sock_dir") or ""
-    return os.path.isdir(sock_dir) and any(
-        n.startswith("minion_event_") and n.endswith("_pull.ipc") for n in os.listdir(sock_dir)
-    )
-
-
-#: in a process of the deploy user's (vumi_privileges.as_user): where events go instead of the bus,
-#: which is root's; the parent fires them
-RELAY = None
-#: ...and the pid of the Salt process it acts for (the lock's holder note names it)
-SALT_PID = None
-
-
-def event(d, stage, started, outcome, **extra):
-    """Live progress: ``salt-run state.event`` (or the minion's bus, masterless) shows each stage."""
-    if RELAY is not None:
-        d.events = d.cfg["events"]
-    elif d.events is None:
-        d.events = d.cfg["events"] and event_bus_up(d.opts)
-    if not d.events:
-        return
-    data = {"env": d.cfg["environment"], "stage": stage, "release": d.release, "revision": d.sha,
-            "elapsed": round(time.monotonic() - started, 3), "outcome": outcome, **extra}  # fmt: skip
-    if RELAY is not None:
-        RELAY({"event": f"vumi/deploy/{d.cfg['environment']}/{stage}", "data": data})
-        return
-    try:
-        d.salt["event.send"](f"vumi/deploy/{d.cfg['environment']}/{stage}", data)
-    except Exception as exc:  # pylint: disable=broad-except
-        log.debug("could not fire the %s event: %s", stage, exc)  # progress is best effort

@@ -17,8 +17,8 @@ from salt.exceptions import CommandExecutionError
 
 import vumi_commands
 import vumi_environment
+import vumi_events
 import vumi_files
-import vumi_history
 
 
 def run(d, stage):
@@ -34,7 +34,7 @@ def run(d, stage):
                                       timeout=hook["timeout"])  # fmt: skip
         d.timings[label] = round(time.monotonic() - started, 3)
         outcome = "done" if res["retcode"] == 0 and not res["timed_out"] else "failed"
-        vumi_history.event(d, "hooks", started, outcome, hook=hook["run"], hook_stage=stage, index=index)
+        vumi_events.event(d, "hooks", started, outcome, hook=hook["run"], hook_stage=stage, index=index)
         if res["timed_out"]:
             raise CommandExecutionError(
                 f"{stage} hook {hook['run']!r} did not finish within {hook['timeout']:g}s (hook_timeout); "

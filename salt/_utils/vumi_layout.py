@@ -10,28 +10,19 @@ from salt.exceptions import CommandExecutionError
 
 import vumi_files
 import vumi_history
+import vumi_manifest
 import vumi_releases
+import vumi_supervisor
 
 log = logging.getLogger(__name__)
-
-
-def webapp_logs(cfg, paths):
-    """
-    ``shared/logs/webapp.<port>.log``, the user's link to each configured port's log
-    (which supervisord writes in root's folder, ``paths.webapp_logs``). A file already
-    there (from an older layout) is left alone.
-    """
-    for port in cfg["ports"]:
-        if not os.path.lexists(paths.log_link(port)):
-            os.symlink(paths.logfile(port), paths.log_link(port))
 
 
 def layout(d):
     for path in d.paths.tree():
         vumi_files.makedirs(path, d.runas, d.paths.mode(path))
-    webapp_logs(d.cfg, d.paths)
+    vumi_supervisor.webapp_logs(d.cfg, d.paths)
     vumi_files.keep_reserve(d.paths.reserve)
-    d.previous = vumi_releases.current_release(d.paths)
+    d.previous = vumi_manifest.current_release(d.paths)
     recover(d.paths, d.runas)
 
 
@@ -56,13 +47,13 @@ def recover(paths, runas=None):
             if name.endswith(".lock"):
                 os.remove(os.path.join(top, name))
     # (the webapp of a health check killed with its deploy died with it: it is the job's child)
-    current_name = vumi_releases.current_release(paths)
+    current_name = vumi_manifest.current_release(paths)
     # complete but never recorded, and newer than current: killed after its manifest,
     # before or during its health check (older unrecorded ones are left alone)
     recorded = {e.get("release") for e in vumi_history.read_history(paths) if e.get("action") in ("prepare", "rollback", *vumi_releases.SWITCHED_TO_NEW)}
-    for name in vumi_releases.release_names(paths):
+    for name in vumi_manifest.release_names(paths):
         interrupted = name not in recorded and (current_name is None or name > current_name)
-        if name != current_name and (not vumi_releases.read_manifest(paths, name) or interrupted):
+        if name != current_name and (not vumi_manifest.read_manifest(paths, name) or interrupted):
             vumi_files.makedirs(paths.failed, runas)
             os.rename(paths.release(name), os.path.join(paths.failed, name))
             vumi_history.record(paths, "failed", stage="recover", release=name,
@@ -75,11 +66,11 @@ def ensure_tree(cfg, paths, test=False):
     named); a symlink planted where a folder belongs is refused before anything.
     """
     vumi_files.refuse_links(paths)
-    vumi_releases.current_release(paths)  # a current that is a folder, or points outside, is refused here too
+    vumi_manifest.current_release(paths)  # a current that is a folder, or points outside, is refused here too
     if test:
         return {"path": paths.root, "created": [p for p in paths.tree() if not os.path.isdir(p)]}
     runas = vumi_files.runas_user(cfg)
     created = [p for p in paths.tree() if vumi_files.makedirs(p, runas, paths.mode(p))]
-    webapp_logs(cfg, paths)
+    vumi_supervisor.webapp_logs(cfg, paths)
     vumi_files.keep_reserve(paths.reserve)
     return {"path": paths.root, "created": created}

@@ -12,6 +12,7 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import vumi_events
 import vumi_files
 import vumi_freeze
 import vumi_git
@@ -19,6 +20,8 @@ import vumi_health
 import vumi_history
 import vumi_hooks
 import vumi_layout
+import vumi_lock
+import vumi_manifest
 import vumi_releases
 import vumi_settings
 import vumi_settings_file
@@ -90,16 +93,16 @@ def run_steps(d, steps):
         try:
             step(d)
         except (CommandExecutionError, SaltInvocationError, OSError) as exc:
-            vumi_history.event(d, stage, started, "failed", error=str(exc))
+            vumi_events.event(d, stage, started, "failed", error=str(exc))
             fail(d, stage, exc)
         d.timings[stage] = round(time.monotonic() - started, 3)
-        vumi_history.event(d, stage, started, "done")
+        vumi_events.event(d, stage, started, "done")
 
 
 def fail(d, stage, exc):
     """Move a half-built release aside, record why, and raise."""
     moved = None
-    if d.cut and stage in dict(PREPARE) and d.release != vumi_releases.current_release_safe(d.paths):
+    if d.cut and stage in dict(PREPARE) and d.release != vumi_manifest.current_release_safe(d.paths):
         rel = os.path.join(d.paths.releases, d.release)
         if os.path.lexists(rel):
             try:
@@ -157,7 +160,7 @@ def prepare(d):
         d.paths.release(d.release)
     refuse(d)
     vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
-    with vumi_history.deploy_lock(d.cfg, d.paths):
+    with vumi_lock.deploy_lock(d.cfg, d.paths):
         refuse(d)  # again: a deploy we waited for may have been a fleet deploy's
         take_hold(d)
         run_steps(d, PREPARE)
@@ -170,19 +173,19 @@ def publish(d):
     paths = d.paths
     paths.release(d.release)  # a bad name fails before anything else
     refuse(d)
-    with vumi_history.deploy_lock(d.cfg, paths):
+    with vumi_lock.deploy_lock(d.cfg, paths):
         refuse(d)
         take_hold(d)  # renewed: the restarts are still to come
         if not os.path.isdir(paths.release(d.release)):
             raise SaltInvocationError(f"unknown release {d.release!r} in {paths.releases}")
-        d.previous = vumi_releases.current_release(paths)
+        d.previous = vumi_manifest.current_release(paths)
         if d.previous is not None and d.release <= d.previous:
             # a publish that lands after a newer deploy must not take the host back to older code
             raise CommandExecutionError(
                 f"release {d.release} does not sort after the current release {d.previous}; refusing to publish "
                 "it (a newer deploy went live meanwhile; vumi.rollback goes back on purpose)"
             )
-        d.sha = (vumi_releases.read_manifest(paths, d.release) or {}).get("revision")
+        d.sha = (vumi_manifest.read_manifest(paths, d.release) or {}).get("revision")
         run_steps(d, PUBLISH)
         vumi_history.record(paths, "deploy", release=d.release, revision=d.sha, previous=d.previous, **d.who)
     return summary(d, "publish")
@@ -192,7 +195,7 @@ def deploy(d):
     """Every stage: prepare, then publish and prune."""
     refuse(d)
     vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
-    with vumi_history.deploy_lock(d.cfg, d.paths):
+    with vumi_lock.deploy_lock(d.cfg, d.paths):
         refuse(d)
         run_steps(d, PREPARE + PUBLISH)
         vumi_history.record(d.paths, "deploy", release=d.release, revision=d.sha, previous=d.previous,
@@ -218,12 +221,12 @@ def update(d):
         raise SaltInvocationError(
             f"{cfg['environment']} is pinned to revision {cfg['revision']}; change the pin and deploy"
         )
-    with vumi_history.deploy_lock(cfg, paths):
+    with vumi_lock.deploy_lock(cfg, paths):
         refuse(d)
-        name = vumi_releases.current_release(paths)
+        name = vumi_manifest.current_release(paths)
         if name is None:
             raise CommandExecutionError(f"{cfg['environment']} has no current release to update; deploy first")
-        manifest = vumi_releases.read_manifest(paths, name) or {}
+        manifest = vumi_manifest.read_manifest(paths, name) or {}
         old = manifest.get("revision")
         run_steps(d, PREPARE[:2])  # layout (and the recovery of an interrupted update), fetch
         if d.sha == old:

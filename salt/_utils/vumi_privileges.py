@@ -28,24 +28,21 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-import vumi_history
+import vumi_events
+import vumi_files
+import vumi_lock
+import vumi_settings
 
 log = logging.getLogger(__name__)
 
-PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 #: the errors that cross the pipe as themselves; anything else becomes a CommandExecutionError
 ERRORS = {"SaltInvocationError": SaltInvocationError, "CommandExecutionError": CommandExecutionError}
 
 
 def dropping(cfg):
-    """The deploy user's passwd entry when this process is root and the user is not; else None."""
-    if os.geteuid() != 0 or cfg["user"] == "root":
-        return None
-    try:
-        return pwd.getpwnam(cfg["user"])
-    except KeyError:
-        raise SaltInvocationError(f"user {cfg['user']!r} does not exist") from None
+    """The deploy user's passwd entry when this process must drop to it (``vumi_files.deploy_user``); else None."""
+    return vumi_files.deploy_user(cfg)
 
 
 def _drop(user, parent):
@@ -56,7 +53,7 @@ def _drop(user, parent):
         raise OSError(f"could not drop to {user.pw_name}")
     os.environ.clear()
     os.environ.update(
-        HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name, PATH=PLAIN_PATH, LANG="C.UTF-8"
+        HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name, PATH=vumi_settings.PLAIN_PATH, LANG="C.UTF-8"
     )
     with contextlib.suppress(OSError):
         os.chdir("/")
@@ -185,7 +182,7 @@ def as_user(cfg, salt, opts, fn, *args, timeout=None, **kwargs):
     if user is None:
         return fn(*args, **kwargs)
     _warm(salt)
-    events = bool(opts is not None and cfg.get("events") and vumi_history.event_bus_up(opts))
+    events = bool(opts is not None and cfg.get("events") and vumi_events.event_bus_up(opts))
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
     pid = os.fork()
@@ -195,8 +192,8 @@ def as_user(cfg, salt, opts, fn, *args, timeout=None, **kwargs):
             os.close(read_fd)
             _detach(write_fd)
             out = os.fdopen(write_fd, "w", encoding="utf-8")
-            vumi_history.RELAY = (lambda message: (out.write(json.dumps(message) + "\n"), out.flush())) if events else (lambda message: None)
-            vumi_history.SALT_PID = os.getppid()
+            vumi_events.RELAY = (lambda message: (out.write(json.dumps(message) + "\n"), out.flush())) if events else (lambda message: None)
+            vumi_lock.SALT_PID = os.getppid()
             try:
                 _keep_logs_open()
                 _drop(user, parent)

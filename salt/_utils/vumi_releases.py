@@ -3,9 +3,6 @@ Releases: manifests (stage ``manifest``), the switch of ``current`` (stage ``pub
 (stage ``prune``), rollback, cleanup and discard.
 """
 
-import contextlib
-import datetime
-import json
 import logging
 import os
 import shutil
@@ -15,67 +12,17 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 import vumi_files
 import vumi_git
 import vumi_history
+import vumi_lock
+import vumi_manifest
 import vumi_settings
 import vumi_settings_file
 import vumi_virtualenv
-import vumi_webapp
 
 log = logging.getLogger(__name__)
 
 
-#: a manifest is a few hundred bytes; a larger one is not ours
-MANIFEST_LIMIT = 64 << 10
-#: what a manifest's values may be: short text, numbers, flags, nothing nested
-_TEXT_LIMIT = 4096
-
-
-def read_manifest(paths, name):
-    """
-    Release ``name``'s manifest, checked (None: missing, or not a manifest): read
-    through a descriptor that is a regular file, to a bound; each value a short
-    scalar, ``revision`` a full commit id, ``release`` the release's own name.
-    """
-    found = vumi_files.read_json(paths.manifest(name), MANIFEST_LIMIT)
-    return clean_manifest(found, name) if found else None
-
-
-def clean_manifest(found, name):
-    if not isinstance(found, dict):
-        return None
-    clean = {}
-    for key, value in found.items():
-        if not isinstance(key, str) or len(key) > 64:
-            continue
-        if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= _TEXT_LIMIT):
-            clean[key] = value
-    if not (isinstance(clean.get("revision"), str) and vumi_settings.SHA_RE.match(clean["revision"])):
-        return None  # a manifest says which commit: without one it is not complete
-    if clean.get("release", name) != name:
-        return None
-    return clean
-
-
-def current_release(paths):
-    if os.path.isdir(paths.current) and not os.path.islink(paths.current):
-        raise CommandExecutionError(f"{paths.current} is a directory, not a symlink; refusing")
-    if not os.path.islink(paths.current):
-        return None
-    target = os.readlink(paths.current)
-    name = os.path.basename(target.rstrip("/"))
-    expected = os.path.join("releases", name)
-    if target not in (expected, os.path.join(paths.root, expected)) or not vumi_settings.RELEASE_RE.match(name):
-        raise CommandExecutionError(f"{paths.current} points outside the releases: {target}")
-    return name
-
-
-def release_names(paths):
-    if not os.path.isdir(paths.releases):
-        return []
-    return sorted(n for n in os.listdir(paths.releases) if vumi_settings.RELEASE_RE.match(n))
-
-
 def release_info(paths, name, current_name):
-    manifest = read_manifest(paths, name)
+    manifest = vumi_manifest.read_manifest(paths, name)
     info = {
         "release": name,
         "path": paths.release(name),
@@ -89,55 +36,10 @@ def release_info(paths, name, current_name):
     return info
 
 
-def used_release_names(paths):
-    """Every release name this environment has used: history, releases/, failed/."""
-    used = [e.get("release") for e in vumi_history.read_history(paths)]
-    for folder in (paths.releases, paths.failed):
-        used += os.listdir(folder) if os.path.isdir(folder) else []
-    return [n for n in used if isinstance(n, str) and vumi_settings.RELEASE_RE.match(n)]
-
-
-def check_sorts_last(paths, name):
-    """
-    A name given by the caller (one for a whole fleet) must sort after every name
-    used here: pruning keeps the newest by name, and an older-sorting release
-    would make it drop the wrong ones.
-    """
-    last = max(used_release_names(paths), default=None)
-    if last is not None and name <= last:
-        raise CommandExecutionError(
-            f"release name {name} does not sort after {last}, already used in {paths.root} "
-            "(a clock ahead of this one?); give a later release name"
-        )
-
-
-def new_release_name(paths):
-    """
-    A UTC timestamp, later than any release name used before: names sort in
-    deploy order even when pruning frees a name or the clock steps back.
-    """
-    when = vumi_files.now().replace(microsecond=0)
-    used = used_release_names(paths)
-    try:
-        if used:
-            last = datetime.datetime.strptime(max(used), vumi_settings.RELEASE_FORMAT)
-            when = max(when, last.replace(tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=1))
-        while True:
-            name = when.strftime(vumi_settings.RELEASE_FORMAT)
-            if not any(os.path.lexists(os.path.join(p, name)) for p in (paths.releases, paths.failed)):
-                return name
-            when += datetime.timedelta(seconds=1)
-    except (OverflowError, ValueError):
-        raise CommandExecutionError(
-            f"release name {max(used)} (in {paths.releases}, {paths.failed} or the history) is later than any "
-            "time a new release can be named after; remove it, or give release= a later name"
-        ) from None
-
-
 def write_release_manifest(d):
     """Written last: a release with a manifest is complete."""
     vumi_files.write_atomic(os.path.join(d.paths.release(d.release), "REVISION"), d.sha + "\n", d.runas)
-    write_manifest(d.paths, d.release, d.runas, {
+    vumi_manifest.write_manifest(d.paths, d.release, d.runas, {
         "release": d.release,
         "env": d.cfg["environment"],
         "branch": d.cfg["branch"],
@@ -154,16 +56,12 @@ def write_release_manifest(d):
     })  # fmt: skip
 
 
-def write_manifest(paths, name, runas, manifest):
-    vumi_files.write_atomic(paths.manifest(name), json.dumps(manifest, indent=2, sort_keys=True) + "\n", runas)
-
-
 def publish_step(d):
     publish(d.paths, d.release)
 
 
 def publish(paths, name):
-    if not read_manifest(paths, name):
+    if not vumi_manifest.read_manifest(paths, name):
         raise CommandExecutionError(f"release {name} is not complete; refusing to publish it")
     vumi_files.with_reserve(paths.reserve, vumi_files.symlink_atomic, os.path.join("releases", name), paths.current)
 
@@ -190,23 +88,6 @@ def prune_step(d):
     prune(d.cfg, d.paths, d.cfg["keep_releases"])
 
 
-def current_release_safe(paths):
-    with contextlib.suppress(CommandExecutionError):
-        return current_release(paths)
-    return None
-
-
-def resolve_release(paths, release):
-    if release is None:
-        name = current_release(paths)
-        if name is None:
-            raise CommandExecutionError(f"{paths.root} has no current release; deploy first")
-        return name
-    if not os.path.isdir(paths.release(release)):
-        raise SaltInvocationError(f"unknown release {release!r} in {paths.releases}")
-    return release
-
-
 def rollback_stack(paths):
     """The releases ``current`` went through, as rollback sees them: deploys push, rollbacks pop."""
     stack = []
@@ -225,11 +106,11 @@ def rollback_stack(paths):
 def rollback_target(paths):
     """The release before the current one on the rollback stack, if it is still complete."""
     stack = rollback_stack(paths)
-    current_name = current_release(paths)
+    current_name = vumi_manifest.current_release(paths)
     while stack and stack[-1] == current_name:
         stack.pop()
     for name in reversed(stack):
-        if name != current_name and read_manifest(paths, name):
+        if name != current_name and vumi_manifest.read_manifest(paths, name):
             return name
     return None
 
@@ -251,13 +132,13 @@ def prune(cfg, paths, limit, unpublished=False):
     orphans. With ``unpublished``, first the releases prepared but never published
     (not in a deploy's own prune: a fleet deploy may be about to publish them).
     """
-    current_name = current_release(paths)
+    current_name = vumi_manifest.current_release(paths)
     removed = []
     if unpublished:
-        for name in sorted((unpublished_releases(paths) & set(release_names(paths))) - {current_name}):
+        for name in sorted((unpublished_releases(paths) & set(vumi_manifest.release_names(paths))) - {current_name}):
             vumi_files.remove_tree(paths.release(name))
             removed.append(name)
-    complete = [n for n in release_names(paths) if read_manifest(paths, n)]
+    complete = [n for n in vumi_manifest.release_names(paths) if vumi_manifest.read_manifest(paths, n)]
     # the newest on the rollback stack first (what rollback would go back to, not a release
     # rolled back from), then by name; prepared, unpublished ones are a fleet deploy's to publish
     stack = rollback_stack(paths) + ([current_name] if current_name else [])  # this deploy's is not recorded yet
@@ -268,14 +149,14 @@ def prune(cfg, paths, limit, unpublished=False):
     keep = set(order[:limit]) | {current_name}
     if not unpublished:
         keep |= unpublished_releases(paths)
-    for name in release_names(paths):
+    for name in vumi_manifest.release_names(paths):
         if name not in keep and (name in complete or name != current_name):
             vumi_files.remove_tree(paths.release(name))
             removed.append(name)
     trim_failed(cfg, paths)
     in_use = {
         os.path.realpath(paths.venv(n))
-        for n in release_names(paths)
+        for n in vumi_manifest.release_names(paths)
     }
     venvs_removed = []
     if os.path.isdir(paths.virtualenvs):
@@ -286,7 +167,7 @@ def prune(cfg, paths, limit, unpublished=False):
                 venvs_removed.append(name)
     return {
         "removed": removed,
-        "kept": [n for n in release_names(paths)],
+        "kept": [n for n in vumi_manifest.release_names(paths)],
         "virtualenvs_removed": venvs_removed,
     }
 
@@ -305,16 +186,16 @@ def trim_failed(cfg, paths):
 
 def list_releases(paths):
     """Every release, oldest first, with its revision, time and state."""
-    current_name = current_release(paths)
-    return [release_info(paths, name, current_name) for name in release_names(paths)]
+    current_name = vumi_manifest.current_release(paths)
+    return [release_info(paths, name, current_name) for name in vumi_manifest.release_names(paths)]
 
 
 def describe_current(cfg, paths):
     """The current release's manifest and what a redeploy would change, or None."""
-    name = current_release(paths)
+    name = vumi_manifest.current_release(paths)
     if name is None:
         return None
-    manifest = read_manifest(paths, name) or {}
+    manifest = vumi_manifest.read_manifest(paths, name) or {}
     code = paths.code(name)
     try:
         requirements_changed = vumi_virtualenv.requirements_hash(cfg, code) != manifest.get("requirements_hash")
@@ -332,43 +213,35 @@ def describe_current(cfg, paths):
     )
 
 
-def rollback(cfg, paths, release=None, restart=True, who=None):
+def rollback(cfg, paths, release=None, who=None):
     """
-    Make the previous (or the named) release current again, then (``restart``)
-    restart the running webapps onto it one port at a time; see ``vumi.rollback``.
+    Make the previous (or the named) release current again, as the deploy user (the
+    restart of the webapps onto it is root's: ``vumi_webapp.restart_running``); see
+    ``vumi.rollback``.
     """
-    if not isinstance(restart, bool):
-        raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
     if release is not None:
         paths.release(release)  # a bad name fails before anything else
-    with vumi_history.deploy_lock(cfg, paths):
-        previous = current_release(paths)
+    with vumi_lock.deploy_lock(cfg, paths):
+        previous = vumi_manifest.current_release(paths)
         if release is None:
             target = rollback_target(paths)
             if target is None:
                 raise CommandExecutionError(f"{cfg['environment']} has no earlier release to roll back to")
         else:
-            target = resolve_release(paths, release)
+            target = vumi_manifest.resolve_release(paths, release)
         if not vumi_virtualenv.venv_ok(paths.venv(target)):
             raise CommandExecutionError(f"release {target} has no intact virtualenv; run vumi.create_virtualenv")
         publish(paths, target)
-        manifest = read_manifest(paths, target) or {}
+        manifest = vumi_manifest.read_manifest(paths, target) or {}
         # the revision rolled back from: vumi.deployed holds off it until the branch moves on
-        left = (read_manifest(paths, previous) or {}) if previous else {}
+        left = (vumi_manifest.read_manifest(paths, previous) or {}) if previous else {}
         vumi_history.record(paths, "rollback", release=target, previous=previous,
                             revision=manifest.get("revision"), named=release is not None,
                             rolled_back_from=left.get("revision"), pinned=cfg["revision"],
                             branch=cfg["branch"], **(who or {}))  # fmt: skip
         if cfg["remove_rolled_back"] and previous and previous != target:
             vumi_files.remove_tree(paths.release(previous))
-    restarted = restart_running(cfg, paths) if restart else []
-    return {"release": target, "previous": previous, "revision": manifest.get("revision"), "restarted": restarted}
-
-
-def restart_running(cfg, paths):
-    """Restart the running ports onto ``current``, one at a time (supervisor's: root's part of a rollback)."""
-    running = [p for p, s in vumi_webapp.status(cfg, paths).items() if s["running"] and p in cfg["ports"]]
-    return [r["port"] for r in vumi_webapp.cluster(vumi_webapp.restart, cfg, paths, running)] if running else []
+    return {"release": target, "previous": previous, "revision": manifest.get("revision"), "restarted": []}
 
 
 def rolled_back_from(paths):
@@ -394,7 +267,7 @@ def cleanup(cfg, paths, limit=None):
         raise SaltInvocationError(f"invalid limit {limit!r}: must be an integer >= 1")
     if not os.path.isdir(paths.root):
         return {"removed": [], "kept": [], "virtualenvs_removed": []}
-    with vumi_history.deploy_lock(cfg, paths):
+    with vumi_lock.deploy_lock(cfg, paths):
         drop_switch_leftovers(paths)
         finish_removals(paths)
         return prune(cfg, paths, int(limit), unpublished=True)
@@ -405,17 +278,17 @@ def discard(cfg, paths, release):
     path = paths.release(release)  # a bad name fails before anything else
     if not os.path.isdir(paths.root):
         return {"release": release, "discarded": False, "comment": f"{cfg['environment']} is not deployed here"}
-    with vumi_history.deploy_lock(cfg, paths):
+    with vumi_lock.deploy_lock(cfg, paths):
         finish_removals(paths)
         if not os.path.isdir(path):
             return {"release": release, "discarded": False, "comment": f"no release {release} here"}
-        if release == current_release(paths):
+        if release == vumi_manifest.current_release(paths):
             raise CommandExecutionError(f"release {release} is current; refusing to discard it")
-        if release not in unpublished_releases(paths) and read_manifest(paths, release):
+        if release not in unpublished_releases(paths) and vumi_manifest.read_manifest(paths, release):
             raise CommandExecutionError(
                 f"release {release} has been published before; refusing to discard it (see vumi.cleanup)"
             )
-        revision = (read_manifest(paths, release) or {}).get("revision")
+        revision = (vumi_manifest.read_manifest(paths, release) or {}).get("revision")
         # out of sight in one rename, then deleted: killed mid-way, nothing left looks complete
         vumi_files.remove_tree(path)
         vumi_history.record(paths, "discard", release=release, revision=revision)
@@ -426,8 +299,8 @@ def discard(cfg, paths, release):
 def revert(cfg, paths, release, who=None):
     """A fleet deploy's undo here: ``release`` current → the release before it (no restart); see ``vumi.revert``."""
     paths.release(release)  # a bad name fails before anything else
-    now = current_release_safe(paths)
+    now = vumi_manifest.current_release_safe(paths)
     if now != release:
         return {"reverted": False, "release": now, "comment": f"release {release} is not current here ({now})"}
-    res = rollback(cfg, paths, None, restart=False, who=who)
+    res = rollback(cfg, paths, None, who=who)
     return dict(res, reverted=True, comment=f"release {res['release']} is current again (was {release})")

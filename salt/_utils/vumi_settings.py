@@ -16,6 +16,10 @@ from salt.exceptions import SaltInvocationError
 log = logging.getLogger(__name__)
 
 
+#: the PATH of everything run as the deploy user (a release's ``ve/bin`` goes first where there is one)
+PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
 DEFAULTS = {
     "base_dir": "/var/praekelt",
     "app": "vumi",

@@ -232,3 +232,14 @@ def apply_group(sup, group):
         except xmlrpc.client.Fault as fault:
             if "ALREADY_ADDED" not in fault.faultString:
                 raise CommandExecutionError(f"supervisord could not add {group}: {fault.faultString}") from None
+
+
+def webapp_logs(cfg, paths):
+    """
+    ``shared/logs/webapp.<port>.log``, the user's link to each configured port's log
+    (which supervisord writes in root's folder, ``paths.webapp_logs``). A file already
+    there (from an older layout) is left alone.
+    """
+    for port in cfg["ports"]:
+        if not os.path.lexists(paths.log_link(port)):
+            os.symlink(paths.logfile(port), paths.log_link(port))

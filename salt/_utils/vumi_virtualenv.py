@@ -15,8 +15,8 @@ from salt.exceptions import CommandExecutionError
 
 import vumi_files
 import vumi_git
-import vumi_history
-import vumi_releases
+import vumi_lock
+import vumi_manifest
 
 log = logging.getLogger(__name__)
 
@@ -305,13 +305,13 @@ def rebuild(salt, cfg, paths, release=None):
     runas = vumi_files.runas_user(cfg)
     if release is not None:
         paths.release(release)  # a bad name fails before anything else
-    with vumi_history.deploy_lock(cfg, paths):
-        name = vumi_releases.resolve_release(paths, release)
+    with vumi_lock.deploy_lock(cfg, paths):
+        name = vumi_manifest.resolve_release(paths, release)
         req_hash, built = ensure_venv(salt, cfg, paths, name, runas)
-        manifest = vumi_releases.read_manifest(paths, name)
+        manifest = vumi_manifest.read_manifest(paths, name)
         if manifest is not None:
             manifest.update(requirements_hash=req_hash, virtualenv=os.path.realpath(paths.venv(name)))
-            vumi_releases.write_manifest(paths, name, runas, manifest)
+            vumi_manifest.write_manifest(paths, name, runas, manifest)
     return {
         "release": name,
         "virtualenv": os.path.realpath(paths.venv(name)),

@@ -22,21 +22,12 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import vumi_environment
 import vumi_files
-import vumi_health
-import vumi_history
-import vumi_layout
+import vumi_lock
+import vumi_manifest
 import vumi_privileges
-import vumi_releases
+import vumi_probes
 import vumi_settings
 import vumi_supervisor
-
-
-def port_open(host, port, timeout=0.2):
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _kernel_hex(packed):
@@ -142,7 +133,7 @@ def webapp_command(cfg, paths, name, port, logfile=None, supervised=False):
 
 
 def _current(cfg, paths):
-    name = vumi_releases.current_release(paths)
+    name = vumi_manifest.current_release(paths)
     if name is None or not os.path.isdir(paths.code(name)):
         raise CommandExecutionError(f"{cfg['environment']} has no current release; deploy first")
     return name
@@ -173,7 +164,7 @@ def programs(cfg, paths, test=False):
     if not test:
         vumi_privileges.ensure_log_dir(cfg, paths)  # root's folder: supervisord writes there
         if not all(os.path.lexists(paths.log_link(port)) for port in cfg["ports"]):
-            vumi_privileges.as_user(cfg, None, None, vumi_layout.webapp_logs, cfg, paths)
+            vumi_privileges.as_user(cfg, None, None, vumi_supervisor.webapp_logs, cfg, paths)
     return vumi_supervisor.write_programs(cfg, paths, text, test=test, sup=sup)
 
 
@@ -194,7 +185,7 @@ def _answered(cfg, sup, name, port, logfile, deadline):
         info = sup.info(name)
         state = info["statename"] if info else "GONE"
         # answering while STARTING counts: startsecs is supervisor's crash-loop guard, not readiness
-        if state in vumi_supervisor.UP and vumi_health.answers(cfg["host"], port, timeout=1):
+        if state in vumi_supervisor.UP and vumi_probes.answers(cfg["host"], port, timeout=1):
             return info
         if state in ("FATAL", "STOPPED", "GONE"):  # EXITED, BACKOFF: supervisor starts it again
             problem = f"is {state} in supervisor ({(info or {}).get('spawnerr') or 'exited'})"
@@ -225,7 +216,7 @@ def start(cfg, paths, port):
     programs(cfg, paths)
     before = sup.info(name)  # a new or replaced group has started its ports already
     deadline = time.monotonic() + cfg["start_timeout"]
-    if before and before["statename"] in vumi_supervisor.UP and up and vumi_health.answers(cfg["host"], port):
+    if before and before["statename"] in vumi_supervisor.UP and up and vumi_probes.answers(cfg["host"], port):
         return dict(_row(cfg, paths, port, before), started=False, comment=f"webapp already running on port {port}")
     if not before or before["statename"] not in vumi_supervisor.UP + ("BACKOFF",):
         _start_process(sup, name, port)
@@ -286,7 +277,7 @@ def port_lock(cfg, paths, port):
         return
     vumi_files.refuse_links(paths)
     # in root's folder beside the program file: root creates nothing in the user's tree
-    with vumi_history.flock(
+    with vumi_lock.flock(
         os.path.join(folder, f".{vumi_supervisor.program_name(cfg, port)}.lock"),
         cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 10,
         lambda holder: CommandExecutionError(
@@ -336,7 +327,7 @@ def status(cfg, paths, port=None):
         if suffix.isdigit():
             known[int(suffix)] = info
     ports = [vumi_settings.parse_port(port)] if port is not None else sorted(set(cfg["ports"]) | set(known))
-    current_name = vumi_releases.current_release_safe(paths)
+    current_name = vumi_manifest.current_release_safe(paths)
     result = {}
     for p in ports:
         info = known.get(p)
@@ -349,8 +340,8 @@ def status(cfg, paths, port=None):
             "release": release,
             "current": release is not None and release == current_name,
             "uptime": (info["now"] - info["start"]) if running else None,
-            "listening": running and port_open(cfg["host"], p),
-            "answers": running and vumi_health.answers(cfg["host"], p),
+            "listening": running and vumi_probes.port_open(cfg["host"], p),
+            "answers": running and vumi_probes.answers(cfg["host"], p),
             "configured": p in cfg["ports"],
         }
     return result
@@ -419,3 +410,9 @@ def stop_child(proc, grace, sig="SIGTERM"):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
         return True
+
+
+def restart_running(cfg, paths):
+    """Restart the running ports onto ``current``, one at a time (supervisor's: root's part of a rollback)."""
+    running = [p for p, s in status(cfg, paths).items() if s["running"] and p in cfg["ports"]]
+    return [r["port"] for r in cluster(restart, cfg, paths, running)] if running else []

@@ -24,6 +24,9 @@ import vumi_health  # noqa: E402
 import vumi_history  # noqa: E402
 import vumi_hooks  # noqa: E402
 import vumi_layout  # noqa: E402
+import vumi_lock  # noqa: E402
+import vumi_manifest  # noqa: E402
+import vumi_naming  # noqa: E402
 import vumi_paths  # noqa: E402
 import vumi_releases  # noqa: E402
 import vumi_settings  # noqa: E402
@@ -109,9 +112,9 @@ def test_history_lines_and_a_busy_lock_names_its_holder(paths):
     vumi_history.record(paths, "deploy", release="r1")
     vumi_history.record(paths, "rollback", release="r0")
     assert [e["action"] for e in vumi_history.read_history(paths)] == ["deploy", "rollback"]
-    with vumi_history.flock(paths.lock, 0, RuntimeError):
+    with vumi_lock.flock(paths.lock, 0, RuntimeError):
         with pytest.raises(RuntimeError, match=str(os.getpid())):
-            with vumi_history.flock(paths.lock, 0.1, RuntimeError):
+            with vumi_lock.flock(paths.lock, 0.1, RuntimeError):
                 pass
 
 
@@ -136,7 +139,7 @@ def test_rollback_target_replays_the_history_as_a_stack(cfg, paths):
     vumi_layout.ensure_tree(cfg, paths)
     for name in ("20260101_000001", "20260101_000002", "20260101_000003"):
         os.makedirs(paths.release(name))
-        vumi_releases.write_manifest(paths, name, None, {"revision": (name.replace("_", "") * 3)[:40]})
+        vumi_manifest.write_manifest(paths, name, None, {"revision": (name.replace("_", "") * 3)[:40]})
         vumi_history.record(paths, "deploy", release=name)
     vumi_releases.publish(paths, "20260101_000003")
     assert vumi_releases.rollback_target(paths) == "20260101_000002"
@@ -145,7 +148,7 @@ def test_rollback_target_replays_the_history_as_a_stack(cfg, paths):
                         rolled_back_from="20260101_000003")  # fmt: skip
     assert vumi_releases.rollback_target(paths) == "20260101_000001"  # further back, not forth
     assert vumi_releases.rolled_back_from(paths)["revision"] == "20260101_000003"
-    assert vumi_releases.new_release_name(paths) > "20260101_000003"
+    assert vumi_naming.new_release_name(paths) > "20260101_000003"
 
 
 # vumi_settings_file and vumi_environment -----------------------------------
