@@ -130,8 +130,6 @@ class Bench:
             "log_file": str(work / "salt.log"),
             "file_roots": {"base": [str(REPO / "salt"), str(sls)]},
             "pillar_roots": {"base": [str(pillar)]},
-            "module_dirs": [str(REPO / "salt" / "_modules")],
-            "states_dirs": [str(REPO / "salt" / "_states")],
         }))  # fmt: skip
         self.root = work / "srv" / "vumi" / "staging"
         self.commits = 0

@@ -123,7 +123,6 @@ def caller_for(top, port, supervisor):
         "log_file": str(top / "salt" / "minion.log"),
         "file_roots": {"base": [str(top / "states")]},
         "pillar_roots": {"base": [str(top / "pillar")]},  # not the repo's: no /var/praekelt
-        "module_dirs": [str(REPO / "salt" / "_modules")],
         "vumi": {"base_dir": str(top / "srv"), "repo_url": str(upstream), "ports": [port],
                  "supervisor": supervisor.settings()},
     }

@@ -107,8 +107,6 @@ def minion_opts(salt_factories, tmp_path_factory):
             "file_client": "local",
             "file_roots": {"base": [str(REPO / "salt")]},
             "pillar_roots": {"base": [str(empty_pillar)]},
-            "module_dirs": [str(REPO / "salt" / "_modules")],
-            "states_dirs": [str(REPO / "salt" / "_states")],
         },
     )
     return factory.config.copy()

@@ -18,96 +18,81 @@ Settings come from pillar ``vumi`` (defaults) and ``vumi:environments:<env>``
 
 This file is the public face: each function checks its arguments and hands
 over to the helpers in ``salt/_utils/vumi_*.py``, one file per concern
-(settings, paths, the deploy's stages, git, virtualenvs, webapps, history).
+(settings, paths, the deploy's stages, git, virtualenvs, webapps, history),
+installed as plain modules by ``pip install vumi-salt`` or synced to
+``<extmods>/utils`` by ``saltutil.sync_all``.
 
 :depends: git
 """
 
 import contextlib
-import importlib.abc
-import importlib.util
 import json
 import logging
 import os
 import shlex
-import sys
 
 import salt.utils.path
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+# The helpers (salt/_utils): installed beside Salt (pip install vumi-salt), or synced to
+# <extmods>/utils, which Salt's loader puts on sys.path while it loads this module
+try:
+    import vumi_check
+    import vumi_commands
+    import vumi_environment
+    import vumi_errors
+    import vumi_events
+    import vumi_files
+    import vumi_freeze
+    import vumi_git
+    import vumi_history
+    import vumi_layout
+    import vumi_manifest
+    import vumi_paths
+    import vumi_pipeline
+    import vumi_privileges
+    import vumi_releases
+    import vumi_settings
+    import vumi_supervisor
+    import vumi_version
+    import vumi_virtualenv
+    import vumi_webapp
+except ImportError as exc:
+    _MISSING = str(exc)
+else:
+    _MISSING = None
+    DEFAULTS = vumi_settings.DEFAULTS
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "vumi"
 
 
-def _helpers_dir():
-    """
-    Where the helpers are: ``salt/_utils`` beside ``salt/_modules`` (masterless
-    from a checkout, ``module_dirs``), or ``<extmods>/utils`` beside
-    ``<extmods>/modules`` (synced by ``saltutil.sync_all``, or shipped by salt-ssh).
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("_utils", "utils"):
-        folder = os.path.join(os.path.dirname(here), name)
-        if os.path.isfile(os.path.join(folder, "vumi_settings.py")):
-            return folder
-    return None
-
-
-class _HelperFinder(importlib.abc.MetaPathFinder):
-    """
-    Imports ``vumi_*`` from this module's own helper folder, and nothing else from
-    it: a checkout's ``salt/_utils`` and a synced ``extmods/utils`` may both be
-    about, and a folder of other extensions' utils must not shadow any module.
-    """
-
-    def __init__(self, folder):
-        self.folder = folder
-
-    def find_spec(self, name, path=None, target=None):  # pylint: disable=unused-argument
-        if name.startswith("vumi_") and "." not in name:
-            candidate = os.path.join(self.folder, f"{name}.py")
-            if os.path.isfile(candidate):
-                return importlib.util.spec_from_file_location(name, candidate)
-        return None
-
-
-_HELPERS = _helpers_dir()
-if _HELPERS is not None:
-    # this load's helpers, fresh: a new sync brings new ones, another copy may have loaded before
-    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_HelperFinder"]
-    sys.meta_path.insert(0, _HelperFinder(_HELPERS))
-    for _name in [n for n in sys.modules if n.startswith("vumi_")]:
-        del sys.modules[_name]
-    # pylint: disable=wrong-import-position
-    import vumi_check  # noqa: E402
-    import vumi_commands  # noqa: E402
-    import vumi_environment  # noqa: E402
-    import vumi_events  # noqa: E402
-    import vumi_files  # noqa: E402
-    import vumi_freeze  # noqa: E402
-    import vumi_git  # noqa: E402
-    import vumi_history  # noqa: E402
-    import vumi_layout  # noqa: E402
-    import vumi_manifest  # noqa: E402
-    import vumi_paths  # noqa: E402
-    import vumi_pipeline  # noqa: E402
-    import vumi_privileges  # noqa: E402
-    import vumi_releases  # noqa: E402
-    import vumi_settings  # noqa: E402
-    import vumi_supervisor  # noqa: E402
-    import vumi_virtualenv  # noqa: E402
-    import vumi_webapp  # noqa: E402
-
-    DEFAULTS = vumi_settings.DEFAULTS
-
-
 def __virtual__():
-    if _HELPERS is None:
-        return (False, "the vumi module's helpers (salt/_utils/vumi_*.py) are missing: run saltutil.sync_all")
+    if _MISSING is not None:
+        return (False, f"the vumi module's helpers are missing ({_MISSING}): pip install vumi-salt, "
+                       "or saltutil.sync_all from a master serving salt/_utils")  # fmt: skip
     if not salt.utils.path.which("git"):
         return (False, "the vumi module needs the git binary on PATH")
     return __virtualname__
+
+
+def version():
+    """
+    This bundle's version on this minion (the fleet runner refuses hosts that
+    differ), the folder its module was loaded from, and ``formula``: the folder to
+    add to ``file_roots`` when the bundle was installed with pip (None when it was
+    synced from a master, which serves the formula itself).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vumi.version
+    """
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    formula = here if os.path.isfile(os.path.join(here, "vumi", "init.sls")) else None
+    return {"version": vumi_version.VERSION, "module": os.path.abspath(__file__), "formula": formula}
 
 
 # --------------------------------------------------------------------------
@@ -401,6 +386,33 @@ def revert(environment, release, **kwargs):
     return res
 
 
+#: what the fleet runner calls through :py:func:`fleet_step`
+FLEET_STEPS = ("remote_revision", "current", "prepare", "publish", "revert", "discard", "unhold")
+
+
+def fleet_step(step, environment, *args, **kwargs):
+    """
+    What the fleet runner (``salt-run vumi.deploy``) calls on each host:
+    ``vumi.<step>`` (one of ``FLEET_STEPS``) and its result; or, when the bundle
+    names what went wrong (locked, held, busy, a stage or the health check
+    failed), that error as data, ``{"error": {"kind": "Held", "message": ...,
+    <facts>}}``, with retcode 1: the runner acts on its kind, not its words.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.fleet_step prepare staging release=20261126_153000
+    """
+    if step not in FLEET_STEPS:
+        raise SaltInvocationError(f"invalid step {step!r}: one of {', '.join(FLEET_STEPS)}")
+    try:
+        return globals()[step](environment, *args, **kwargs)
+    except vumi_errors.VumiError as exc:
+        __context__["retcode"] = 1
+        return {"error": vumi_errors.as_data(exc)}
+
+
 def held(environment, **kwargs):
     """
     The fleet deploy holding an environment (its release, who, job, since and
@@ -570,10 +582,8 @@ def execute(environment, command, release=None, timeout=None, **kwargs):
     cfg, found = _context(environment, kwargs)
     if not isinstance(command, str) or not command.strip() or "\0" in command:
         raise SaltInvocationError(f"invalid command {command!r}")
-    if timeout is not None:
-        timeout = vumi_settings.seconds(timeout, "timeout")
+    timeout = None if timeout is None else vumi_settings.seconds(timeout, "timeout")
     res = _as_user(cfg, found, _execute, cfg, found, command, release, timeout)
-    name = res.pop("release")
     if res["timed_out"]:
         raise CommandExecutionError(
             f"{command!r} did not finish within {timeout:g}s; it was killed with every process it started "
@@ -581,14 +591,11 @@ def execute(environment, command, release=None, timeout=None, **kwargs):
         )
     if res["retcode"] != 0:
         __context__["retcode"] = res["retcode"]
-    return {
-        "release": name,
-        "command": command,
-        "stdout": res["stdout"],
-        "stderr": res["stderr"],
-        "retcode": res["retcode"],
-        "truncated": res["truncated"],
-    }
+    return {"release": res["release"], "command": command, **{k: res[k] for k in OUTPUT}}
+
+
+#: what ``execute`` returns of the command's run
+OUTPUT = ("stdout", "stderr", "retcode", "truncated")
 
 
 def _execute(cfg, found, command, release, timeout=None):
@@ -669,16 +676,21 @@ def rollback(environment, release=None, restart=True, **kwargs):
     res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, who)
     _deployed(cfg, res["release"], res["revision"])
     if restart:
-        try:
-            res["restarted"] = vumi_webapp.restart_running(cfg, found)
-        except CommandExecutionError as exc:
-            # the switch happened: say so, with what the roll did and left
-            raise CommandExecutionError(
-                f"rolled back: current is release {res['release']} (was {res['previous']}), but restarting the "
-                f"running ports onto it failed: {exc}",
-                info=dict(getattr(exc, "info", None) or {}, release=res["release"], previous=res["previous"]),
-            ) from None
+        res["restarted"] = _restart_rolled_back(cfg, found, res)
     return res
+
+
+def _restart_rolled_back(cfg, found, res):
+    """The running ports onto the release rolled back to; a failure says the switch happened, and what the roll left."""
+    try:
+        return vumi_webapp.restart_running(cfg, found)
+    except CommandExecutionError as exc:
+        kind = type(exc) if isinstance(exc, vumi_errors.VumiError) else vumi_errors.VumiError
+        raise kind(
+            f"rolled back: current is release {res['release']} (was {res['previous']}), but restarting the "
+            f"running ports onto it failed: {exc}",
+            **dict(getattr(exc, "facts", {}), release=res["release"], previous=res["previous"]),
+        ) from None
 
 
 def cleanup(environment, limit=None, **kwargs):
@@ -736,28 +748,17 @@ def environments(**kwargs):
         salt 'web*' vumi.environments
     """
     pillar = kwargs.get("vumi_pillar") or __pillar__.get("vumi") or {}
-    named = set(pillar.get("environments") or {})
-    deploy = pillar.get("deploy")
-    named |= set(deploy) if isinstance(deploy, (list, tuple)) else set()
-    found = set()
-    for env in named:
-        try:
-            if os.path.isdir(_context(env, kwargs)[1].root):
-                found.add(env)
-        except SaltInvocationError:
-            continue  # a bad name in pillar: vumi.settings says what is wrong with it
-    app_dir = _context("default", kwargs)[1].app_dir
-    if os.path.isdir(app_dir):
-        for name in os.listdir(app_dir):
-            if name.startswith("."):  # .logs: the webapps' logs, root's
-                continue
-            env = name.replace("~", "/")
-            try:
-                if vumi_settings.env_dirname(env) == name and os.path.isdir(os.path.join(app_dir, name, "releases")):
-                    found.add(env)
-            except SaltInvocationError:
-                continue
-    return sorted(found)
+    listed = pillar.get("deploy")
+    named = set(pillar.get("environments") or {}) | (set(listed) if isinstance(listed, (list, tuple)) else set())
+    found = {env for env in named if _has_tree(env, kwargs)}
+    return sorted(found | set(vumi_paths.trees_in(_context("default", kwargs)[1].app_dir)))
+
+
+def _has_tree(env, kwargs):
+    try:
+        return os.path.isdir(_context(env, kwargs)[1].root)
+    except SaltInvocationError:
+        return False  # a bad name in pillar: vumi.settings says what is wrong with it
 
 
 def summary(**kwargs):
@@ -773,31 +774,31 @@ def summary(**kwargs):
 
         salt 'web*' vumi.summary
     """
-    rows = []
-    for env in environments(**kwargs):
-        cfg, found = _context(env, kwargs)
-        try:
-            now, revision, tip = _read_as_user(cfg, _summary_row, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
-        except (SaltInvocationError, CommandExecutionError) as exc:
-            log.warning("vumi.summary: %s: %s", env, exc)
-            now, revision, tip = vumi_manifest.current_release_safe(found), None, None
-        behind = None if tip is None or revision is None else tip != revision
-        ports = vumi_webapp.status(cfg, found)
-        running = sorted(p for p, s in ports.items() if s["running"])
-        rows.append({
-            "environment": env, "release": now, "revision": revision, "behind": behind,
-            "ports": cfg["ports"], "running": running,
-            "answering": sorted(p for p, s in ports.items() if s["answers"]),
-        })  # fmt: skip
-    return rows
+    return [_summary(env, kwargs) for env in environments(**kwargs)]
 
 
-def _summary_row(salt, cfg, found):
+def _summary(env, kwargs):
+    cfg, found = _context(env, kwargs)
+    try:
+        now, revision, tip = _read_as_user(cfg, _summary_row, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        log.warning("vumi.summary: %s: %s", env, exc)
+        now, revision, tip = vumi_manifest.current_release_safe(found), None, None
+    behind = None if tip is None or revision is None else tip != revision
+    ports = vumi_webapp.status(cfg, found)
+    return {
+        "environment": env, "release": now, "revision": revision, "behind": behind, "ports": cfg["ports"],
+        "running": sorted(p for p, s in ports.items() if s["running"]),
+        "answering": sorted(p for p, s in ports.items() if s["answers"]),
+    }  # fmt: skip
+
+
+def _summary_row(functions, cfg, found):
     """As the deploy user: the current release, its revision, and the branch's (or pin's) tip (None: unknown)."""
     now = vumi_manifest.current_release_safe(found)
     revision = (vumi_manifest.read_manifest(found, now) or {}).get("revision") if now else None
     try:
-        tip = vumi_git.remote_revision(salt, cfg, found, cfg["revision"])
+        tip = vumi_git.remote_revision(functions, cfg, found, cfg["revision"])
     except (SaltInvocationError, CommandExecutionError):
         tip = None  # the repository does not answer: unknown
     return now, revision, tip

@@ -5,6 +5,8 @@ Every path of one environment, computed here and nowhere else.
 import logging
 import os
 
+from salt.exceptions import SaltInvocationError
+
 import vumi_settings
 
 log = logging.getLogger(__name__)
@@ -91,3 +93,21 @@ class Paths:
     def log_link(self, port):
         """``shared/logs/webapp.<port>.log``: a link to the log, for the user; root never opens it."""
         return os.path.join(self.logs, f"webapp.{port}.log")
+
+
+def trees_in(app_dir):
+    """
+    The environments with a tree in ``app_dir``: folders holding ``releases/`` whose
+    name maps back to a valid environment (``topics~foo`` is ``topics/foo``).
+    """
+    found = []
+    for name in sorted(os.listdir(app_dir)) if os.path.isdir(app_dir) else ():
+        if name.startswith("."):  # .logs: the webapps' logs, root's
+            continue
+        env = name.replace("~", "/")
+        try:
+            if vumi_settings.env_dirname(env) == name and os.path.isdir(os.path.join(app_dir, name, "releases")):
+                found.append(env)
+        except SaltInvocationError:
+            continue
+    return found

@@ -20,8 +20,6 @@ def masterless_minion(state, pillar, id_prefix="vumi-", minion_id=None, **more):
         "file_client": "local",
         "file_roots": {"base": [str(REPO / "salt")]},
         "pillar_roots": {"base": [str(pillar)]},
-        "module_dirs": [str(REPO / "salt" / "_modules")],
-        "states_dirs": [str(REPO / "salt" / "_states")],
         "root_dir": str(state),
         "cachedir": str(state / "cache"),
         "pki_dir": str(state / "pki"),

@@ -1,6 +1,6 @@
 """
 The helpers in ``salt/_utils``, each on its own, imported as the execution module
-imports them (plain modules from that folder). Real files, folders and
+imports them (plain modules, installed by ``pip install -e .``). Real files, folders and
 processes in ``tmp_path``; Salt's loader is not involved: nothing tested here calls a
 Salt function (what does is tested through the loader, in tests/functional).
 """
@@ -9,30 +9,27 @@ import getpass
 import http.server
 import os
 import pathlib
-import sys
 import threading
 import types
 
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-sys.path.append(str(pathlib.Path(__file__).resolve().parents[2] / "salt" / "_utils"))
-
-import vumi_environment  # noqa: E402
-import vumi_files  # noqa: E402
-import vumi_health  # noqa: E402
-import vumi_history  # noqa: E402
-import vumi_hooks  # noqa: E402
-import vumi_layout  # noqa: E402
-import vumi_lock  # noqa: E402
-import vumi_manifest  # noqa: E402
-import vumi_naming  # noqa: E402
-import vumi_paths  # noqa: E402
-import vumi_releases  # noqa: E402
-import vumi_settings  # noqa: E402
-import vumi_settings_file  # noqa: E402
-import vumi_supervisor  # noqa: E402
-import vumi_webapp  # noqa: E402
+import vumi_environment
+import vumi_files
+import vumi_health
+import vumi_history
+import vumi_hooks
+import vumi_layout
+import vumi_lock
+import vumi_manifest
+import vumi_naming
+import vumi_paths
+import vumi_releases
+import vumi_settings
+import vumi_settings_file
+import vumi_supervisor
+import vumi_webapp
 
 
 @pytest.fixture

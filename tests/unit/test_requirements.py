@@ -13,9 +13,7 @@ import sys
 import pytest
 from salt.exceptions import CommandExecutionError
 
-sys.path.append(str(pathlib.Path(__file__).resolve().parents[2] / "salt" / "_utils"))
-
-import vumi_virtualenv  # noqa: E402
+import vumi_virtualenv
 
 
 @pytest.fixture
