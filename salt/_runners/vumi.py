@@ -27,6 +27,12 @@ import time
 import salt.client
 import salt.utils.minions
 
+# the bundle's version on the master: installed beside Salt, or synced to its extmods/utils
+try:
+    from vumi_version import VERSION
+except ImportError:
+    VERSION = None
+
 __virtualname__ = "vumi"
 
 
@@ -66,15 +72,29 @@ def status(tgt="*", tgt_type="glob", timeout=30):
 
 
 class Failed(Exception):
-    """A phase failed on ``host``: the run stops, undoes, and says so."""
+    """
+    A phase failed on ``host``: the run stops, undoes, and says so. ``kind``: the
+    bundle's error as the host named it (``{"kind": "Held", ...facts}``), or None.
+    """
 
-    def __init__(self, phase, host, error):
+    def __init__(self, phase, host, error, kind=None):
         super().__init__(f"{host} failed at {phase}: {error}")
-        self.phase, self.host, self.error = phase, host, error
+        self.phase, self.host, self.error, self.kind = phase, host, error, kind
+
+
+#: a host that refused with one of these did nothing: there is nothing of this run to undo on it
+REFUSALS = ("Locked", "Held", "Busy")
 
 
 def _error(value, retcode):
-    """What went wrong on a minion, from what it returned (None: nothing did)."""
+    """What went wrong on a minion, from what it returned: (message, the bundle's error as data or None), or None."""
+    if isinstance(value, dict) and isinstance(value.get("error"), dict):  # vumi.fleet_step: the error and its kind
+        return str(value["error"].get("message")), value["error"]
+    return (None, None) if (said := _said(value, retcode)) is None else (said, None)
+
+
+def _said(value, retcode):
+    """What went wrong on a minion, said in its words (None: nothing did)."""
     if isinstance(value, dict) and value and all(isinstance(v, dict) and "result" in v for v in value.values()):
         failed = [str(v.get("comment")) for v in value.values() if v["result"] is False]
         return "; ".join(failed) or (f"returned retcode {retcode}" if retcode else None)
@@ -102,13 +122,21 @@ class Fleet:
             raise Failed(phase, *failures[0]) from None
         return out
 
+    def step(self, phase, hosts, step, arg=(), kwarg=None):
+        """``vumi.<step>`` on ``hosts`` through ``vumi.fleet_step``, as ``call``: a failure has its kind."""
+        return self.call(phase, hosts, "vumi.fleet_step", [step, *arg], kwarg)
+
+    def quiet_step(self, phase, hosts, step, arg=(), kwarg=None):
+        """``vumi.<step>`` on ``hosts`` through ``vumi.fleet_step``, as ``quietly``."""
+        return self.quietly(phase, hosts, "vumi.fleet_step", [step, *arg], kwarg)
+
     def quietly(self, phase, hosts, fun, arg=(), kwarg=None):
         """The same as ``call`` for the undoing: ({host: return}, ["host: what went wrong"]), nothing raised."""
         out, failures = self._ask(phase, hosts, fun, arg, kwarg)
-        return out, [f"{host}: {error}" for host, error in failures]
+        return out, [f"{host}: {error}" for host, error, _ in failures]
 
     def _ask(self, phase, hosts, fun, arg, kwarg):
-        """One job to ``hosts``, waiting at most ``timeout`` for them: ({host: return}, [(host, error)])."""
+        """One job to ``hosts``, waiting at most ``timeout`` for them: ({host: return}, [(host, error, kind)])."""
         started = time.monotonic()
         rets = self.client.cmd(hosts, fun, arg=list(arg), kwarg=kwarg or {}, tgt_type="list",
                                timeout=self.timeout, full_return=True)  # fmt: skip
@@ -117,14 +145,32 @@ class Fleet:
         for host in hosts:
             ret = rets.get(host)
             if not isinstance(ret, dict) or "ret" not in ret or ret.get("out") == "no_return":
-                failures.append((host, f"did not answer {fun} within {self.timeout}s"))
+                failures.append((host, f"did not answer {fun} within {self.timeout}s", None))
                 continue
-            error = _error(ret["ret"], ret.get("retcode"))
+            error, kind = _error(ret["ret"], ret.get("retcode"))
             if error:
-                failures.append((host, error))
+                failures.append((host, error, kind))
                 continue
             out[host] = ret["ret"]
         return out, failures
+
+
+def _one_version(versions):
+    """
+    The bundle's one version on every host (and this runner, when it knows its own),
+    or ``Failed`` naming the hosts that run another: the phases' calls must mean the same.
+    """
+    seen = {}
+    for host in sorted(versions):
+        seen.setdefault(str((versions[host] or {}).get("version")), []).append(host)
+    want = VERSION or max(seen, key=lambda v: len(seen[v]))
+    odd = {v: hosts for v, hosts in seen.items() if v != want}
+    if not odd:
+        return want
+    said = "; ".join(f"{', '.join(hosts)} {v}" for v, hosts in sorted(odd.items()))
+    first = min(h for hosts in odd.values() for h in hosts)
+    raise Failed("version", first, f"these hosts run another version of vumi-salt than {want}: {said}; "
+                                   "upgrade or sync them first (salt '*' saltutil.sync_all)")  # fmt: skip
 
 
 def _batches(hosts, batch):
@@ -181,9 +227,10 @@ def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, 
             raise ValueError(f"no minion matches {tgt!r} ({tgt_type})")
         report["hosts"] = hosts
         fleet = Fleet(client, hosts, timeout)
+        report["version"] = _one_version(fleet.call("version", hosts, "vumi.version"))
         # one commit for the fleet: resolved once, so a push during the run changes nothing
-        (sha,) = fleet.call("revision", hosts[:1], "vumi.remote_revision", [branch],
-                            {"revision": revision} if revision else {}).values()  # fmt: skip
+        sha = fleet.step("revision", hosts[:1], "remote_revision", [branch],
+                         {"revision": revision} if revision else {})[hosts[0]]  # fmt: skip
         if not sha:
             raise Failed("revision", hosts[0], f"no commit found for {revision or 'the branch ' + branch}")
         report["revision"] = sha
@@ -193,7 +240,7 @@ def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, 
     except Failed as exc:
         return _ended(report, str(exc), exc)
     if test:
-        currents = fleet.quietly("current", hosts, "vumi.current", [branch])[0]
+        currents = fleet.quiet_step("current", hosts, "current", [branch])[0]
         report["current"] = {h: (c or {}).get("release") for h, c in currents.items()}
         report["result"] = None
         return _ended(report, f"would deploy {branch} release {release} at {sha[:12]} to {len(hosts)} hosts: "
@@ -208,20 +255,20 @@ def _run(fleet, report, branch, sha, release, batches, hold, kwargs):
     restarted = []
     phase = "prepare"
     try:
-        fleet.call(phase, hosts, "vumi.prepare", [branch], dict(common, revision=sha, release=release))
+        fleet.step(phase, hosts, "prepare", [branch], dict(common, revision=sha, release=release))
         phase = "publish"
-        published = fleet.call(phase, hosts, "vumi.publish", [branch, release], common)
+        published = fleet.step(phase, hosts, "publish", [branch, release], common)
         report["previous"] = {h: r.get("previous") for h, r in published.items()}
         phase = "restart"
         for batch in batches:
             restarted += batch
             fleet.call(phase, batch, "state.sls", ["vumi.webapp"], {"pillar": {"branch": branch}})
     except Failed as exc:
-        undone = _undo(fleet, branch, release, phase, restarted)
-        fleet.quietly("unhold", hosts, "vumi.unhold", [branch], {"release": release})
+        undone = _undo(fleet, branch, release, phase, restarted, exc)
+        fleet.quiet_step("unhold", hosts, "unhold", [branch], {"release": release})
         report["timings"] = fleet.timings
         return _ended(report, f"{exc}\n{undone}", exc)
-    fleet.quietly("unhold", hosts, "vumi.unhold", [branch], {"release": release})
+    fleet.quiet_step("unhold", hosts, "unhold", [branch], {"release": release})
     report["timings"] = fleet.timings
     report["result"] = True
     took = ", ".join(f"{k} {v:g}s" for k, v in fleet.timings.items())
@@ -229,14 +276,18 @@ def _run(fleet, report, branch, sha, release, batches, hold, kwargs):
                           f"{', '.join(hosts)} ({took})")  # fmt: skip
 
 
-def _undo(fleet, branch, release, phase, restarted):
-    """After a failure at ``phase``: every host back on the release it had. Says what was done."""
+def _undo(fleet, branch, release, phase, restarted, failed):
+    """After ``failed`` at ``phase``: every host back on the release it had. Says what was done."""
     hosts = fleet.hosts
     if phase == "prepare":
-        _, problems = fleet.quietly("discard", hosts, "vumi.discard", [branch, release])
+        refused = (failed.kind or {}).get("kind") in REFUSALS  # it did nothing of this run: nothing to discard
+        _, problems = fleet.quiet_step("discard", [h for h in hosts if not (refused and h == failed.host)],
+                                       "discard", [branch, release])  # fmt: skip
         said = f"nothing was published; release {release} was discarded on every host that had prepared it"
+        if refused:
+            said += f" ({failed.host} refused the deploy before doing anything)"
     else:
-        reverted, problems = fleet.quietly("revert", hosts, "vumi.revert", [branch, release])
+        reverted, problems = fleet.quiet_step("revert", hosts, "revert", [branch, release])
         back = sorted(h for h, r in reverted.items() if r.get("reverted"))
         said = f"every host is on its previous release again (switched back: {', '.join(back) or 'none'})"
         if restarted:
@@ -255,6 +306,8 @@ def _ended(report, comment, failed=None):
     report["comment"] = comment
     if failed is not None:
         report["failed"] = {"host": failed.host, "phase": failed.phase, "error": failed.error}
+        if failed.kind:
+            report["failed"]["kind"] = failed.kind
     if report["result"] is False:
         __context__["retcode"] = 1
     return report

@@ -18,13 +18,18 @@ and either predicts (``test=True``) or acts, and reports ``changes``.
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+try:  # the bundle's helpers, as the execution module finds them
+    import vumi_errors
+except ImportError:
+    vumi_errors = None
+
 __virtualname__ = "vumi"
 
 _ERRORS = (CommandExecutionError, SaltInvocationError)
 
 
 def __virtual__():
-    if "vumi.deploy" not in __salt__:
+    if "vumi.deploy" not in __salt__ or vumi_errors is None:
         return (False, "the vumi execution module is not available")
     return __virtualname__
 
@@ -124,6 +129,10 @@ def deployed(name, revision=None, **kwargs):
         return ret
     try:
         res = __salt__["vumi.deploy"](name, revision=revision, **kwargs)
+    except vumi_errors.StageFailed as exc:
+        # current did not move; what did change is the half-built release, kept aside to look at
+        kept = {"failed_release": {"old": None, "new": exc.kept}} if exc.kept else {}
+        return dict(ret, result=False, comment=str(exc), changes=kept)
     except _ERRORS as exc:
         return dict(ret, result=False, comment=str(exc))
     ret["changes"] = {

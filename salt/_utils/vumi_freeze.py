@@ -13,6 +13,7 @@ import os
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import vumi_errors
 import vumi_files
 import vumi_history
 
@@ -116,15 +117,17 @@ def refuse(cfg, paths, release=None):
     env = cfg["environment"]
     frozen = locked(paths)
     if frozen is not None:
-        raise CommandExecutionError(
+        raise vumi_errors.Locked(
             f"{env} is locked by {frozen['user']} since {frozen['since']}: {frozen['reason']} "
-            f"(vumi.unlock {env} lifts it)"
-        )
+            f"(vumi.unlock {env} lifts it)",
+            user=frozen.get("user"), since=frozen.get("since"), reason=frozen.get("reason"),
+        )  # fmt: skip
     fleet = held(paths)
     if fleet is not None and fleet.get("release") != release:
         job = f", job {fleet['jid']}" if fleet.get("jid") else ""
-        raise CommandExecutionError(
+        raise vumi_errors.Held(
             f"{env} is held by the fleet deploy of release {fleet.get('release')} (by {fleet.get('user')}{job}, "
             f"since {fleet.get('since')}); other deploys are refused until it ends or until {fleet.get('until')} "
-            f"(vumi.unhold {env} lifts it)"
+            f"(vumi.unhold {env} lifts it)",
+            **{k: fleet.get(k) for k in ("release", "user", "jid", "since", "until")},
         )

@@ -11,6 +11,7 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import vumi_errors
 import vumi_files
 import vumi_probes
 import vumi_webapp
@@ -45,18 +46,21 @@ def health_check(cfg, paths, name):
     try:
         proc = vumi_webapp.spawn(cfg, paths, name, port, logfile)
     except (CommandExecutionError, SaltInvocationError) as exc:
-        raise CommandExecutionError(f"the webapp of release {name} did not start: {exc}") from None
+        raise vumi_errors.HealthFailed(f"the webapp of release {name} did not start: {exc}",
+                                       stage="health", release=name, evidence=str(exc), log=None) from None  # fmt: skip
     try:
         opened = _wait_open(cfg, port, proc)
         healthy, evidence = probe(cfg, port, proc) if opened is None else (False, opened)
         if opened is not None and proc.poll() is not None:
-            raise CommandExecutionError(f"the webapp of release {name} did not start: {opened}; last lines of "
-                                        f"{logfile}:\n{vumi_files.file_tail(logfile)}")  # fmt: skip
+            raise vumi_errors.HealthFailed(f"the webapp of release {name} did not start: {opened}; last lines of "
+                                           f"{logfile}:\n{vumi_files.file_tail(logfile)}",
+                                           stage="health", release=name, evidence=opened, log=logfile)  # fmt: skip
     finally:
         vumi_webapp.stop_child(proc, cfg["stop_timeout"], cfg["stop_signal"])
     if not healthy:
-        raise CommandExecutionError(
-            f"health check of release {name} failed: {evidence}; last lines of {logfile}:\n{vumi_files.file_tail(logfile)}"
+        raise vumi_errors.HealthFailed(
+            f"health check of release {name} failed: {evidence}; last lines of {logfile}:\n{vumi_files.file_tail(logfile)}",
+            stage="health", release=name, evidence=evidence, log=logfile,
         )
     with contextlib.suppress(FileNotFoundError):
         os.remove(logfile)  # kept only when it failed, as evidence

@@ -14,6 +14,7 @@ import time
 
 from salt.exceptions import CommandExecutionError
 
+import vumi_errors
 import vumi_files
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ def deploy_lock(cfg, paths):
     return flock(
         paths.lock,
         cfg["lock_timeout"],
-        lambda holder: CommandExecutionError(
-            f"another deploy of {cfg['environment']} holds the lock {paths.lock}: {holder}"
+        lambda holder: vumi_errors.Busy(
+            f"another deploy of {cfg['environment']} holds the lock {paths.lock}: {holder}",
+            lock=paths.lock, holder=holder,
         ),
     )

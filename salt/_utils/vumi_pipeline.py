@@ -12,6 +12,7 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import vumi_errors
 import vumi_events
 import vumi_files
 import vumi_freeze
@@ -120,10 +121,12 @@ def fail(d, stage, exc):
                                 reason=str(exc), previous=d.previous, **d.who)  # fmt: skip
         except OSError as problem:  # a full disk: the stage's own error is what the operator needs
             log.warning("could not record the failure in %s: %s", d.paths.history, problem)
-    kind = SaltInvocationError if isinstance(exc, SaltInvocationError) else CommandExecutionError
     where = f"; the half-built release is kept in {moved}" if moved else ""
     message = vumi_settings.mask_credentials(f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}")
-    raise kind(message) from exc
+    if isinstance(exc, SaltInvocationError):  # the operator's input: said as such, not as a failed deploy
+        raise SaltInvocationError(message) from exc
+    kind = type(exc) if isinstance(exc, vumi_errors.StageFailed) else vumi_errors.StageFailed
+    raise kind(message, **dict(getattr(exc, "facts", {}), stage=stage, release=d.release, kept=moved)) from exc
 
 
 def summary(d, action):

@@ -28,6 +28,7 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import vumi_errors
 import vumi_events
 import vumi_files
 import vumi_lock
@@ -73,6 +74,8 @@ def _parent_died(*_):
 
 
 def _error(exc):
+    if isinstance(exc, vumi_errors.VumiError):
+        return {"error": "VumiError", "vumi": vumi_errors.as_data(exc)}
     name = type(exc).__name__ if type(exc).__name__ in ERRORS else "CommandExecutionError"
     message = str(exc) if isinstance(exc, tuple(ERRORS.values())) else f"{type(exc).__name__}: {exc}"
     info = getattr(exc, "info", None)
@@ -95,7 +98,8 @@ def _warm(salt):
             importlib.import_module(name)
     for name in SALT_FUNCTIONS if salt is not None else ():
         with contextlib.suppress(Exception):  # pylint: disable=broad-except
-            salt[name]  # pylint: disable=pointless-statement  (the loader loads it now)
+            # the loader loads it now
+            salt[name]  # pylint: disable=pointless-statement
 
 
 def _keep_logs_open():
@@ -218,12 +222,16 @@ def as_user(cfg, salt, opts, fn, *args, timeout=None, **kwargs):
     finally:
         os.close(read_fd)
     _, status = os.waitpid(pid, 0)
-    if not isinstance(last, dict) or not ({"result", "error"} & set(last)):
+    if not isinstance(last, dict) or not ({"result", "error"} & set(last)):  # pylint: disable=unsupported-membership-test
         raise CommandExecutionError(
             f"the process of user {user.pw_name} ended without an answer (wait status {status}): "
             "was it killed?"
         )
+    # a dict, checked above
+    # pylint: disable=unsupported-membership-test,unsubscriptable-object
     if "error" in last:
+        if isinstance(last.get("vumi"), dict):  # one of the bundle's own errors, with its class and facts
+            raise vumi_errors.from_data(last["vumi"])
         error = ERRORS.get(last.get("error"), CommandExecutionError)
         if error is CommandExecutionError and last.get("info") is not None:
             raise CommandExecutionError(str(last.get("message")), info=last["info"])

@@ -21,6 +21,7 @@ import time
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import vumi_environment
+import vumi_errors
 import vumi_files
 import vumi_lock
 import vumi_manifest
@@ -277,11 +278,12 @@ def port_lock(cfg, paths, port):
         return
     vumi_files.refuse_links(paths)
     # in root's folder beside the program file: root creates nothing in the user's tree
+    lock = os.path.join(folder, f".{vumi_supervisor.program_name(cfg, port)}.lock")
     with vumi_lock.flock(
-        os.path.join(folder, f".{vumi_supervisor.program_name(cfg, port)}.lock"),
+        lock,
         cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 10,
-        lambda holder: CommandExecutionError(
-            f"another job is still starting or stopping the webapp on port {port}: {holder}"
+        lambda holder: vumi_errors.Busy(
+            f"another job is still starting or stopping the webapp on port {port}: {holder}", lock=lock, holder=holder
         ),
     ):
         yield
@@ -308,11 +310,11 @@ def cluster(action, cfg, paths, ports):
         except CommandExecutionError as exc:
             verb = CLUSTER_VERBS.get(action.__name__, "handled")
             left = ports[index + 1 :]
-            raise CommandExecutionError(
+            raise vumi_errors.RollStopped(
                 f"{exc}\nstopped at port {port}: {verb} "
                 f"{', '.join(str(r['port']) for r in done) or 'none'}; "
                 f"left as they were: {', '.join(map(str, left)) or 'none'}",
-                info={"port": port, "done": done, "left": left},
+                port=port, done=done, left=left,
             ) from None
     return done
 
@@ -380,7 +382,7 @@ def spawn(cfg, paths, name, port, logfile):
         os.fchmod(logfh.fileno(), 0o640)
         if drop:
             os.fchown(logfh.fileno(), user.pw_uid, user.pw_gid)
-        proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        proc = subprocess.Popen(  # pylint: disable=consider-using-with,subprocess-popen-preexec-fn
             ["/bin/sh", "-c", "exec " + command],
             cwd=os.path.realpath(paths.code(name)),
             env=env,

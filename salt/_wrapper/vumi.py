@@ -31,7 +31,7 @@ FUNCTIONS = (
     "deploy", "layout", "update", "create_virtualenv", "execute", "managepy", "rollback",
     "cleanup", "discard", "start_webapp", "stop_webapp", "restart_webapp",
     "start_webapp_cluster", "stop_webapp_cluster", "restart_webapp_cluster", "webapp_status", "webapp_programs",
-    "lock", "unlock", "locked", "check", "environments", "summary", "revert", "held", "unhold",
+    "lock", "unlock", "locked", "check", "environments", "summary", "revert", "held", "unhold", "fleet_step",
 )  # fmt: skip
 WITH_SETTINGS = ("deploy", "prepare", "current", "settings")
 

@@ -1,5 +1,5 @@
 """
-Never break what runs (issue #5): the health-gated switch, a failure injected
+Never break what runs: the health-gated switch, a failure injected
 at each stage while an old webapp serves, and file ownership when Salt runs as root
 (deploys SIGKILLed at 20+ moments and concurrent deploys: test_crashes.py).
 
@@ -23,6 +23,8 @@ import types
 
 import pytest
 from salt.exceptions import CommandExecutionError
+
+import vumi_errors
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from failure_support import (
@@ -199,6 +201,11 @@ def test_the_probe_gives_up_as_soon_as_the_webapp_exits(env):
         vumi.deploy(ENV, webapp_command="{venv}/bin/python dies.py {port}", health_timeout=60)
     assert time.monotonic() - started < 50, "the probe waited for health_timeout (60 s)"
     assert "exited with code 3" in str(failed.value) and "dying on purpose" in str(failed.value), failed.value
+    # its kind and facts, carried from the deploy user's process when there is one
+    assert isinstance(failed.value, vumi_errors.HealthFailed), type(failed.value)
+    assert failed.value.stage == "health" and failed.value.evidence in str(failed.value)
+    assert failed.value.release not in {r["release"] for r in vumi.releases(ENV)}  # moved aside, kept:
+    assert failed.value.kept.endswith(f"/failed/{failed.value.release}")
 
 
 def test_the_state_turns_the_health_check_on_when_there_are_ports(env):
@@ -240,6 +247,8 @@ def test_the_sls_keeps_the_old_webapp_serving_when_the_new_release_is_unhealthy(
     assert "failed at stage 'health'" in deployed.comment
     assert "answered HTTP 500 Internal Server Error" in deployed.comment
     assert "unhealthy: HEALTH_FAIL" in deployed.comment
+    kept = deployed.changes["failed_release"]["new"]  # the one change: the half-built release, set aside
+    assert os.path.dirname(kept) == str(env.root / "failed") and os.path.isdir(kept), deployed.changes
     assert webapp.result is False and webapp.changes == {}  # not restarted: its requisite failed
     assert os.readlink(env.root / "current") == f"releases/{good}"
     assert serving(port) == (good, old_pid)

@@ -1,5 +1,5 @@
 """
-Issue #16: the hold a fleet deploy (vumi.orch.deploy) puts on each host from its
+The hold a fleet deploy (vumi.orch.deploy) puts on each host from its
 prepare to its end, and the revert of a publish, on one host with real releases.
 The orchestration itself runs against a real master in tests/integration/test_orchestrate.py.
 """
@@ -11,6 +11,8 @@ import pathlib
 
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import vumi_errors
 
 import make_repo as sample
 from support.helpers import current_target, env_root
@@ -35,8 +37,13 @@ def test_a_held_environment_refuses_every_other_deploy_naming_the_fleet_deploy(v
     refusal = rf"staging is held by the fleet deploy of release {release} .*vumi\.unhold staging lifts it"
     for attempt in (lambda: vumi.deploy(ENV), lambda: vumi.prepare(ENV), lambda: vumi.update(ENV),
                     lambda: vumi.publish(ENV, release)):  # fmt: skip
-        with pytest.raises(CommandExecutionError, match=refusal):
+        with pytest.raises(vumi_errors.Held, match=refusal) as refused:
             attempt()
+        assert refused.value.release == release and refused.value.until, refused.value.facts
+    # to the fleet runner, the same as data, with retcode 1
+    said = vumi.fleet_step("prepare", ENV, release=release_name(3))
+    assert said["error"]["kind"] == "Held" and said["error"]["release"] == release, said
+    assert loaders.context.get("retcode") == 1
     ret = loaders.states.vumi.deployed(ENV)
     assert ret["result"] is False and f"release {release}" in ret["comment"], ret
     assert vumi.check(ENV)["checks"]["lock"]["ok"] is False

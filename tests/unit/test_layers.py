@@ -1,6 +1,6 @@
 """
 The helpers in ``salt/_utils`` sit in layers that only import downward: the bottom
-(settings, paths, files, commands, probes, manifest, settings files, shared files), the
+(errors, version, settings, paths, files, commands, probes, manifest, settings files, shared files), the
 middle (history, lock, events, naming, freeze, environment, git, virtualenv, hooks,
 supervisor, privileges), the top (releases, layout, health, webapp), then the pipeline and the
 check. Parsed from the sources, so an upward or circular import fails here, not at
@@ -13,7 +13,8 @@ import pathlib
 UTILS = pathlib.Path(__file__).resolve().parents[2] / "salt" / "_utils"
 
 LAYERS = [
-    {"settings", "paths", "files", "commands", "probes", "manifest", "settings_file", "shared"},
+    {"errors", "version", "settings", "paths", "files", "commands", "probes", "manifest", "settings_file",
+     "shared"},
     {"history", "lock", "events", "naming", "freeze", "environment", "git", "virtualenv", "hooks", "supervisor",
      "privileges"},
     {"releases", "layout", "health", "webapp"},
