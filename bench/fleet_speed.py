@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """
-Fleet timings (issue #16): a real salt-master and four minions; for 1, 2 and 4 targeted
+Fleet timings: a real salt-master and four minions; for 1, 2 and 4 targeted
 minions, the median of an orchestrated code-only deploy and of a no-op ``state.apply vumi``
 through the master, and the ratios 4/1. The work is in tests/integration/bench_fleet.py
 (it needs the suite's salt-factories fixtures); this runs it.

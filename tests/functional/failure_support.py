@@ -1,5 +1,5 @@
 """
-What the failure, crash, concurrency and hostile-input tests (issue #5) share:
+What the failure, crash, concurrency and hostile-input tests share:
 environments built fast (a virtualenv built once per module, copied into each
 environment, where a deploy reuses it), salt-call in a subprocess with its own
 config, and the checks an operator would make after an accident.

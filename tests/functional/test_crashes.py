@@ -1,5 +1,5 @@
 """
-Never break what runs (issue #5), the crash half: deploys SIGKILLed at 20+ moments,
+Never break what runs, the crash half: deploys SIGKILLed at 20+ moments,
 and concurrent deploys (the health gate, injected failures and file ownership are in
 test_failures.py; one file each, so that the test workers share them out).
 
@@ -374,7 +374,7 @@ def test_deploys_of_two_environments_run_in_parallel(slow):
 
 
 # --------------------------------------------------------------------------
-# 4b. SIGKILL during update, discard and cleanup (issue #15)
+# 4b. SIGKILL during update, discard and cleanup
 # --------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 """
-The bad-input catalogue (issue #5): hostile values through the execution
+The bad-input catalogue: hostile values through the execution
 module and the states, and symlinks planted in the layout pointing outside it.
 
 Every case must get a clear error (SaltInvocationError / CommandExecutionError
@@ -251,7 +251,7 @@ CASES = [
     setting("ports", HUGE, "too many ports (100000)"),
     setting("keep_releases", 0, "keep_releases 0"),
     setting("colour", "blue", "unknown setting(s): colour"),
-    # hard input (issue #17): values YAML or a hurried operator gives, each refused whole
+    # hard input: values YAML or a hurried operator gives, each refused whole
     setting("revision", 1.1, "invalid revision 1.1: must be text"),  # revision: 1.10 in YAML
     setting("revision", 20261201, "invalid revision 20261201: must be text"),
     setting("shared_dirs", "static", "invalid shared_dirs 'static'"),  # not s, t, a, t, i, c

@@ -1,5 +1,5 @@
 """
-Functional tests of nginx in front of the webapp and of rolling restarts (issue #7).
+Functional tests of nginx in front of the webapp and of rolling restarts.
 
 Everything is real: the site file is rendered by ``salt/vumi/nginx.sls`` and its
 template through Salt's state system (``state.sls`` / ``state.apply`` with a pillar

@@ -1,5 +1,5 @@
 """
-Issue #17: scenarios from Capistrano's features, Ansistrano's test playbooks and
+Scenarios from Capistrano's features, Ansistrano's test playbooks and
 Deployer's tests, translated into our commands (each test names its scenario).
 Real git repositories, virtualenvs and files in ``tmp_path``.
 """
@@ -356,7 +356,7 @@ def test_ansistrano_shallow_clone_with_a_pinned_older_revision(vumi, repo, base_
 
 
 def test_publish_refuses_a_release_older_than_current(vumi, repo, base_dir):
-    """Issue #16: an orchestrated publish that lands after a newer state.apply must not go back in time."""
+    """An orchestrated publish that lands after a newer state.apply must not go back in time."""
     prepared = vumi.prepare(ENV)["release"]
     sample.commit_file(repo, ENV, "NEWS", "newer\n", "newer")
     newer = vumi.deploy(ENV)["release"]  # a plain state.apply meanwhile
@@ -366,7 +366,7 @@ def test_publish_refuses_a_release_older_than_current(vumi, repo, base_dir):
 
 
 def test_credentials_in_repo_url_reach_no_output_or_file_others_can_read(vumi, base_dir):
-    """Issue #15 (7): the URL's password is in no error, no history line, no settings output."""
+    """The URL's password is in no error, no history line, no settings output."""
     url = "http://deploy:hunter2@127.0.0.1:9/app.git"  # nothing listens: the fetch fails
     with pytest.raises(CommandExecutionError) as failed:
         vumi.deploy(ENV, repo_url=url)

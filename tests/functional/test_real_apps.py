@@ -1,5 +1,5 @@
 """
-Issue #13, for apps nobody here wrote: the defaults fit them, hooks run in the
+For apps nobody here wrote: the defaults fit them, hooks run in the
 new release before the switch, pillar ``env`` reaches every process of a
 release (and Salt's own environment does not), declared packages survive
 every deploy.

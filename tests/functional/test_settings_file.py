@@ -1,5 +1,5 @@
 """
-Functional tests of per-environment settings and ``vumi.managepy`` (issue #9).
+Functional tests of per-environment settings and ``vumi.managepy``.
 
 Pillar ``settings`` (a mapping) is rendered into every release as a Python
 settings file, ``environments/<env>.py`` in the code folder by default, mode

@@ -1,5 +1,5 @@
 """
-Functional tests of the ``vumi`` states and the ``vumi`` SLS (issue #4).
+Functional tests of the ``vumi`` states and the ``vumi`` SLS.
 
 Everything is real: the sample app's git repository (one per test), the
 virtualenvs, the webapp processes on free loopback ports and the HTTP they

@@ -1,5 +1,5 @@
 """
-Virtualenvs keyed by content (issue #6), against real parts: real git, real
+Virtualenvs keyed by content, against real parts: real git, real
 virtualenvs built by pip offline from wheels committed to the app's repository,
 real ``salt-call`` processes and a real webapp on loopback.
 

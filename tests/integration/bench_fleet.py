@@ -1,5 +1,5 @@
 """
-The fleet benchmark (issue #16), not part of the suite: ``.venv/bin/python bench/fleet_speed.py``.
+The fleet benchmark, not part of the suite: ``.venv/bin/python bench/fleet_speed.py``.
 
 A real salt-master and four minions (each its own base_dir, supervisord and two
 staging ports, one upstream repository). For 1, 2 and 4 targeted minions it times,

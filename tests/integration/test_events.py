@@ -1,5 +1,5 @@
 """
-Issue #9, live progress: each stage of a deploy fires a Salt event, tag
+Live progress: each stage of a deploy fires a Salt event, tag
 ``vumi/deploy/<env>/<stage>``, which a minion sends to its master's event bus::
 
     salt-run state.event 'vumi/deploy/*' pretty=True     # on the master, while

@@ -1,5 +1,5 @@
 """
-Issue #4 with a real salt-master and two minions: the README's commands, typed
+With a real salt-master and two minions: the README's commands, typed
 through the ``salt`` CLI against the glob ``web*``::
 
     salt 'web*' saltutil.sync_all

@@ -1,5 +1,5 @@
 """
-Issue #4 masterless: the README's commands typed as they are, through the shell,
+Masterless: the README's commands typed as they are, through the shell,
 with ``salt-call --local -c <config dir>`` (the .venv's salt-call; a minion config
 in a temp dir as ``scripts/demo`` writes it)::
 

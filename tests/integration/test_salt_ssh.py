@@ -1,5 +1,5 @@
 """
-Issue #9, agentless: the README's commands through ``salt-ssh`` and a roster, no
+Agentless: the README's commands through ``salt-ssh`` and a roster, no
 minion on the web host::
 
     salt-run saltutil.sync_all          # once, on the controlling host: the vumi wrapper

@@ -1,5 +1,5 @@
 """
-The salt-ssh wrapper ``salt/_wrapper/vumi.py`` (issue #9): it wraps every
+The salt-ssh wrapper ``salt/_wrapper/vumi.py``: it wraps every
 module function that reads settings, and hands each the controller's ``vumi``
 pillar (without the ``settings`` mappings unless the function uses them).
 No ssh here: tests/integration/test_salt_ssh.py runs it for real.
