@@ -59,9 +59,7 @@ def heavy_package(root, index, modules=150):
     pkg = root / name
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(f'"""Benchmark package {index}."""\nVERSION = "1.0"\n')
-    body = "".join(
-        f"def function_{n}(value):\n    return [value * {n} + i for i in range(10)]\n\n" for n in range(40)
-    )
+    body = "".join(f"def function_{n}(value):\n    return [value * {n} + i for i in range(10)]\n\n" for n in range(40))
     for m in range(modules):
         (pkg / f"module_{m}.py").write_text(f'"""Module {m}."""\n\n{body}')
     return pkg, name, "1.0"
@@ -98,9 +96,11 @@ class Bench:
             sample.git(self.upstream, "branch", "--quiet", "--force", "staging", "master")
         self.real = names
         # the sample's own (Django, gunicorn, psycopg from the wheelhouse), plus the heavy ones
-        requirements = (self.upstream / "config" / "requirements.pip").read_text() + "".join(
-            f"{name}=={version}\n" for _, name, version in extra
-        ) + "".join(f"{name}\n" for name in names)
+        requirements = (
+            (self.upstream / "config" / "requirements.pip").read_text()
+            + "".join(f"{name}=={version}\n" for _, name, version in extra)
+            + "".join(f"{name}\n" for name in names)
+        )
         sample.commit_file(self.upstream, "staging", "config/requirements.pip", requirements, "heavier")
         self.config = work / "salt"
         self.config.mkdir()
@@ -111,14 +111,21 @@ class Bench:
         self.port = 18123
         self.supervisord = Supervisord(work / "supervisor").start()  # what runs the webapp
         (pillar / "bench.sls").write_text(
-            json.dumps({"vumi": {
-                "supervisor": self.supervisord.settings(),
-                "base_dir": str(work / "srv"),
-                "repo_url": str(self.upstream),
-                "user": os.environ.get("USER") or subprocess.check_output(["id", "-un"], text=True).strip(),
-                # bench: the same branch without webapps, for the state runs compared with plain Salt
-                "environments": {"staging": {"ports": [self.port]}, "bench": {"branch": "staging", "ports": []}},
-            }})  # fmt: skip
+            json.dumps(
+                {
+                    "vumi": {
+                        "supervisor": self.supervisord.settings(),
+                        "base_dir": str(work / "srv"),
+                        "repo_url": str(self.upstream),
+                        "user": os.environ.get("USER") or subprocess.check_output(["id", "-un"], text=True).strip(),
+                        # bench: the same branch without webapps, for the state runs compared with plain Salt
+                        "environments": {
+                            "staging": {"ports": [self.port]},
+                            "bench": {"branch": "staging", "ports": []},
+                        },
+                    }
+                }
+            )  # fmt: skip
         )
         sls = work / "sls"
         sls.mkdir()
@@ -250,8 +257,9 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--packages", type=int, default=6)
     parser.add_argument("--no-ssh", dest="ssh", action="store_false", help="skip section 9 (salt-ssh)")
-    parser.add_argument("--no-real", dest="real", action="store_false",
-                        help="skip Django and Twisted (no registry needed)")
+    parser.add_argument(
+        "--no-real", dest="real", action="store_false", help="skip Django and Twisted (no registry needed)"
+    )
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="vumi-bench-"))
     bench = Bench(work, args.packages, args.real)
@@ -324,7 +332,9 @@ def main():
         # a mirror that never changes: the machine's own drift over the run
         still = work / "still"  # the control: the same git work, on a history that never grows
         still.mkdir()
-        subprocess.run(["git", "clone", "--quiet", "--mirror", str(bench.upstream), str(still / "upstream")], check=True)
+        subprocess.run(
+            ["git", "clone", "--quiet", "--mirror", str(bench.upstream), str(still / "upstream")], check=True
+        )
         history, raw, control = [], [], []
         for run in range(50):
             bench.commit("sampleapp/bench_note.py", f"NOTE = 'history {run}'\n")

@@ -23,4 +23,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     os.environ["VUMI_BENCH_RUNS"] = str(args.runs)
     os.chdir(REPO)
-    sys.exit(pytest.main([str(REPO / "tests" / "integration" / "bench_fleet.py"), "-q", "-s", "-p", "no:cacheprovider"]))
+    sys.exit(
+        pytest.main([str(REPO / "tests" / "integration" / "bench_fleet.py"), "-q", "-s", "-p", "no:cacheprovider"])
+    )

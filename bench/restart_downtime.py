@@ -47,10 +47,11 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "sample"))
 sys.path.insert(0, str(REPO / "tests"))
 
-import make_repo  # noqa: E402  (the bundled sample app's repo builder)
-from support.supervisor import Supervisord  # noqa: E402  (a supervisord of our own, as the tests start it)
 import salt.client  # noqa: E402
 import salt.config  # noqa: E402
+
+import make_repo  # noqa: E402  (the bundled sample app's repo builder)
+from support.supervisor import Supervisord  # noqa: E402  (a supervisord of our own, as the tests start it)
 
 ENV = "staging"
 
@@ -123,8 +124,12 @@ def caller_for(top, port, supervisor):
         "log_file": str(top / "salt" / "minion.log"),
         "file_roots": {"base": [str(top / "states")]},
         "pillar_roots": {"base": [str(top / "pillar")]},  # not the repo's: no /var/praekelt
-        "vumi": {"base_dir": str(top / "srv"), "repo_url": str(upstream), "ports": [port],
-                 "supervisor": supervisor.settings()},
+        "vumi": {
+            "base_dir": str(top / "srv"),
+            "repo_url": str(upstream),
+            "ports": [port],
+            "supervisor": supervisor.settings(),
+        },
     }
     (conf / "minion").write_text(json.dumps(minion, indent=2))  # JSON is YAML
     opts = salt.config.minion_config(str(conf / "minion"))
@@ -153,8 +158,10 @@ def main(argv=None):
         caller = caller_for(top, port, supervisor)
         started = time.monotonic()
         deployed = caller.cmd("vumi.deploy", ENV)
-        print(f"deployed {deployed['release']} ({deployed['revision'][:10]}) "
-              f"in {time.monotonic() - started:.1f}s into {top}")
+        print(
+            f"deployed {deployed['release']} ({deployed['revision'][:10]}) "
+            f"in {time.monotonic() - started:.1f}s into {top}"
+        )
         ret = caller.cmd("vumi.start_webapp", ENV, port)
         print(f"webapp pid {ret['pid']} on 127.0.0.1:{port}")
 
@@ -174,12 +181,16 @@ def main(argv=None):
             ms = probe.longest * 1000
             downtimes.append(ms)
             hung = f", {probe.hung} unanswered" if probe.hung else ""
-            print(f"run {run:2d}: refused for {ms:7.1f} ms (restart call {took * 1000:6.1f} ms, "
-                  f"{probe.refused}/{probe.probes} probes refused{hung}, "
-                  f"pid {ret['old_pid']} -> {ret['pid']})")
-        print(f"median {statistics.median(downtimes):.1f} ms, worst {max(downtimes):.1f} ms, "
-              f"best {min(downtimes):.1f} ms over {len(downtimes)} restarts "
-              f"(probe every {args.interval:g} ms, unanswered after {args.timeout:g} ms counts as refused)")
+            print(
+                f"run {run:2d}: refused for {ms:7.1f} ms (restart call {took * 1000:6.1f} ms, "
+                f"{probe.refused}/{probe.probes} probes refused{hung}, "
+                f"pid {ret['old_pid']} -> {ret['pid']})"
+            )
+        print(
+            f"median {statistics.median(downtimes):.1f} ms, worst {max(downtimes):.1f} ms, "
+            f"best {min(downtimes):.1f} ms over {len(downtimes)} restarts "
+            f"(probe every {args.interval:g} ms, unanswered after {args.timeout:g} ms counts as refused)"
+        )
 
         backs = []
         for run in range(1, args.kills + 1):
@@ -204,8 +215,10 @@ def main(argv=None):
             backs.append(time.monotonic() - t0)
             print(f"kill {run}: pid {pid} killed, port answering again from pid {now} after {backs[-1]:.2f} s")
         if backs:
-            print(f"kill -9 to answering again: median {statistics.median(backs):.2f} s over {len(backs)} kills, "
-                  f"worst {max(backs):.2f} s (supervisor restarts it; no Salt run)")
+            print(
+                f"kill -9 to answering again: median {statistics.median(backs):.2f} s over {len(backs)} kills, "
+                f"worst {max(backs):.2f} s (supervisor restarts it; no Salt run)"
+            )
     finally:
         if caller is not None:
             try:

@@ -50,18 +50,23 @@ __all__ = ["build_wheel", "make_repo", "commit_file", "git", "requirements"]
 def git(repo, *args):
     """Run ``git -C repo ARGS`` and return its stripped stdout."""
     cmd = [
-        "git", "-C", str(repo),
-        "-c", "user.name=" + GIT_USER,
-        "-c", "user.email=" + GIT_EMAIL,
-        "-c", "commit.gpgsign=false",
-        "-c", "core.autocrlf=false",
+        "git",
+        "-C",
+        str(repo),
+        "-c",
+        "user.name=" + GIT_USER,
+        "-c",
+        "user.email=" + GIT_EMAIL,
+        "-c",
+        "commit.gpgsign=false",
+        "-c",
+        "core.autocrlf=false",
         # the tests commit, as root, to upstreams a throw-away deploy user owns
-        "-c", "safe.directory=*",
+        "-c",
+        "safe.directory=*",
     ]
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
-    result = subprocess.run(cmd + list(args), env=env, check=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    result = subprocess.run(cmd + list(args), env=env, check=True, capture_output=True, text=True)
     return result.stdout.strip()
 
 
@@ -108,23 +113,27 @@ def build_wheel(package_dir, name, version, out_dir):
     for path in _package_files(package_dir):
         rel = path.relative_to(package_dir).as_posix()
         entries.append(("%s/%s" % (package_dir.name, rel), path.read_bytes()))
-    entries.append((dist_info + "/METADATA", (
-        "Metadata-Version: 2.1\n"
-        "Name: %s\n"
-        "Version: %s\n"
-        "Summary: %s (built by vumi-salt sample/make_repo.py)\n"
-        % (name, version, name)).encode()))
-    entries.append((dist_info + "/WHEEL", (
-        "Wheel-Version: 1.0\n"
-        "Generator: vumi-salt-make_repo\n"
-        "Root-Is-Purelib: true\n"
-        "Tag: py3-none-any\n").encode()))
-    entries.append((dist_info + "/top_level.txt",
-                    (package_dir.name + "\n").encode()))
+    entries.append(
+        (
+            dist_info + "/METADATA",
+            (
+                "Metadata-Version: 2.1\n"
+                "Name: %s\n"
+                "Version: %s\n"
+                "Summary: %s (built by vumi-salt sample/make_repo.py)\n" % (name, version, name)
+            ).encode(),
+        )
+    )
+    entries.append(
+        (
+            dist_info + "/WHEEL",
+            (b"Wheel-Version: 1.0\nGenerator: vumi-salt-make_repo\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
+        )
+    )
+    entries.append((dist_info + "/top_level.txt", (package_dir.name + "\n").encode()))
 
     record_name = dist_info + "/RECORD"
-    record = "".join("%s,%s,%d\n" % (arcname, _record_hash(data), len(data))
-                     for arcname, data in entries)
+    record = "".join("%s,%s,%d\n" % (arcname, _record_hash(data), len(data)) for arcname, data in entries)
     record += "%s,,\n" % record_name
     entries.append((record_name, record.encode()))
 
@@ -165,8 +174,7 @@ def make_repo(dest, branches=("staging", "production"), extra_wheels=(), wheelho
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError("%s exists and is not empty" % dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(APP_DIR, dest, ignore=shutil.ignore_patterns(*_IGNORED),
-                    dirs_exist_ok=True)
+    shutil.copytree(APP_DIR, dest, ignore=shutil.ignore_patterns(*_IGNORED), dirs_exist_ok=True)
     wheels = dest / "wheels"
     build_wheel(LIB_DIR, LIB_NAME, LIB_VERSION, wheels)
     for package_dir, name, version in extra_wheels:
@@ -201,13 +209,15 @@ def commit_file(repo, branch, relpath, content, message):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Create a git repository holding the sample app.")
+    parser = argparse.ArgumentParser(description="Create a git repository holding the sample app.")
     parser.add_argument("dest", help="directory to create (must be empty)")
-    parser.add_argument("--branch", dest="branches", action="append",
-                        metavar="NAME",
-                        help="branch to create (repeatable; default: "
-                             "staging and production)")
+    parser.add_argument(
+        "--branch",
+        dest="branches",
+        action="append",
+        metavar="NAME",
+        help="branch to create (repeatable; default: staging and production)",
+    )
     args = parser.parse_args(argv)
     branches = args.branches or ("staging", "production")
     try:

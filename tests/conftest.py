@@ -23,10 +23,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "sample"))
 
 import make_repo as sample  # noqa: E402  (the bundled sample app's repo builder)
-from support import helpers  # noqa: E402
+from support import (  # noqa: E402
+    helpers,  # noqa: E402
+    host,
+    net,
+    users,
+)
 from support.helpers import clone_origin, loaders_for  # noqa: E402  (needs sample/ on sys.path)
 from support.supervisor import Supervisord  # noqa: E402
-from support import host, net, users  # noqa: E402
 
 
 def pytest_addoption(parser):

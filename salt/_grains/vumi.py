@@ -34,8 +34,14 @@ def vumi():
         return {}
     # only what a deploy records: an environment's release name and commit id
     clean = {
-        env: {"release": entry["release"], "revision": entry.get("revision") if _SHA.match(str(entry.get("revision"))) else None}
+        env: {
+            "release": entry["release"],
+            "revision": entry.get("revision") if _SHA.match(str(entry.get("revision"))) else None,
+        }
         for env, entry in found.items()
-        if isinstance(env, str) and _ENV.match(env) and isinstance(entry, dict) and _RELEASE.match(str(entry.get("release")))
+        if isinstance(env, str)
+        and _ENV.match(env)
+        and isinstance(entry, dict)
+        and _RELEASE.match(str(entry.get("release")))
     }
     return {"vumi": clean} if clean else {}

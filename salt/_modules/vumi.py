@@ -602,7 +602,10 @@ def _execute(cfg, found, command, release, timeout=None):
     name = vumi_manifest.resolve_release(found, release)
     # the operator's own shell line; at most OUTPUT_LIMIT bytes of each stream are kept
     res = vumi_commands.run_shell(
-        command, found.code(name), vumi_files.runas_user(cfg), vumi_environment.for_release(cfg, found, name),
+        command,
+        found.code(name),
+        vumi_files.runas_user(cfg),
+        vumi_environment.for_release(cfg, found, name),
         timeout=timeout,
     )
     return dict(res, release=name)

@@ -131,7 +131,8 @@ def deployed(name, revision=None, **kwargs):
         res = __salt__["vumi.deploy"](name, revision=revision, **kwargs)
     except vumi_errors.StageFailed as exc:
         # current did not move; what did change is the half-built release, kept aside to look at
-        kept = {"failed_release": {"old": None, "new": exc.kept}} if exc.kept else {}
+        kept = exc.facts.get("kept")
+        kept = {"failed_release": {"old": None, "new": kept}} if kept else {}
         return dict(ret, result=False, comment=str(exc), changes=kept)
     except _ERRORS as exc:
         return dict(ret, result=False, comment=str(exc))
@@ -142,10 +143,7 @@ def deployed(name, revision=None, **kwargs):
     hooks = [k for k in res.get("timings", {}) if k.startswith(("before_publish[", "after_publish["))]
     if hooks:  # what ran in the new release (migrate, collectstatic...), with their seconds
         ret["changes"]["hooks"] = {"old": None, "new": {k: res["timings"][k] for k in hooks}}
-    ret["comment"] = (
-        f"{name} deployed release {res['release']} at {res['revision'][:12]} "
-        f"({'; '.join(problems)})"
-    )
+    ret["comment"] = f"{name} deployed release {res['release']} at {res['revision'][:12]} ({'; '.join(problems)})"
     if res.get("health"):
         ret["comment"] += f"; health check passed: {res['health']['evidence']}"
     return ret

@@ -40,8 +40,17 @@ def deployed(name, tgt, tgt_type="glob", revision=None, release=None, batch=None
     """
     res = __salt__["saltutil.runner"](
         "vumi.deploy",
-        kwarg={"branch": name, "tgt": tgt, "tgt_type": tgt_type, "revision": revision, "release": release,
-               "batch": batch, "hold": hold, "timeout": timeout, "test": bool(__opts__["test"])},  # fmt: skip
+        kwarg={
+            "branch": name,
+            "tgt": tgt,
+            "tgt_type": tgt_type,
+            "revision": revision,
+            "release": release,
+            "batch": batch,
+            "hold": hold,
+            "timeout": timeout,
+            "test": bool(__opts__["test"]),
+        },  # fmt: skip
     )
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     if not isinstance(res, dict) or "result" not in res:  # the runner is missing or broke

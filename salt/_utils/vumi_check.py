@@ -28,8 +28,11 @@ def tree(cfg, paths):
         if os.path.islink(paths.root) or not os.path.isdir(paths.root):
             return _item(False, f"{paths.root} is not a folder")
         owner = os.stat(paths.root).st_uid
-        return _item(owner == user.pw_uid, f"{paths.root} belongs to uid {owner}" + (
-            "" if owner == user.pw_uid else f", not to {cfg['user']} (uid {user.pw_uid})"))
+        return _item(
+            owner == user.pw_uid,
+            f"{paths.root} belongs to uid {owner}"
+            + ("" if owner == user.pw_uid else f", not to {cfg['user']} (uid {user.pw_uid})"),
+        )
     parent = os.path.dirname(paths.root)
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
@@ -96,7 +99,9 @@ def check(salt, cfg, paths):
                 return False
 
         if not has(f"{sha}^{{commit}}"):
-            found["requirements"] = _item(True, f"{sha[:12]} is not fetched yet: the deploy checks {cfg['requirements']}")
+            found["requirements"] = _item(
+                True, f"{sha[:12]} is not fetched yet: the deploy checks {cfg['requirements']}"
+            )
         elif has(f"{sha}:{cfg['requirements']}"):
             found["requirements"] = _item(True, f"{cfg['requirements']} is in {sha[:12]}")
         else:

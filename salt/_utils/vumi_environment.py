@@ -15,7 +15,6 @@ import vumi_settings
 import vumi_settings_file
 
 
-
 def release_settings_module(cfg, paths, name):
     """
     ``settings_module`` when release ``name`` has it (a file of the code, or the

@@ -9,8 +9,8 @@ import hashlib
 import json
 import logging
 import os
-import re
 import pwd
+import re
 import shutil
 import stat
 

@@ -28,7 +28,9 @@ def _read(path):
         return None
     if not isinstance(found, dict):
         return {}
-    return {k: v for k, v in found.items() if isinstance(k, str) and (v is None or isinstance(v, str) and len(v) <= 1024)}
+    return {
+        k: v for k, v in found.items() if isinstance(k, str) and (v is None or isinstance(v, str) and len(v) <= 1024)
+    }
 
 
 def locked(paths):
@@ -37,7 +39,11 @@ def locked(paths):
     if found is None:
         return None
     if not found:  # there, but not a lock file this bundle wrote: frozen all the same, and said so
-        return {"user": None, "reason": f"{paths.frozen} is there but unreadable (vumi.unlock removes it)", "since": None}
+        return {
+            "user": None,
+            "reason": f"{paths.frozen} is there but unreadable (vumi.unlock removes it)",
+            "since": None,
+        }
     return {"user": found.get("user"), "reason": found.get("reason"), "since": found.get("since")}
 
 

@@ -21,14 +21,19 @@ def run(salt, cmd, what, cwd=None, runas=None, env=None):
     """Run an argument list with Salt's cmd.run_all; raise with its output's tail on failure."""
     env = dict(env or {}, GIT_TERMINAL_PROMPT="0")
     res = salt["cmd.run_all"](
-        cmd, cwd=cwd, runas=runas, env=env, python_shell=False, output_loglevel="quiet",
+        cmd,
+        cwd=cwd,
+        runas=runas,
+        env=env,
+        python_shell=False,
+        output_loglevel="quiet",
         ignore_retcode=True,  # a failure raises below; a probe that fails must not fail the job
     )
     if res["retcode"] != 0:
         # what and git's own words may name the repository's URL: never with its password
-        raise CommandExecutionError(vumi_settings.mask_credentials(
-            f"{what} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}"
-        ))
+        raise CommandExecutionError(
+            vumi_settings.mask_credentials(f"{what} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}")
+        )
     return res["stdout"].strip()
 
 
@@ -126,7 +131,13 @@ def fetch(d):
             raise CommandExecutionError(
                 f"branch {cfg['branch']!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}"
             )
-        git(d.salt, ["checkout", "--quiet", "--force", "-B", cfg["branch"], d.sha], "git checkout", cwd=repo, runas=d.runas)
+        git(
+            d.salt,
+            ["checkout", "--quiet", "--force", "-B", cfg["branch"], d.sha],
+            "git checkout",
+            cwd=repo,
+            runas=d.runas,
+        )
 
 
 def _ref(d, ref, peel="^{commit}"):
@@ -213,4 +224,6 @@ def remote_revision(salt, cfg, paths, pin):
         return None  # unknown here yet; a deploy fetches and then decides
     if pin is not None:
         return None
-    raise CommandExecutionError(f"branch {cfg['branch']!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}")
+    raise CommandExecutionError(
+        f"branch {cfg['branch']!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}"
+    )

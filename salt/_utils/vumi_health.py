@@ -60,7 +60,10 @@ def health_check(cfg, paths, name):
     if not healthy:
         raise vumi_errors.HealthFailed(
             f"health check of release {name} failed: {evidence}; last lines of {logfile}:\n{vumi_files.file_tail(logfile)}",
-            stage="health", release=name, evidence=evidence, log=logfile,
+            stage="health",
+            release=name,
+            evidence=evidence,
+            log=logfile,
         )
     with contextlib.suppress(FileNotFoundError):
         os.remove(logfile)  # kept only when it failed, as evidence

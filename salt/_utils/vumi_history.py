@@ -11,7 +11,6 @@ import os
 import stat
 import time
 
-
 import vumi_files
 import vumi_settings
 

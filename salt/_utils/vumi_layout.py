@@ -50,14 +50,23 @@ def recover(paths, runas=None):
     current_name = vumi_manifest.current_release(paths)
     # complete but never recorded, and newer than current: killed after its manifest,
     # before or during its health check (older unrecorded ones are left alone)
-    recorded = {e.get("release") for e in vumi_history.read_history(paths) if e.get("action") in ("prepare", "rollback", *vumi_releases.SWITCHED_TO_NEW)}
+    recorded = {
+        e.get("release")
+        for e in vumi_history.read_history(paths)
+        if e.get("action") in ("prepare", "rollback", *vumi_releases.SWITCHED_TO_NEW)
+    }
     for name in vumi_manifest.release_names(paths):
         interrupted = name not in recorded and (current_name is None or name > current_name)
         if name != current_name and (not vumi_manifest.read_manifest(paths, name) or interrupted):
             vumi_files.makedirs(paths.failed, runas)
             os.rename(paths.release(name), os.path.join(paths.failed, name))
-            vumi_history.record(paths, "failed", stage="recover", release=name,
-                    reason="left by an interrupted deploy (incomplete, or never recorded as prepared or deployed)")
+            vumi_history.record(
+                paths,
+                "failed",
+                stage="recover",
+                release=name,
+                reason="left by an interrupted deploy (incomplete, or never recorded as prepared or deployed)",
+            )
 
 
 def ensure_tree(cfg, paths, test=False):

@@ -75,6 +75,7 @@ def deploy_lock(cfg, paths):
         cfg["lock_timeout"],
         lambda holder: vumi_errors.Busy(
             f"another deploy of {cfg['environment']} holds the lock {paths.lock}: {holder}",
-            lock=paths.lock, holder=holder,
+            lock=paths.lock,
+            holder=holder,
         ),
     )

@@ -35,7 +35,11 @@ def clean_manifest(found, name):
     for key, value in found.items():
         if not isinstance(key, str) or len(key) > 64:
             continue
-        if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= _TEXT_LIMIT):
+        if (
+            value is None
+            or isinstance(value, (bool, int, float))
+            or (isinstance(value, str) and len(value) <= _TEXT_LIMIT)
+        ):
             clean[key] = value
     if not (isinstance(clean.get("revision"), str) and vumi_settings.SHA_RE.match(clean["revision"])):
         return None  # a manifest says which commit: without one it is not complete

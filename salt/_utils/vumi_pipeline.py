@@ -122,7 +122,9 @@ def fail(d, stage, exc):
         except OSError as problem:  # a full disk: the stage's own error is what the operator needs
             log.warning("could not record the failure in %s: %s", d.paths.history, problem)
     where = f"; the half-built release is kept in {moved}" if moved else ""
-    message = vumi_settings.mask_credentials(f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}")
+    message = vumi_settings.mask_credentials(
+        f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}"
+    )
     if isinstance(exc, SaltInvocationError):  # the operator's input: said as such, not as a failed deploy
         raise SaltInvocationError(message) from exc
     kind = type(exc) if isinstance(exc, vumi_errors.StageFailed) else vumi_errors.StageFailed

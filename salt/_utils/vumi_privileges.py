@@ -196,7 +196,11 @@ def as_user(cfg, salt, opts, fn, *args, timeout=None, **kwargs):
             os.close(read_fd)
             _detach(write_fd)
             out = os.fdopen(write_fd, "w", encoding="utf-8")
-            vumi_events.RELAY = (lambda message: (out.write(json.dumps(message) + "\n"), out.flush())) if events else (lambda message: None)
+            vumi_events.RELAY = (
+                (lambda message: (out.write(json.dumps(message) + "\n"), out.flush()))
+                if events
+                else (lambda message: None)
+            )
             vumi_lock.SALT_PID = os.getppid()
             try:
                 _keep_logs_open()
@@ -224,8 +228,7 @@ def as_user(cfg, salt, opts, fn, *args, timeout=None, **kwargs):
     _, status = os.waitpid(pid, 0)
     if not isinstance(last, dict) or not ({"result", "error"} & set(last)):  # pylint: disable=unsupported-membership-test
         raise CommandExecutionError(
-            f"the process of user {user.pw_name} ended without an answer (wait status {status}): "
-            "was it killed?"
+            f"the process of user {user.pw_name} ended without an answer (wait status {status}): was it killed?"
         )
     # a dict, checked above
     # pylint: disable=unsupported-membership-test,unsubscriptable-object

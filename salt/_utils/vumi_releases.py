@@ -154,10 +154,7 @@ def prune(cfg, paths, limit, unpublished=False):
             vumi_files.remove_tree(paths.release(name))
             removed.append(name)
     trim_failed(cfg, paths)
-    in_use = {
-        os.path.realpath(paths.venv(n))
-        for n in vumi_manifest.release_names(paths)
-    }
+    in_use = {os.path.realpath(paths.venv(n)) for n in vumi_manifest.release_names(paths)}
     venvs_removed = []
     if os.path.isdir(paths.virtualenvs):
         for name in sorted(os.listdir(paths.virtualenvs)):

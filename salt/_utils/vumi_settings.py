@@ -129,12 +129,7 @@ MAX_PORTS = 64
 def check_name(value, what, pattern=BRANCH_RE):
     if not isinstance(value, str) or not value:
         raise SaltInvocationError(f"{what} must be a non-empty string, not {value!r}")
-    if (
-        len(value) > 200
-        or ".." in value
-        or value.endswith((".lock", "."))
-        or not pattern.match(value)
-    ):
+    if len(value) > 200 or ".." in value or value.endswith((".lock", ".")) or not pattern.match(value):
         raise SaltInvocationError(
             f"invalid {what} {value!r}: use letters, digits, '.', '_', '-' and '/' "
             "between parts; no '..', no leading '/' or '-', no spaces or shell characters"
@@ -153,9 +148,7 @@ def parse_port(value):
     try:
         port = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
-        raise SaltInvocationError(
-            f"invalid port {value!r}: must be an integer 1-65535"
-        ) from None
+        raise SaltInvocationError(f"invalid port {value!r}: must be an integer 1-65535") from None
     if not 1 <= port <= 65535 or (isinstance(value, str) and not value.strip().isdigit()):
         raise SaltInvocationError(f"invalid port {value!r}: must be an integer 1-65535")
     return port
@@ -182,13 +175,7 @@ def parse_ports(values):
 
 
 def relpath(value, what):
-    if (
-        not isinstance(value, str)
-        or not value
-        or value.startswith("/")
-        or ".." in value.split("/")
-        or "\0" in value
-    ):
+    if not isinstance(value, str) or not value or value.startswith("/") or ".." in value.split("/") or "\0" in value:
         raise SaltInvocationError(f"invalid {what} {value!r}: must be a relative path inside the code")
     return value
 
@@ -259,7 +246,9 @@ def validate(cfg):
         if not isinstance(name, str) or any(part in ("", ".", "..") for part in name.split("/")) or "\0" in name:
             raise SaltInvocationError(f"invalid shared file {name!r}: a relative path like .env or config/local.py")
     if set(cfg["shared_files"]) & set(cfg["shared_dirs"]):
-        raise SaltInvocationError(f"{sorted(set(cfg['shared_files']) & set(cfg['shared_dirs']))} cannot be both a shared dir and a shared file")
+        raise SaltInvocationError(
+            f"{sorted(set(cfg['shared_files']) & set(cfg['shared_dirs']))} cannot be both a shared dir and a shared file"
+        )
     for key in ("keep_releases", "keep_failed"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be an integer >= 1")
@@ -293,7 +282,9 @@ def validate(cfg):
     cfg["database"] = database(cfg["database"], cfg)
     wsgi = cfg["wsgi_module"]
     if wsgi is not None and (not isinstance(wsgi, str) or not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", wsgi)):
-        raise SaltInvocationError(f"invalid wsgi_module {wsgi!r}: a module name like mysite.wsgi (or mysite.wsgi:application)")
+        raise SaltInvocationError(
+            f"invalid wsgi_module {wsgi!r}: a module name like mysite.wsgi (or mysite.wsgi:application)"
+        )
     if not isinstance(cfg["webapp_command"], str) or not cfg["webapp_command"].strip():
         raise SaltInvocationError(f"invalid webapp_command {cfg['webapp_command']!r}: must be a command line")
     return cfg
@@ -326,7 +317,9 @@ def database(value, cfg):
     if not isinstance(db["url_env"], str) or not ENV_NAME_RE.match(db["url_env"]):
         raise SaltInvocationError(f"invalid database:url_env {db['url_env']!r}: must be a variable name")
     host = f"[{db['host']}]" if ":" in db["host"] else db["host"]
-    db["url"] = f"postgres://{db['user']}:{urllib.parse.quote(db['password'], safe='')}@{host}:{db['port']}/{db['name']}"
+    db["url"] = (
+        f"postgres://{db['user']}:{urllib.parse.quote(db['password'], safe='')}@{host}:{db['port']}/{db['name']}"
+    )
     return db
 
 
@@ -344,7 +337,9 @@ def supervisor(value):
         if not isinstance(conf[key], str) or not os.path.isabs(conf[key]) or "\0" in conf[key]:
             raise SaltInvocationError(f"invalid supervisor:{key} {conf[key]!r}: must be an absolute path")
     if not isinstance(conf["manage_service"], bool):
-        raise SaltInvocationError(f"invalid supervisor:manage_service {conf['manage_service']!r}: must be true or false")
+        raise SaltInvocationError(
+            f"invalid supervisor:manage_service {conf['manage_service']!r}: must be true or false"
+        )
     for key, low in (("log_max_bytes", 1024), ("log_backups", 0), ("start_retries", 0)):
         if isinstance(conf[key], bool) or not isinstance(conf[key], int) or conf[key] < low:
             raise SaltInvocationError(f"invalid supervisor:{key} {conf[key]!r}: must be an integer >= {low}")

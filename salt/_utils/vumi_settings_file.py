@@ -21,7 +21,9 @@ def settings_file(cfg):
     lines = ["# Written by vumi-salt from pillar vumi:settings at each deploy: edit pillar, not this file.\n"]
     if cfg["settings_extends"]:
         lines.append(f"from {cfg['settings_extends']} import *  # noqa: F401,F403\n")
-    lines.extend(f"{key} = {vumi_settings.py_literal(value, key)!r}\n" for key, value in sorted(cfg["settings"].items()))
+    lines.extend(
+        f"{key} = {vumi_settings.py_literal(value, key)!r}\n" for key, value in sorted(cfg["settings"].items())
+    )
     text = "".join(lines)
     relpath = cfg["settings_path"].format(env=vumi_settings.env_module(cfg["environment"]))
     # where the file goes is part of it: a new settings_path must reach the releases too

@@ -63,7 +63,9 @@ def link_shared(d):
         real_folder(code, parts[:-1], d.runas)
         link = os.path.join(code, name)
         if os.path.isdir(link) and not os.path.islink(link):
-            raise CommandExecutionError(f"{link} is a folder in the repository; the shared file {name} cannot replace it")
+            raise CommandExecutionError(
+                f"{link} is a folder in the repository; the shared file {name} cannot replace it"
+            )
         if os.path.lexists(link):
             os.remove(link)
         os.symlink(target, link)

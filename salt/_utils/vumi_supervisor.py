@@ -222,7 +222,9 @@ def apply_group(sup, group):
     try:
         added, changed, removed = sup.call("supervisor.reloadConfig")[0]
     except xmlrpc.client.Fault as fault:
-        raise CommandExecutionError(f"supervisord could not read its config ({sup.conf_file}): {fault.faultString}") from None
+        raise CommandExecutionError(
+            f"supervisord could not read its config ({sup.conf_file}): {fault.faultString}"
+        ) from None
     if group in changed or group in removed:
         sup.call("supervisor.stopProcessGroup", group, True)
         sup.call("supervisor.removeProcessGroup", group)

@@ -36,9 +36,7 @@ def built_with(venv):
 
 
 def venv_ok(venv):
-    return os.path.isfile(os.path.join(venv, VENV_MARKER)) and os.access(
-        os.path.join(venv, "bin", "python"), os.X_OK
-    )
+    return os.path.isfile(os.path.join(venv, VENV_MARKER)) and os.access(os.path.join(venv, "bin", "python"), os.X_OK)
 
 
 INCLUDE_OPTS = ("-r", "--requirement", "-c", "--constraint")

@@ -128,8 +128,7 @@ def webapp_command(cfg, paths, name, port, logfile=None, supervised=False):
     except (KeyError, IndexError, ValueError) as exc:
         what = f"{{{exc.args[0]}}} is not a field" if isinstance(exc, KeyError) else str(exc)
         raise SaltInvocationError(
-            f"invalid webapp_command {template!r}: {what} "
-            f"(use {', '.join('{' + f + '}' for f in sorted(fields))})"
+            f"invalid webapp_command {template!r}: {what} (use {', '.join('{' + f + '}' for f in sorted(fields))})"
         ) from None
 
 
@@ -314,7 +313,9 @@ def cluster(action, cfg, paths, ports):
                 f"{exc}\nstopped at port {port}: {verb} "
                 f"{', '.join(str(r['port']) for r in done) or 'none'}; "
                 f"left as they were: {', '.join(map(str, left)) or 'none'}",
-                port=port, done=done, left=left,
+                port=port,
+                done=done,
+                left=left,
             ) from None
     return done
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Django's command-line utility for administrative tasks (as ``django-admin startproject`` writes it)."""
+
 import os
 import sys
 

@@ -22,14 +22,12 @@ import pytest
 import yaml
 from saltfactories.utils.functional import Loaders
 
-from support import helpers
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
+from support import helpers, tree, users
+from support.helpers import alive, clone_origin, env_root, http_get  # noqa: F401  (clone_origin: for the test modules)
 from support.net import free_port  # noqa: F401  (for the test modules)
-from support import tree
 from support.salt_config import masterless_minion  # noqa: F401  (for the test modules)
 from support.tree import history  # noqa: F401  (for the test modules)
-from support import users
-import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from support.helpers import alive, clone_origin, env_root, http_get  # noqa: F401  (clone_origin: for the test modules)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ME = getpass.getuser()

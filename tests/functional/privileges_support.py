@@ -20,14 +20,14 @@ import sys
 import tempfile
 import types
 
-import make_repo as sample
+import failure_support
 import pytest
 import yaml
 from failure_support import SALT_CALL, ModuleLoaders, base_settings, clone_origin, masterless_minion
+
+import make_repo as sample
 from support.helpers import env_root
 from support.users import PYTHON, throwaway_user
-
-import failure_support
 
 ENV = "staging"
 STRACE = shutil.which("strace")
@@ -181,7 +181,9 @@ CALLS = re.compile(
     r"symlink|symlinkat|link|linkat|mkdir|mkdirat|rmdir|chmod|fchmod|fchmodat|truncate)\((?P<args>.*)\)\s+=\s+(?P<ret>-?\d+)"
 )
 # a clone may be cut in two lines by another process's: "clone3(... <unfinished ...>", "<... clone3 resumed>) = N"
-CLONE = re.compile(r"^(?P<pid>\d+)\s+(?:(?:clone3?|fork|vfork)\(|<\.\.\. (?:clone3?|fork|vfork) resumed>).*=\s+(?P<child>\d+)")
+CLONE = re.compile(
+    r"^(?P<pid>\d+)\s+(?:(?:clone3?|fork|vfork)\(|<\.\.\. (?:clone3?|fork|vfork) resumed>).*=\s+(?P<child>\d+)"
+)
 SETUID = re.compile(r"^(?P<pid>\d+)\s+set(?:res|re)?uid\((?P<uid>\d+)")
 TRACED = (
     "trace=openat,open,creat,chown,fchown,lchown,fchownat,unlink,unlinkat,rename,renameat,renameat2,"

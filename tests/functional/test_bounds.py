@@ -80,7 +80,10 @@ def test_a_lines_own_timeout_overrides_hook_timeout(site, user, no_sleepers):
     no_sleepers.append(10021)
     commit(site, user, "NEWS", "own timeout\n", "a commit for a hook with its own timeout")
     hooks = {"before_publish": [{"run": "sleep 10021", "timeout": 2}]}
-    with bounded(120, "a deploy"), pytest.raises(CommandExecutionError, match=r"'sleep 10021' did not finish within 2s"):
+    with (
+        bounded(120, "a deploy"),
+        pytest.raises(CommandExecutionError, match=r"'sleep 10021' did not finish within 2s"),
+    ):
         site.vumi.deploy(ENV, hooks=hooks, hook_timeout=600)
 
 

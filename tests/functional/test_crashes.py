@@ -21,9 +21,7 @@ import time
 import types
 
 import pytest
-
-import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from failure_support import (
+from failure_support import (  # noqa: F401  (mod: the fixture of the module)
     Tally,
     base_settings,
     current_problem,
@@ -34,15 +32,18 @@ from failure_support import (
     leftovers,
     lock_free,
     lock_holder,
+    mod,
     processes_under,
     release_problem,
     salt_call,
     salt_call_config,
     seed_venv,
+    serving,
     wait_for,
 )
-from failure_support import mod, serving  # noqa: F401  (mod: the fixture of the module)
 from failure_support import free_port as _free_port
+
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from support.helpers import env_root
 
 ENV = "staging"
@@ -72,7 +73,7 @@ def _releases(root):
 
 def _landed(root, before):
     """Where a kill landed, read from what it left."""
-    if [e for e in history(root)[before["lines"]:] if e["action"] == "deploy"]:
+    if [e for e in history(root)[before["lines"] :] if e["action"] == "deploy"]:
         return "after the deploy (finished first)"
     if current_state(root) != before["current"]:
         return "publish/prune (current already switched)"
@@ -244,6 +245,7 @@ def test_sigkill_at_20_moments_then_the_next_deploy_converges(mod, tmp_path, rep
 # 5. Concurrency: one deploy of an environment at a time, environments in parallel
 # --------------------------------------------------------------------------
 
+
 def slow_webapp(seconds):
     """A webapp that takes ``seconds`` to start: the health check holds the deploy lock that long."""
     script = f'sleep {seconds}; exec "$0" --bind "$1" sampleapp.wsgi'
@@ -387,7 +389,9 @@ def _intact(root):
     ]  # fmt: skip
 
 
-def test_sigkill_of_an_update_building_a_virtualenv_leaves_one_commit_live_and_no_trusted_half_build(mod, tmp_path, repo, base_dir):
+def test_sigkill_of_an_update_building_a_virtualenv_leaves_one_commit_live_and_no_trusted_half_build(
+    mod, tmp_path, repo, base_dir
+):
     settings = base_settings(base_dir, repo)
     mod.loaders.use(settings)
     vumi = mod.loaders.vumi
@@ -403,7 +407,8 @@ def test_sigkill_of_an_update_building_a_virtualenv_leaves_one_commit_live_and_n
             tip = sample.commit_file(repo, ENV, "config/requirements.pip", sample.requirements() + f"# update {i}\n",
                                      f"Requirements for update {i}")  # fmt: skip
             building = lambda proc: any(  # noqa: E731  (a new virtualenv's folder, not complete yet)
-                not (venvs / n / ".vumi-complete").exists() for n in set(os.listdir(venvs)) - known)
+                not (venvs / n / ".vumi-complete").exists() for n in set(os.listdir(venvs)) - known
+            )
             cut.append(kill_when(conf, ["vumi.update", ENV], building, delay))
             assert current_problem(root) is None, (delay, current_problem(root))
             now = vumi.current(ENV)
@@ -421,7 +426,9 @@ def test_sigkill_of_an_update_building_a_virtualenv_leaves_one_commit_live_and_n
     assert any(cut), "no kill landed during the build"
 
 
-def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_next_run_converges(mod, tmp_path, repo, base_dir):
+def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_next_run_converges(
+    mod, tmp_path, repo, base_dir
+):
     settings = base_settings(base_dir, repo, keep_releases=10)
     mod.loaders.use(settings)
     vumi = mod.loaders.vumi
@@ -445,7 +452,9 @@ def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_
                 assert (code / "NEWS").read_text() == f"fix {k}\n"
             assert vumi.update(ENV)["new_revision"] == tip and vumi.current(ENV)["revision"] == tip
             assert leftovers(root) == [], delay
-            cases.append((f"update killed after {delay}s: current at {'the new' if now == tip else 'the old'} commit", killed))
+            cases.append(
+                (f"update killed after {delay}s: current at {'the new' if now == tip else 'the old'} commit", killed)
+            )
 
         # discard: a prepared release is there whole, or out of sight; never half of it looking complete
         for delay in (0, 0.02, 0.05, 0.1):
@@ -470,7 +479,9 @@ def test_sigkill_during_update_discard_and_cleanup_leaves_current_whole_and_the_
     finally:
         kill_processes_under(base_dir)
     for case, killed in cases:  # every check above passed; a kill that came after the job ended proves nothing
-        TALLY.add("crash (SIGKILL) of update/discard/cleanup", True, f"{case} ({'cut short' if killed else 'had ended'})")
+        TALLY.add(
+            "crash (SIGKILL) of update/discard/cleanup", True, f"{case} ({'cut short' if killed else 'had ended'})"
+        )
     print("\n[issue15] " + "\n[issue15] ".join(f"{c} ({'cut short' if k else 'had finished'})" for c, k in cases))
     for what in ("update", "discard", "cleanup"):
         assert any(k for c, k in cases if c.startswith(what)), f"no kill cut a {what} short: {cases}"

@@ -10,11 +10,12 @@ where git needs it, is its owner's alone (0600).
 import json
 import stat
 
-import make_repo as sample
 import pytest
-from support.helpers import env_root
 from salt.exceptions import CommandExecutionError
+
+import make_repo as sample
 from support.git_http import GitHTTP
+from support.helpers import env_root
 
 ENV = "staging"
 TOKEN = "tok-3f9a1c0d5e7b2a48"

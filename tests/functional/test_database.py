@@ -12,8 +12,9 @@ import getpass
 import secrets
 import time
 
-import make_repo as sample
 import pytest
+
+import make_repo as sample
 from support.helpers import http_get, loaders_for, pillar_tree
 from support.nginx import NGINX, Load, Nginx
 from support.postgres import Postgres, bin_dir
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.skipif(
     bin_dir() is None or NGINX is None, reason="needs Debian's postgresql and nginx (.ci/run installs them)"
 )
 
-MIGRATION = '''from django.db import migrations, models
+MIGRATION = """from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
@@ -33,7 +34,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(model_name="visit", name="agent", field=models.CharField(max_length=200, default="")),
     ]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,9 @@ def test_a_failing_migration_leaves_current_and_the_old_webapp_serving(site, pos
     assert all(s.result for s in apply(loaders).values())
     old = loaders.modules.vumi.current(ENV)
     pids = {p: http_get(p)[1]["ppid"] for p in ports}
-    bad = MIGRATION.replace('migrations.AddField(', 'migrations.RunSQL("SELECT * FROM no_such_table"),\n        migrations.AddField(')
+    bad = MIGRATION.replace(
+        "migrations.AddField(", 'migrations.RunSQL("SELECT * FROM no_such_table"),\n        migrations.AddField('
+    )
     sample.commit_file(override["repo_url"], ENV, "pages/migrations/0002_visit_agent.py", bad, "a broken migration")
     states = apply(loaders)
     deployed = states[f"vumi-{ENV}-deployed"]

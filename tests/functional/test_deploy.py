@@ -30,12 +30,12 @@ import types
 
 import pytest
 import yaml
+from failure_support import masterless_minion, seed_venv
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from failure_support import masterless_minion, seed_venv
-from support.helpers import clone_origin, current_target, env_root, http_get, loaders_for, owned_by, release_dirs
 from support import tree, users
+from support.helpers import clone_origin, current_target, env_root, http_get, loaders_for, owned_by, release_dirs
 
 ME = getpass.getuser()
 
@@ -197,9 +197,7 @@ def venv_python(base_dir, name, env="staging"):
 
 
 def run_python(python, code):
-    return subprocess.run(
-        [str(python), "-c", code], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
 
 # --------------------------------------------------------------------------
@@ -494,7 +492,9 @@ def test_requirements_change_builds_a_new_virtualenv_and_cleanup_drops_the_old(
     assert vumi.current("staging")["requirements_changed"] is False
     same = vumi.create_virtualenv("staging", installer=installer)
     assert (same["built"], same["release"], same["virtualenv"]) == (False, new, venv)
-    assert run_python(venv_python(base_dir, new), "import vumi_extra, vumi_sample_lib; print(vumi_extra.VERSION)") == "1.0"
+    assert (
+        run_python(venv_python(base_dir, new), "import vumi_extra, vumi_sample_lib; print(vumi_extra.VERSION)") == "1.0"
+    )
     cache = pathlib.Path(vumi.paths("staging")["uv_cache"]).parent
     if installer == "pip":
         cached = [p.name for p in (cache / "pip").rglob("*.whl")]
@@ -771,7 +771,7 @@ def test_unknown_and_malformed_release_names(first):
 def _extra_sdist():
     """A source distribution of ``vumi_extra`` with an in-tree PEP 517 backend: pip builds it offline."""
     backend = textwrap.dedent(
-        '''
+        """
         import base64, hashlib, os, zipfile
 
         def _digest(data):
@@ -790,7 +790,7 @@ def _extra_sdist():
                 for n, d in files.items():
                     zf.writestr(n, d)
             return name
-        '''
+        """
     )
     files = {
         "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
@@ -919,8 +919,17 @@ def salt_call(tmp_path, repo, base_dir, deploy_user):
         path.mkdir()
     (pillar / "top.sls").write_text("base:\n  '*':\n    - vumi\n")
     (pillar / "vumi.sls").write_text(
-        yaml.safe_dump({"vumi": {"base_dir": str(base_dir), "repo_url": str(repo), "user": ME, "ports": [],
-                                 **owned_by(deploy_user)}})  # fmt: skip
+        yaml.safe_dump(
+            {
+                "vumi": {
+                    "base_dir": str(base_dir),
+                    "repo_url": str(repo),
+                    "user": ME,
+                    "ports": [],
+                    **owned_by(deploy_user),
+                }
+            }
+        )  # fmt: skip
     )
     (conf / "minion").write_text(yaml.safe_dump(masterless_minion(state, pillar, "vumi-call-")))
     salt_call_bin = pathlib.Path(sys.executable).parent / "salt-call"

@@ -22,12 +22,7 @@ import time
 import types
 
 import pytest
-from salt.exceptions import CommandExecutionError
-
-import vumi_errors
-
-import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from failure_support import (
+from failure_support import (  # noqa: F401  (mod: the fixture of the module)
     Tally,
     base_settings,
     clone_origin,
@@ -36,12 +31,17 @@ from failure_support import (
     history,
     kill_processes_under,
     leftovers,
+    mod,
     processes_under,
     seed_venv,
+    serving,
     snapshot,
 )
-from failure_support import mod, serving  # noqa: F401  (mod: the fixture of the module)
 from failure_support import free_port as _free_port
+from salt.exceptions import CommandExecutionError
+
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
+import vumi_errors
 from support import users
 from support.helpers import env_root, sls_pillar
 

@@ -12,9 +12,8 @@ import pathlib
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-import vumi_errors
-
 import make_repo as sample
+import vumi_errors
 from support.helpers import current_target, env_root
 
 ENV = "staging"
@@ -102,7 +101,10 @@ def test_once_on_names_the_host_that_runs_the_once_hooks(vumi, loaders, base_dir
     here = vumi.prepare(ENV, release=release_name(), once_on=me, hooks=hooks)
     assert here["hooks_skipped"] == [] and (pathlib.Path(here["path"]) / "vumi" / "ran-once").exists()
     other = vumi.prepare(ENV, release=release_name(2), once_on="web-2", hooks=hooks)
-    assert other["hooks_skipped"] == ["before_publish[0]"] and not (pathlib.Path(other["path"]) / "vumi" / "ran-once").exists()
+    assert (
+        other["hooks_skipped"] == ["before_publish[0]"]
+        and not (pathlib.Path(other["path"]) / "vumi" / "ran-once").exists()
+    )
 
 
 def test_the_grain_follows_deploy_update_rollback_publish_and_revert(vumi, loaders, repo):

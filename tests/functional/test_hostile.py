@@ -19,11 +19,8 @@ import shutil
 import socket
 import types
 
-import pytest
-from salt.exceptions import CommandExecutionError, SaltInvocationError
-
 import failure_support
-import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
+import pytest
 from failure_support import (
     ModuleLoaders,
     Tally,
@@ -34,6 +31,9 @@ from failure_support import (
     kill_processes_under,
     snapshot,
 )
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from support.helpers import env_root, sls_pillar
 
 ENV = "staging"
@@ -285,9 +285,12 @@ CASES = [
     port(True),
     port(8000.5),
     port("8000\n8001"),
-    case("100000 ports", "too many ports (100000)",
-         module=[lambda t: t.vumi.start_webapp_cluster(ENV, *HUGE), lambda t: t.vumi.stop_webapp_cluster(ENV, HUGE)],
-         state=[lambda t: t.states.webapp_running(ENV, ports=HUGE)]),  # fmt: skip
+    case(
+        "100000 ports",
+        "too many ports (100000)",
+        module=[lambda t: t.vumi.start_webapp_cluster(ENV, *HUGE), lambda t: t.vumi.stop_webapp_cluster(ENV, HUGE)],
+        state=[lambda t: t.states.webapp_running(ENV, ports=HUGE)],
+    ),  # fmt: skip
     # releases
     release("../../outside"),
     release("/tmp"),
@@ -295,9 +298,12 @@ CASES = [
     release("20000101_000000/../.."),
     case("cleanup limit '1; rm -rf /'", "'1; rm -rf /'", module=[lambda t: t.vumi.cleanup(ENV, limit="1; rm -rf /")]),
     case("a NUL in a command", "invalid command", module=[lambda t: t.vumi.execute(ENV, "true\x00rm -rf /")]),
-    case("webapp_command with an unknown field", "invalid webapp_command",
-         module=[lambda t: _start(t, webapp_command="{nope} {port}")],
-         state=[lambda t: t.states.webapp_running(ENV, ports=[_port()], webapp_command="{nope} {port}")]),  # fmt: skip
+    case(
+        "webapp_command with an unknown field",
+        "invalid webapp_command",
+        module=[lambda t: _start(t, webapp_command="{nope} {port}")],
+        state=[lambda t: t.states.webapp_running(ENV, ports=[_port()], webapp_command="{nope} {port}")],
+    ),  # fmt: skip
     # symlinks planted in the layout, pointing outside it
     planted("releases"),
     planted("shared"),
@@ -309,10 +315,18 @@ CASES = [
     planted("failed"),
     planted("history.log", to="victim-file"),
     planted(".deploy.lock", to="victim-file"),
-    planted("current", "is a directory, not a symlink", plant=_current_is_a_directory,
-            what="current replaced by a directory"),
-    planted("current", "points outside the releases", plant=_current_points_outside,
-            what="current pointing outside (absolute link)"),
+    planted(
+        "current",
+        "is a directory, not a symlink",
+        plant=_current_is_a_directory,
+        what="current replaced by a directory",
+    ),
+    planted(
+        "current",
+        "points outside the releases",
+        plant=_current_points_outside,
+        what="current pointing outside (absolute link)",
+    ),
 ]
 
 

@@ -15,10 +15,11 @@ import subprocess
 import tempfile
 
 import pytest
-from support.helpers import env_root, loaders_for, settings_pillar
 from privileges_support import PYTHON, SKIPS
-from support.users import remove_user
+
 from support.git_http import GitHTTP
+from support.helpers import env_root, loaders_for, settings_pillar
+from support.users import remove_user
 
 ENV = "staging"
 TOKEN = "tok-manage-7c1e"

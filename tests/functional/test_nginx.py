@@ -23,11 +23,12 @@ import subprocess
 import threading
 import time
 
-import make_repo as sample
 import pytest
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import make_repo as sample
 from support.helpers import alive, http_get, module_env, sls_pillar
 from support.nginx import NGINX, Load, Nginx, port_open, report
-from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 ENV = "staging"
 
@@ -400,7 +401,7 @@ def test_stop_signal_is_the_one_configured(vumi, webapps, free_port):
     webapps.append((ENV, port))
     # ignores SIGTERM, leaves on SIGUSR1 (like a server whose graceful stop is another signal)
     command = (
-        "{venv}/bin/python -c \"import signal, sys, http.server as h; "
+        '{venv}/bin/python -c "import signal, sys, http.server as h; '
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(0)); "
         "h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler).serve_forever()\""

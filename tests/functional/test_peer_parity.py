@@ -14,8 +14,8 @@ import pytest
 from salt.exceptions import CommandExecutionError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-from support.helpers import current_target, env_root, release_dirs
 from support import tree, users
+from support.helpers import current_target, env_root, release_dirs
 
 ENV = "staging"
 
@@ -49,7 +49,9 @@ def test_capistrano_nested_linked_dirs(vumi, base_dir):
     deployed = vumi.deploy(ENV, shared_dirs=["logs", "tmp", "public/system", "storage/logs"])
     code = pathlib.Path(deployed["path"]) / "vumi"
     for name in ("public/system", "storage/logs"):
-        assert (code / name).is_symlink() and (code / name).resolve() == (env_root(base_dir) / "shared" / name).resolve()
+        assert (code / name).is_symlink() and (code / name).resolve() == (
+            env_root(base_dir) / "shared" / name
+        ).resolve()
         assert not (code / name).parent.is_symlink()
 
 
@@ -146,7 +148,9 @@ def test_deployer_deploy_lock_unlock_is_locked(vumi, loaders, repo, base_dir):
     assert vumi.locked(ENV)["reason"] == "incident 42: payments down"
     sample.commit_file(repo, ENV, "NEWS", "a change during the incident\n", "change")
     for attempt in (lambda: vumi.deploy(ENV), lambda: vumi.prepare(ENV), lambda: vumi.update(ENV)):
-        with pytest.raises(CommandExecutionError, match=r"staging is locked by \S+ since .*: incident 42: payments down"):
+        with pytest.raises(
+            CommandExecutionError, match=r"staging is locked by \S+ since .*: incident 42: payments down"
+        ):
             attempt()
     ret = loaders.states.vumi.deployed(ENV)
     assert ret["result"] is False and "incident 42" in ret["comment"], ret
@@ -162,7 +166,9 @@ def test_deployer_deploy_lock_unlock_is_locked(vumi, loaders, repo, base_dir):
 
 def test_capistrano_linked_files_deployer_shared_files(vumi, base_dir):
     files = [".env", "config/local.py"]
-    with pytest.raises(CommandExecutionError, match=r"failed at stage 'link_shared': shared file .*/shared/\.env is missing"):
+    with pytest.raises(
+        CommandExecutionError, match=r"failed at stage 'link_shared': shared file .*/shared/\.env is missing"
+    ):
         vumi.deploy(ENV, shared_files=files)
     assert current_target(base_dir) is None  # nothing went live
     shared = env_root(base_dir) / "shared"
@@ -360,7 +366,9 @@ def test_publish_refuses_a_release_older_than_current(vumi, repo, base_dir):
     prepared = vumi.prepare(ENV)["release"]
     sample.commit_file(repo, ENV, "NEWS", "newer\n", "newer")
     newer = vumi.deploy(ENV)["release"]  # a plain state.apply meanwhile
-    with pytest.raises(CommandExecutionError, match=f"release {prepared} does not sort after the current release {newer}"):
+    with pytest.raises(
+        CommandExecutionError, match=f"release {prepared} does not sort after the current release {newer}"
+    ):
         vumi.publish(ENV, prepared)
     assert current_target(base_dir) == f"releases/{newer}"
 

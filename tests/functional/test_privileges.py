@@ -15,15 +15,25 @@ import pathlib
 import stat
 import subprocess
 
+import failure_support
 import pytest
 import yaml
 from failure_support import SALT_CALL, salt_call_config
 from privileges_support import (  # noqa: F401  (fixtures)
-    ENV, SKIPS, STRACE, as_user, commit, root_calls_in, site, top, traced, untouched, user, victim_file,
+    ENV,
+    SKIPS,
+    STRACE,
+    as_user,
+    commit,
+    root_calls_in,
+    site,
+    top,
+    traced,
+    untouched,
+    user,
+    victim_file,
 )
 from salt.exceptions import CommandExecutionError
-
-import failure_support
 
 pytestmark = SKIPS
 
@@ -41,7 +51,10 @@ def test_1_a_forged_pid_file_makes_root_signal_nothing(site, user, top):
         port = failure_support.free_port()
         pids = site.root / "shared" / "tmp" / "pids"
         for name in (f"webapp.{port}.pid", f"webapp.health.{port}.pid"):
-            assert as_user(user, "sh", "-c", f"printf '%s\\n%s\\nx\\n' {victim.pid} {started} > {pids / name}").returncode == 0
+            assert (
+                as_user(user, "sh", "-c", f"printf '%s\\n%s\\nx\\n' {victim.pid} {started} > {pids / name}").returncode
+                == 0
+            )
         site.vumi.deploy(ENV, health_check=True)  # crash recovery and the health check run
         # a real webapp on that port, started, restarted and stopped: supervisor's pid, never the file's
         site.vumi.start_webapp(ENV, port, ports=[port])
@@ -56,17 +69,29 @@ def test_1_a_forged_pid_file_makes_root_signal_nothing(site, user, top):
 
 def test_2_a_requirements_include_of_a_root_only_file_hands_nothing_over(site, user, top):
     secret = victim_file(top, "secret", "TOKEN=s3cr3t-of-root\n")
-    commit(site, user, "config/requirements.pip",
-           (site.repo / "config" / "requirements.pip").read_text() + f"-r {secret}\n", "include a root file")
+    commit(
+        site,
+        user,
+        "config/requirements.pip",
+        (site.repo / "config" / "requirements.pip").read_text() + f"-r {secret}\n",
+        "include a root file",
+    )
     with pytest.raises(CommandExecutionError, match=r"failed at stage 'virtualenv'") as exc:
         site.vumi.deploy(ENV)
     # the user's own process named it and could not read it
     assert "s3cr3t" not in str(exc.value) and f"{secret}: Permission denied" in str(exc.value), exc.value
-    leaked = subprocess.run(["grep", "-rl", "s3cr3t-of-root", str(site.root)], capture_output=True, text=True, check=False)
+    leaked = subprocess.run(
+        ["grep", "-rl", "s3cr3t-of-root", str(site.root)], capture_output=True, text=True, check=False
+    )
     assert leaked.stdout == ""  # nowhere in the user's tree: pip ran as the user and could not read it
     assert untouched(secret, "TOKEN=s3cr3t-of-root\n")
-    commit(site, user, "config/requirements.pip",
-           (site.repo / "config" / "requirements.pip").read_text().replace(f"-r {secret}\n", ""), "undo")
+    commit(
+        site,
+        user,
+        "config/requirements.pip",
+        (site.repo / "config" / "requirements.pip").read_text().replace(f"-r {secret}\n", ""),
+        "undo",
+    )
 
 
 def test_3_a_cache_git_folder_linked_outside_loses_no_lock_file_of_roots(site, user, top):
@@ -175,6 +200,7 @@ def test_7_secrets_stay_out_of_what_others_can_read(site, user):
 # --------------------------------------------------------------------------
 # Root's own writes, listed by strace
 # --------------------------------------------------------------------------
+
 
 def test_the_remote_is_asked_as_the_user_whose_credentials_reach_it(site, user):
     # what vumi.deployed asks before it acts: git run by root refuses the user's repository

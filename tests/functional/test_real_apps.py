@@ -55,11 +55,15 @@ def test_env_reaches_the_webapp_execute_and_hooks_and_salts_environment_does_not
     port = free_port()
     webapps.append((ENV, port))
     env = {"DATABASE_URL": "postgres://app@127.0.0.1:5432/app", "WORKERS": 3}
-    hooks = {"before_publish": ['printf "%s|%s|%s" "$DATABASE_URL" "$HOME" "${AWS_SECRET_ACCESS_KEY-unset}" > tmp/hook.out']}
+    hooks = {
+        "before_publish": ['printf "%s|%s|%s" "$DATABASE_URL" "$HOME" "${AWS_SECRET_ACCESS_KEY-unset}" > tmp/hook.out']
+    }
     deployed = vumi.deploy(ENV, env=env, hooks=hooks, health_check=True, webapp_command=ENV_APP_COMMAND)
     root = env_root(base_dir)
     # the hook: in the new release, before the switch, with env and the user's own HOME
-    assert (root / "shared" / "tmp" / "hook.out").read_text() == f"postgres://app@127.0.0.1:5432/app|{owner.pw_dir}|unset"
+    assert (
+        root / "shared" / "tmp" / "hook.out"
+    ).read_text() == f"postgres://app@127.0.0.1:5432/app|{owner.pw_dir}|unset"
     assert "hooks" in deployed["timings"] and "before_publish[0]" in deployed["timings"]
 
     vumi.start_webapp(ENV, port, ports=[port], env=env, webapp_command=ENV_APP_COMMAND)
@@ -119,7 +123,7 @@ def test_once_hooks_run_on_one_host_and_after_publish_hooks_after_the_switch(vum
     out = env_root(base_dir) / "shared" / "tmp"
     hooks = {
         "before_publish": [{"run": "echo once >> tmp/once.log", "once": True}, "echo every >> tmp/every.log"],
-        "after_publish": ['readlink ../../../current > tmp/after.log'],
+        "after_publish": ["readlink ../../../current > tmp/after.log"],
     }
     first = vumi.deploy(ENV, hooks=hooks)  # a host on its own runs them all
     other = vumi.deploy(ENV, hooks=hooks, run_once=False)  # a fleet's other hosts skip the once ones
@@ -131,9 +135,7 @@ def test_once_hooks_run_on_one_host_and_after_publish_hooks_after_the_switch(vum
 
 def test_declared_pip_packages_survive_a_requirements_change(vumi, repo, base_dir):
     """The seed's `vumi.execute staging "pip install psycopg2-binary"`, declared instead."""
-    extra = sample.build_wheel(
-        *_package(base_dir.parent / "driver"), out_dir=base_dir.parent / "wheels-driver"
-    )
+    extra = sample.build_wheel(*_package(base_dir.parent / "driver"), out_dir=base_dir.parent / "wheels-driver")
     find = f"--find-links {extra.parent}"
     sample.commit_file(repo, ENV, "config/requirements.pip",
                        f"--no-index\n--find-links wheels\n{find}\nvumi-sample-lib==1.0\n", "find the driver")  # fmt: skip
@@ -178,7 +180,9 @@ def test_bad_input_is_refused_before_anything_is_made(vumi, base_dir, setting, v
     assert list(base_dir.iterdir()) == []
 
 
-def test_rollback_restarts_the_webapps_onto_the_old_release_and_holds(loaders, vumi, repo, base_dir, free_port, webapps):
+def test_rollback_restarts_the_webapps_onto_the_old_release_and_holds(
+    loaders, vumi, repo, base_dir, free_port, webapps
+):
     ports = [free_port(), free_port()]
     webapps.extend((ENV, p) for p in ports)
     good = vumi.deploy(ENV, ports=ports)

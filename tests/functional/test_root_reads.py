@@ -24,8 +24,20 @@ import time
 import pytest
 from failure_support import SALT_CALL, free_port, wait_for
 from privileges_support import (  # noqa: F401  (fixtures)
-    ENV, SKIPS, STRACE, as_user, bounded, commit, peak_rss_mb, pillar_config, root_calls_in, run_salt_call, site, top,
-    traced, user,
+    ENV,
+    SKIPS,
+    STRACE,
+    as_user,
+    bounded,
+    commit,
+    peak_rss_mb,
+    pillar_config,
+    root_calls_in,
+    run_salt_call,
+    site,
+    top,
+    traced,
+    user,
 )
 
 pytestmark = SKIPS

@@ -23,10 +23,10 @@ import os
 import pwd
 import stat
 
-import make_repo as sample  # on sys.path thanks to tests/conftest.py
 import pytest
 from salt.exceptions import SaltInvocationError
 
+import make_repo as sample  # on sys.path thanks to tests/conftest.py
 from support.helpers import answer, env_root, loaders_for, pillar_tree, release_dirs, write_override
 
 ENV = "staging"
@@ -223,9 +223,7 @@ def test_bad_settings_are_rejected(states, vumi, base_dir):
     assert release_dirs(base_dir) == []
 
 
-def test_managepy_does_not_run_a_shell_and_paths_are_configurable(
-    states, vumi, base_dir, tmp_path, free_port, webapps
-):
+def test_managepy_does_not_run_a_shell_and_paths_are_configurable(states, vumi, base_dir, tmp_path, free_port, webapps):
     assert states.deployed(ENV).result is True
     marker = tmp_path / "touched"
 

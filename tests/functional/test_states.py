@@ -15,8 +15,8 @@ import socket
 import pytest
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
-from support.helpers import answer, current_target, env_root, http_get, loaders_for, pillar_tree, release_dirs
 from support import tree
+from support.helpers import answer, current_target, env_root, http_get, loaders_for, pillar_tree, release_dirs
 
 ENV = "staging"
 
@@ -182,9 +182,7 @@ def test_deployed_predicts_deploys_then_is_idempotent(states, vumi, repo, base_d
     assert current_revision(vumi) == second_sha
 
 
-def test_failed_deploy_keeps_current_and_the_webapp_serving(
-    states, vumi, repo, base_dir, root, free_port, webapps
-):
+def test_failed_deploy_keeps_current_and_the_webapp_serving(states, vumi, repo, base_dir, root, free_port, webapps):
     port = free_port()
     assert states.deployed(ENV).result is True
     webapps.append((ENV, port))
@@ -279,9 +277,7 @@ def program_file_path(vumi):
     return pathlib.Path(settings["supervisor"]["conf_dir"]) / f"{settings['app']}-{ENV}.conf"
 
 
-def test_webapp_running_restarts_old_releases_and_webapp_dead_stops(
-    states, vumi, repo, base_dir, free_port, webapps
-):
+def test_webapp_running_restarts_old_releases_and_webapp_dead_stops(states, vumi, repo, base_dir, free_port, webapps):
     ports = [free_port(), free_port()]
     webapps.extend((ENV, port) for port in ports)
     assert states.deployed(ENV).result is True
@@ -291,7 +287,8 @@ def test_webapp_running_restarts_old_releases_and_webapp_dead_stops(
     ret = states.webapp_running(ENV, ports=ports, test=True)
     assert ret.result is None, ret.comment
     assert ret.changes == {str(p): {"old": "stopped", "new": "started"} for p in ports} | {
-        "programs": {"old": None, "new": str(program_file_path(vumi))}}  # and the program file, to be written
+        "programs": {"old": None, "new": str(program_file_path(vumi))}
+    }  # and the program file, to be written
     assert not program_file_path(vumi).exists()  # predicted, not written
     assert all(port_closed(p) for p in ports)
 
@@ -520,7 +517,9 @@ def test_without_branch_every_environment_in_vumi_deploy_converges(loaders, repo
         ret = loaders.modules.state.apply("vumi", pillar=pillar, test=test)
         assert not ret.errors, ret.errors
         ids = {state.full_return["__id__"]: state for state in ret}
-        assert {f"vumi-{env}-{kind}" for env in (ENV, "production") for kind in ("layout", "deployed", "webapp")} == set(ids)
+        assert {
+            f"vumi-{env}-{kind}" for env in (ENV, "production") for kind in ("layout", "deployed", "webapp")
+        } == set(ids)
         assert all(state.result is not False for state in ids.values()), ret.raw
         if test:
             assert ids[f"vumi-{ENV}-deployed"].result is None and ids["vumi-production-deployed"].result is None

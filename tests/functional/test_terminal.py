@@ -22,7 +22,14 @@ import tty
 import pytest
 from failure_support import SALT_CALL
 from privileges_support import (  # noqa: F401  (fixtures)
-    ENV, PYTHON, SKIPS, commit, pillar_config, site, top, user,
+    ENV,
+    PYTHON,
+    SKIPS,
+    commit,
+    pillar_config,
+    site,
+    top,
+    user,
 )
 
 pytestmark = SKIPS

@@ -26,12 +26,13 @@ import sys
 import time
 import types
 
-import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
-import pytest
 import failure_support
+import pytest
 from failure_support import rebuild_venv
-from support.helpers import current_target, env_root, http_get, module_env
+
+import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from support import tree, users
+from support.helpers import current_target, env_root, http_get, module_env
 
 ENV = "staging"
 MARKER = ".vumi-complete"

@@ -21,12 +21,13 @@ import threading
 import time
 import urllib.request
 
-import make_repo as sample
-import pytest
 import failure_support
+import pytest
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import make_repo as sample
 from support.helpers import alive, http_get, module_env
 from support.nginx import port_open
-from salt.exceptions import CommandExecutionError, SaltInvocationError
 from support.supervisor import Supervisord
 
 ENV = "staging"

@@ -14,9 +14,10 @@ import os
 import statistics
 import time
 
-import make_repo as sample
 import pytest
 from fleet_support import kill_leftover_webapps, make_hosts, started_master
+
+import make_repo as sample
 
 ENV = "staging"
 RUNS = int(os.environ.get("VUMI_BENCH_RUNS", "3"))
@@ -67,4 +68,6 @@ def test_fleet_speed(bench_fleet):
         print(f"\n{n} minion(s): orchestrated code-only deploy median {rows[n][0]:.2f} s "
               f"({', '.join(f'{t:.2f}' for t in deploys)}); no-op state.apply median {rows[n][1]:.2f} s "
               f"({', '.join(f'{t:.2f}' for t in noops)})")  # fmt: skip
-    print(f"\nratio 4/1: orchestrated deploy {rows[4][0] / rows[1][0]:.2f}, no-op state.apply {rows[4][1] / rows[1][1]:.2f}")
+    print(
+        f"\nratio 4/1: orchestrated deploy {rows[4][0] / rows[1][0]:.2f}, no-op state.apply {rows[4][1] / rows[1][1]:.2f}"
+    )

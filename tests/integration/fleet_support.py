@@ -10,10 +10,11 @@ import getpass
 import json
 import pathlib
 
-import make_repo as sample  # on sys.path thanks to tests/conftest.py
-from support.supervisor import Supervisord
-from support.net import free_ports  # noqa: F401  (for the test modules)
 from saltfactories.utils import random_string
+
+import make_repo as sample  # on sys.path thanks to tests/conftest.py
+from support.net import free_ports  # noqa: F401  (for the test modules)
+from support.supervisor import Supervisord
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = REPO / ".venv" / "bin" / "salt-call"
@@ -134,7 +135,9 @@ def kill_leftover_webapps(hosts):
     leftovers = []
     for host in hosts:
         with contextlib.suppress(OSError, ConnectionError):
-            leftovers += [n for n, p in host.supervisord.processes().items() if p["statename"] in ("RUNNING", "STARTING")]
+            leftovers += [
+                n for n, p in host.supervisord.processes().items() if p["statename"] in ("RUNNING", "STARTING")
+            ]
         host.supervisord.remove()
     return leftovers
 

@@ -15,12 +15,13 @@ import pathlib
 import pwd
 import time
 
-import make_repo as sample
 import pytest
 from fleet_support import ENVS, free_ports, kill_leftover_webapps, make_host, write_pillar
-from support.helpers import clone_origin
 from saltfactories.utils import random_string
+
+import make_repo as sample
 from support import users
+from support.helpers import clone_origin
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +138,9 @@ def test_each_hook_line_is_announced_and_events_false_fires_none(salt_master, mi
     events = deploy_events(event_listener, salt_master, start, count=len(STAGES) + 1)
     lines = [e.data["data"] for e in events if e.data["data"]["stage"] == "hooks" and "hook" in e.data["data"]]
     assert [(d["hook"], d["hook_stage"], d["index"], d["outcome"]) for d in lines] == [
-        ("true", "before_publish", 0, "done"), ("echo second", "before_publish", 1, "done")], lines
+        ("true", "before_publish", 0, "done"),
+        ("echo second", "before_publish", 1, "done"),
+    ], lines
 
     # events: false: the same deploy, and not one event on the bus
     start = time.time()
@@ -174,5 +177,7 @@ def test_the_deploy_users_process_has_its_events_relayed(salt_master, minion, ho
     stages = list(ret.data["timings"])
     events = deploy_events(event_listener, salt_master, start, count=len(stages))
     assert [e.tag for e in events] == [f"vumi/deploy/{ENV}/{stage}" for stage in stages], [e.tag for e in events]
-    assert all(e.data["id"] == host.id and e.data["data"]["outcome"] == "done" for e in events), [e.data for e in events]
+    assert all(e.data["id"] == host.id and e.data["data"]["outcome"] == "done" for e in events), [
+        e.data for e in events
+    ]
     assert events[-1].data["data"]["release"] == ret.data["release"]

@@ -16,9 +16,10 @@ expensive steps (sync, the applies) are module fixtures, so any test can also
 be run on its own.
 """
 
-import make_repo as sample
 import pytest
 from fleet_support import pillar_override
+
+import make_repo as sample
 from support.helpers import http_get
 
 pytestmark = pytest.mark.slow
@@ -90,9 +91,10 @@ def test_sync_all_brings_our_modules_to_every_minion(synced, fleet):
         assert "modules.vumi" in found["modules"], (minion_id, found)
         assert "states.vumi" in found["states"], (minion_id, found)
         # and the module's helpers, which it imports from the utils folder beside its own
-        assert {f"utils.{name}" for name in ("vumi_settings", "vumi_pipeline", "vumi_webapp")} <= set(
-            found["utils"]
-        ), (minion_id, found)
+        assert {f"utils.{name}" for name in ("vumi_settings", "vumi_pipeline", "vumi_webapp")} <= set(found["utils"]), (
+            minion_id,
+            found,
+        )
 
 
 def test_apply_staging_deploys_and_serves_on_every_minion(staging_applied, fleet):
@@ -143,9 +145,7 @@ def test_restart_webapp_cluster_across_the_fleet(staging_applied, fleet, salt_cl
 def test_second_staging_apply_changes_nothing(staging_applied, fleet, salt_cli):
     releases = {host.id: host.releases("staging") for host in fleet.values()}
     pids = {host.id: assert_serving(host, "staging") for host in fleet.values()}
-    predicted = salt_cli.run(
-        "state.apply", "vumi", pillar={"branch": "staging"}, test=True, minion_tgt=TARGET
-    )
+    predicted = salt_cli.run("state.apply", "vumi", pillar={"branch": "staging"}, test=True, minion_tgt=TARGET)
     for ret in (predicted, apply(salt_cli, "staging")):
         assert ret.returncode == 0, ret
         for minion_id, states in state_results(ret, fleet).items():
@@ -163,9 +163,7 @@ def test_apply_production_beside_staging(production_applied, fleet):
         host = fleet[minion_id]
         failed = {k: v["comment"] for k, v in states.items() if v["result"] is not True}
         assert not failed, (minion_id, failed)
-        assert by_function(states, "vumi.deployed")["changes"]["revision"]["new"] == host.revision(
-            "production"
-        )
+        assert by_function(states, "vumi.deployed")["changes"]["revision"]["new"] == host.revision("production")
         assert_serving(host, "production")
         assert_serving(host, "staging")  # the other environment keeps running
 
@@ -210,7 +208,9 @@ def test_salt_run_vumi_status_rows_match_each_minions_current(production_applied
     assert all(found == ["production", "staging"] for found in envs.data.values()), envs
 
 
-def test_highstate_converges_every_environment_the_host_lists(production_applied, salt_master, fleet, fleet_hosts, salt_cli):
+def test_highstate_converges_every_environment_the_host_lists(
+    production_applied, salt_master, fleet, fleet_hosts, salt_cli
+):
     """``state.highstate`` with no pillar ``branch``: each environment of the host's ``vumi:deploy``."""
     host = fleet_hosts[0]
     for env in ("staging", "production"):
@@ -224,4 +224,3 @@ def test_highstate_converges_every_environment_the_host_lists(production_applied
     for env, state in deployed.items():
         assert state["result"] is True and state["changes"]["revision"]["new"] == host.revision(env), state
         assert_serving(host, env)
-

@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import pytest
+
 import vumi_version
 from support.net import free_ports
 

@@ -16,9 +16,10 @@ import subprocess
 
 import pytest
 from fleet_support import ENVS, SALT_CALL, free_ports, kill_leftover_webapps, make_host, write_pillar
+from saltfactories.utils import random_string
+
 from support.helpers import answer
 from support.salt_config import masterless_minion
-from saltfactories.utils import random_string
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +54,7 @@ def salt_call(config_dir, command_line):
     line = " ".join(
         [shlex.quote(str(SALT_CALL)), "--local", "-c", shlex.quote(str(config_dir)), "--out=json", command_line]
     )
-    proc = subprocess.run(
-        line, shell=True, capture_output=True, text=True, timeout=300, check=False, cwd=config_dir
-    )
+    proc = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=300, check=False, cwd=config_dir)
     try:
         data = json.loads(proc.stdout)["local"]
     except (ValueError, KeyError, TypeError):

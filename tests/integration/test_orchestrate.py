@@ -22,12 +22,13 @@ import json
 import threading
 import time
 
-import make_repo as sample
 import pytest
 import salt.output
 from fleet_support import kill_leftover_webapps, make_hosts, pillar_override, started_master
-from support.helpers import http_get
+
+import make_repo as sample
 from support import tree
+from support.helpers import http_get
 
 pytestmark = pytest.mark.slow
 

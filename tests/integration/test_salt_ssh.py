@@ -29,9 +29,10 @@ import salt.config
 import salt.output
 import ssh_support
 from fleet_support import REPO, free_ports, kill_leftover_webapps, make_host
-from support.helpers import answer
-from support import host as host_guard
 from saltfactories.utils import random_string
+
+from support import host as host_guard
+from support.helpers import answer
 
 pytestmark = pytest.mark.slow
 

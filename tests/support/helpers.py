@@ -12,14 +12,16 @@ import types
 import urllib.error
 import urllib.request
 
-import make_repo as sample  # on sys.path thanks to tests/conftest.py
 from saltfactories.utils.functional import Loaders
+
+import make_repo as sample  # on sys.path thanks to tests/conftest.py
 from support import users
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 #: the session's pip and uv cache (setting ``cache_dir``), set by tests/conftest.py
 SHARED_CACHE = None
+
 
 def owned_by(user):
     """The settings that make an environment ``user``'s (a pwd entry; None: root's, with the session's cache)."""

@@ -61,7 +61,7 @@ def _tree(top, found, depth=DEPTH):
             path = os.path.join(root, name)
             with contextlib.suppress(OSError):
                 found[path] = _entry(path, os.lstat(path))
-        if root[len(top):].count(os.sep) + 1 >= depth:
+        if root[len(top) :].count(os.sep) + 1 >= depth:
             dirs[:] = []
 
 

@@ -29,7 +29,6 @@ def port_open(port):
         return False
 
 
-
 class Nginx:
     """A real nginx with its own prefix, config, logs and temp dirs, on a loopback port."""
 

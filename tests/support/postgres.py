@@ -33,7 +33,9 @@ class Postgres:
             self.user = pwd.getpwnam("postgres")
         except KeyError:
             name = "vumi-pg-" + secrets.token_hex(3)
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True
+            )
             self.made_user = name
             self.user = pwd.getpwnam(name)
         # a folder of its own under /tmp: pytest's are root's alone (0700), closed to the server's user
@@ -62,7 +64,9 @@ class Postgres:
         )  # fmt: skip
         os.remove(pwfile)
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
-        self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.folder, "log"), "-w", "start")
+        self._run(
+            f"{self.bin}/pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.folder, "log"), "-w", "start"
+        )
         self.started = True
         return self
 

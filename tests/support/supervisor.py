@@ -14,8 +14,9 @@ import tempfile
 import time
 import xmlrpc.client
 
-from support.helpers import REPO
 from supervisor.xmlrpc import SupervisorTransport
+
+from support.helpers import REPO
 
 SUPERVISORD = REPO / ".venv" / "bin" / "supervisord"
 

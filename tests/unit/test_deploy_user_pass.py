@@ -23,6 +23,7 @@ def makes_its_own_users(path):
 def test_every_functional_module_runs_as_a_deploy_user_too():
     modules = {p.name: p for p in FUNCTIONAL.glob("test_*.py")}
     assert listed() <= set(modules), f"listed but missing: {sorted(listed() - set(modules))}"
-    left_out = [name for name, path in sorted(modules.items()) if name not in listed() and not makes_its_own_users(path)]
+    left_out = [
+        name for name, path in sorted(modules.items()) if name not in listed() and not makes_its_own_users(path)
+    ]
     assert not left_out, f"add these to tests/functional/DEPLOY_USER_TESTS: {left_out}"
-

@@ -38,7 +38,8 @@ def test_a_bad_batch_is_refused_naming_it(runner, batch):
 
 def test_a_minions_error_is_its_message_or_its_failed_states(runner):
     assert runner._error("ERROR: deploy of staging failed at stage 'health': boom", 1) == (
-        "deploy of staging failed at stage 'health': boom", None
+        "deploy of staging failed at stage 'health': boom",
+        None,
     )
     assert runner._error({"release": "20261201_000000"}, 0) == (None, None)
     states = {
@@ -47,7 +48,10 @@ def test_a_minions_error_is_its_message_or_its_failed_states(runner):
     }
     assert runner._error(states, 2) == ("port 8001 could not be restarted", None)
     assert runner._error({"x": {"result": True, "comment": ""}}, 0) == (None, None)
-    assert runner._error(["Rendering SLS 'base:vumi.webapp' failed"], 1) == ("Rendering SLS 'base:vumi.webapp' failed", None)
+    assert runner._error(["Rendering SLS 'base:vumi.webapp' failed"], 1) == (
+        "Rendering SLS 'base:vumi.webapp' failed",
+        None,
+    )
 
 
 def test_an_error_the_bundle_names_keeps_its_kind(runner):

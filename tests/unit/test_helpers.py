@@ -178,7 +178,9 @@ def test_hooks_run_in_the_code_folder_and_a_failure_names_the_line(cfg, paths):
             "pwd > out", {"run": "touch once", "once": True}, "echo boom >&2; exit 2"]})),
         paths=paths, release=name, runas=None, run_once=False, hooks_skipped=[], timings={}, events=False,
     )  # fmt: skip
-    with pytest.raises(CommandExecutionError, match=r"before_publish hook 'echo boom >&2; exit 2' failed \(exit 2\): boom"):
+    with pytest.raises(
+        CommandExecutionError, match=r"before_publish hook 'echo boom >&2; exit 2' failed \(exit 2\): boom"
+    ):
         vumi_hooks.before_publish(d)
     assert pathlib.Path(paths.code(name), "out").read_text().strip() == paths.code(name)
     assert d.hooks_skipped == ["before_publish[1]"] and not os.path.exists(os.path.join(paths.code(name), "once"))
@@ -218,16 +220,21 @@ def test_the_webapp_command_is_filled_quoted_and_an_unknown_field_refused(cfg, p
     # no field that names one release: a supervised program runs whatever current is
     with pytest.raises(SaltInvocationError, match=r"\{release\} is not a field"):
         vumi_webapp.webapp_command(dict(cfg, webapp_command="run {release}"), paths, "20260101_000001", 8000)
-    supervised = vumi_webapp.webapp_command(dict(cfg, webapp_command="{venv}/bin/x {code}"), paths, "20260101_000001", 8000, supervised=True)
+    supervised = vumi_webapp.webapp_command(
+        dict(cfg, webapp_command="{venv}/bin/x {code}"), paths, "20260101_000001", 8000, supervised=True
+    )
     assert supervised == f"{paths.current}/ve/bin/x {paths.current}/{cfg['app']}"
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("https://deploy:hunter2@git.example.org/app.git", "https://deploy:****@git.example.org/app.git"),
-    ("https://ghp_token123@github.com/me/app.git", "https://****@github.com/me/app.git"),
-    ("git clone ssh://git@host/app.git failed", "git clone ssh://****@host/app.git failed"),
-    ("/srv/git/app.git", "/srv/git/app.git"),
-    ("git@github.com:me/app.git", "git@github.com:me/app.git"),  # scp form: a user name, no secret
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://deploy:hunter2@git.example.org/app.git", "https://deploy:****@git.example.org/app.git"),
+        ("https://ghp_token123@github.com/me/app.git", "https://****@github.com/me/app.git"),
+        ("git clone ssh://git@host/app.git failed", "git clone ssh://****@host/app.git failed"),
+        ("/srv/git/app.git", "/srv/git/app.git"),
+        ("git@github.com:me/app.git", "git@github.com:me/app.git"),  # scp form: a user name, no secret
+    ],
+)
 def test_credentials_in_urls_are_masked(url, shown):
     assert vumi_settings.mask_credentials(url) == shown

@@ -13,10 +13,20 @@ import pathlib
 UTILS = pathlib.Path(__file__).resolve().parents[2] / "salt" / "_utils"
 
 LAYERS = [
-    {"errors", "version", "settings", "paths", "files", "commands", "probes", "manifest", "settings_file",
-     "shared"},
-    {"history", "lock", "events", "naming", "freeze", "environment", "git", "virtualenv", "hooks", "supervisor",
-     "privileges"},
+    {"errors", "version", "settings", "paths", "files", "commands", "probes", "manifest", "settings_file", "shared"},
+    {
+        "history",
+        "lock",
+        "events",
+        "naming",
+        "freeze",
+        "environment",
+        "git",
+        "virtualenv",
+        "hooks",
+        "supervisor",
+        "privileges",
+    },
     {"releases", "layout", "health", "webapp"},
     {"pipeline", "check"},
 ]
@@ -60,7 +70,7 @@ def test_no_import_cycle():
         state[node] = "open"
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == "open":
-                cycles.append(" -> ".join(trail[trail.index(dep):] + [dep]))
+                cycles.append(" -> ".join(trail[trail.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep, trail + [dep])
         state[node] = "done"

@@ -30,9 +30,14 @@ def test_every_helper_is_installed():
 
 def test_every_folder_of_modules_and_of_the_formula_is_installed():
     packages = _listed(_options()["options"]["packages"])
-    folders = {p for p in (REPO / "salt").rglob("*") if p.is_dir() and p.name not in ("__pycache__", "_utils")
-               and not p.name.endswith(".egg-info")}
-    assert {"saltext.vumi." + ".".join(p.relative_to(REPO / "salt").parts) for p in folders} | {"saltext.vumi"} == packages
+    folders = {
+        p
+        for p in (REPO / "salt").rglob("*")
+        if p.is_dir() and p.name not in ("__pycache__", "_utils") and not p.name.endswith(".egg-info")
+    }
+    assert {"saltext.vumi." + ".".join(p.relative_to(REPO / "salt").parts) for p in folders} | {
+        "saltext.vumi"
+    } == packages
 
 
 def test_the_entry_point_names_the_folders_salt_loads():

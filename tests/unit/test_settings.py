@@ -67,7 +67,7 @@ def unit_pillar(unit_root):
         textwrap.dedent(
             f"""\
             vumi:
-              base_dir: {unit_root / 'from-pillar'}
+              base_dir: {unit_root / "from-pillar"}
               repo_url: /srv/git/app.git
               keep_releases: 3
               ports: [8000]
@@ -81,9 +81,7 @@ def unit_pillar(unit_root):
             """
         )
         # JSON strings are YAML: escapes carry NUL and newline into pillar intact
-        + "".join(
-            f"    badbranch{i}:\n      branch: {json.dumps(bad)}\n" for i, bad in enumerate(BAD_BRANCHES)
-        )
+        + "".join(f"    badbranch{i}:\n      branch: {json.dumps(bad)}\n" for i, bad in enumerate(BAD_BRANCHES))
     )
     return pillar
 
@@ -182,9 +180,7 @@ def test_bad_branch_names_from_pillar_are_refused(vumi, index):
     assert repr(bad) in str(exc.value)
 
 
-@pytest.mark.parametrize(
-    "bad", ["HEAD;id", "$(id)", "-x", "--upload-pack=id", "v1 2", "a..b", "", "ab\ncd"]
-)
+@pytest.mark.parametrize("bad", ["HEAD;id", "$(id)", "-x", "--upload-pack=id", "v1 2", "a..b", "", "ab\ncd"])
 def test_bad_revisions_are_refused(vumi, bad):
     with pytest.raises(SaltInvocationError) as exc:
         vumi.settings("staging", revision=bad)

@@ -68,9 +68,7 @@ def test_every_function_that_reads_settings_is_wrapped(wrapper):
 
 
 def test_calls_the_host_with_the_controllers_pillar(wrapper):
-    assert wrapper.restart_webapp("staging", 8001, __pub_fun="x", stop_timeout=3) == {
-        "called": "vumi.restart_webapp"
-    }
+    assert wrapper.restart_webapp("staging", 8001, __pub_fun="x", stop_timeout=3) == {"called": "vumi.restart_webapp"}
     ((name, args, kwargs),) = wrapper.calls
     assert (name, args) == ("vumi.restart_webapp", ("staging", 8001))
     assert kwargs["stop_timeout"] == 3 and "__pub_fun" not in kwargs

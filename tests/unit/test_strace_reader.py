@@ -4,8 +4,8 @@ a file of the tree opened by root counts, a folder listed does not, and nothing 
 process did after it dropped to the user (or its children) counts.
 """
 
-import sys
 import pathlib
+import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "functional"))
 

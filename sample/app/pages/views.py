@@ -8,12 +8,12 @@ import sys
 import time
 
 import django
-import vumi_sample_lib
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+import vumi_sample_lib
 from pages.models import Visit
 
 CODE_DIR = settings.BASE_DIR
@@ -102,8 +102,10 @@ def noise(request):
 @csrf_exempt
 def visits(request):
     Visit.objects.create(path=request.path)
-    return JsonResponse({
-        "visits": Visit.objects.count(),
-        "database": connection.vendor,
-        "release": os.path.basename(_release_dir()),
-    })
+    return JsonResponse(
+        {
+            "visits": Visit.objects.count(),
+            "database": connection.vendor,
+            "release": os.path.basename(_release_dir()),
+        }
+    )
