@@ -24,7 +24,7 @@ from saltfactories.utils.functional import Loaders
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from support import helpers, tree, users
-from support.helpers import alive, clone_origin, env_root, http_get  # noqa: F401  (clone_origin: for the test modules)
+from support.helpers import alive, clone_origin, env_root, http_get, set_vumi_options  # noqa: F401  (clone_origin: for the test modules)
 from support.net import free_port  # noqa: F401  (for the test modules)
 from support.salt_config import masterless_minion  # noqa: F401  (for the test modules)
 from support.tree import history  # noqa: F401  (for the test modules)
@@ -52,12 +52,10 @@ class ModuleLoaders:
         # no pillar: the bundle's pillar names /var/praekelt, and pillar would win
         opts = dict(minion_opts, vumi={}, pillar_roots={"base": [str(pillar)]}, cachedir=str(top / "salt-cache"))
         self.loaders = Loaders(opts)
-        self.settings = self.loaders.opts["vumi"]  # the loader's own copy: the one modules read
 
     def use(self, settings):
         self.loaders.reset_state()
-        self.settings.clear()
-        self.settings.update(settings)
+        set_vumi_options(self.loaders, settings)
         assert self.vumi.settings("staging")["base_dir"] == settings["base_dir"]
         return self.loaders
 
@@ -70,7 +68,7 @@ class ModuleLoaders:
         return self.loaders.states.vumi
 
     def close(self):
-        self.settings.clear()
+        set_vumi_options(self.loaders, {})
         self.loaders.reset_state()
 
 

@@ -35,7 +35,16 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from support import tree, users
-from support.helpers import clone_origin, current_target, env_root, http_get, loaders_for, owned_by, release_dirs
+from support.helpers import (
+    clone_origin,
+    current_target,
+    env_root,
+    http_get,
+    loaders_for,
+    owned_by,
+    release_dirs,
+    set_vumi_options,
+)
 
 ME = getpass.getuser()
 
@@ -87,23 +96,22 @@ def module_loaders(minion_opts, empty_pillar, tmp_path_factory):
     """
     cachedir = str(tmp_path_factory.mktemp("salt-cache"))
     with loaders_for(minion_opts, {}, empty_pillar, cachedir=cachedir) as loaders:
-        yield loaders, loaders.opts["vumi"]  # the loader's own copy: the one modules read
+        yield loaders
 
 
 @pytest.fixture
 def loaders(module_loaders, vumi_config):
     """Overrides conftest's: an empty pillar, this test's settings, the user running the tests."""
-    loaders, settings = module_loaders
+    loaders = module_loaders
     vumi_config.setdefault("user", ME)
-    settings.clear()
-    settings.update(vumi_config)
+    set_vumi_options(loaders, vumi_config)
     # never deploy anywhere but the test's own temp dir
     assert loaders.modules.vumi.settings("staging")["base_dir"] == vumi_config["base_dir"]
     try:
         yield loaders
     finally:
         loaders.reset_state()  # clears __context__
-        settings.clear()
+        set_vumi_options(loaders, {})
 
 
 @pytest.fixture(scope="module")

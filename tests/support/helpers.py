@@ -129,6 +129,23 @@ def sls_pillar(supervisor, **pillar):
     return dict(pillar, vumi=vumi)
 
 
+def set_vumi_options(loaders, settings, reload=True):
+    """
+    Make ``settings`` the ``vumi`` minion options the modules of ``loaders`` read: the
+    loaders' options and the execution modules' loader's own copy (Salt 3006 copies
+    the options again when it builds a loader; 3008 shares them).
+    """
+    copies = {id(d): d for d in (loaders.opts["vumi"], loaders.modules.opts["vumi"])}
+    for copy in copies.values():
+        copy.clear()
+        copy.update(settings)
+    stale = "base_dir" in settings and loaders.modules.vumi.settings("default")["base_dir"] != settings["base_dir"]
+    if stale and reload:
+        # Salt 3006: a state.apply through these loaders left the module bound to older options
+        loaders.reload_all()
+        set_vumi_options(loaders, settings, reload=False)
+
+
 @contextlib.contextmanager
 def loaders_for(minion_opts, vumi, pillar_dir=None, **opts):
     """
