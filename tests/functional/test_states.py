@@ -203,7 +203,10 @@ def test_failed_deploy_keeps_current_and_the_webapp_serving(states, vumi, repo, 
     ret = states.deployed(ENV, requirements="config/missing.pip")
     assert ret.result is False
     assert "config/missing.pip not found" in ret.comment, ret.comment
-    assert ret.changes == {}
+    # its one change: the half-built release, set aside for a look
+    kept = pathlib.Path(ret.changes["failed_release"]["new"])
+    assert ret.changes == {"failed_release": {"old": None, "new": str(kept)}} and kept.parent.name == "failed"
+    assert kept.is_dir() and not (kept / "release.json").exists()
     still_good()
 
     # a repository that cannot be reached (nothing to clone or fetch)
