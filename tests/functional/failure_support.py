@@ -60,6 +60,11 @@ class ModuleLoaders:
         return self.loaders
 
     @property
+    def settings(self):
+        """The ``vumi`` options the module reads now."""
+        return self.loaders.modules.opts["vumi"]
+
+    @property
     def vumi(self):
         return self.loaders.modules.vumi
 
