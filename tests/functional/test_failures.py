@@ -338,9 +338,9 @@ FAILURES = {
         ["'0123456789abcdef0123456789abcdef01234567' is not in"]),
     "fetch: an unreachable repo": (None, _unreachable, "fetch", ["git fetch http://127.0.0.1:", "failed"]),
     "health: a webapp that exits at start": (
-        # gunicorn opens the port, then exits when its worker fails: the probe sees it exit, or the
-        # wait for the port does, whichever comes first
-        _commit_crash_at_start, {}, "health", ["exited with code 3", "crashing at start on purpose"]),
+        # gunicorn exits (code 1 or 3, by when its worker fails) before or after it opens the port:
+        # the wait for the port sees it ("did not start: exited with code"), or the probe does
+        _commit_crash_at_start, {}, "health", ["exited with code", "crashing at start on purpose"]),
     "health: /health answers 500": (
         _commit_health_fail, {"health_path": "/health"}, "health", ["answered HTTP 500 Internal Server Error", "unhealthy: HEALTH_FAIL"]),
     "health: a webapp that never listens": (
