@@ -147,13 +147,19 @@ class Load:
         for thread in self.threads:
             thread.join(30)
 
-    def wait_for(self, count, timeout=10):
-        """Until ``count`` more answers came in (the load is flowing)."""
+    def wait_for(self, count, timeout=30):
+        """
+        Until ``count`` more answers came in (the load is flowing). The bound is longer than
+        a request's own (10 s): a request that hangs is then counted as failed, and named.
+        """
         with self.lock:
             target = len(self.answers) + count
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
         while len(self.answers) < target:
-            assert time.monotonic() < deadline, f"the load stalled: {self.failed[-3:]}"
+            assert time.monotonic() - began < timeout, (
+                f"the load stalled: {len(self.answers)} of {target} answers after {timeout}s, "
+                f"{self.sent} sent, last failures {self.failed[-3:]}"
+            )
             time.sleep(0.01)
 
     def since(self, moment):
