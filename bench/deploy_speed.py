@@ -212,38 +212,36 @@ def raw_git_work(work, upstream, n):
 
 def ssh_ratios(work, runs):
     """Section 9: salt-ssh no-op apply against a one-state SLS; None without sshd."""
-    sys.path[:0] = [str(REPO / "tests" / "integration"), str(REPO / "tests")]
-    import fleet_support  # noqa: E402  pylint: disable=import-outside-toplevel
-    import ssh_support  # noqa: E402  pylint: disable=import-outside-toplevel
+    from support import fleet, ssh  # pylint: disable=import-outside-toplevel  (sshd's binary checked first)
 
-    if not ssh_support.SSHD.is_file():
+    if not ssh.SSHD.is_file():
         return None
     root = work / "ssh"
     (root / "sls").mkdir(parents=True)
     (root / "sls" / "one.sls").write_text("one:\n  test.succeed_without_changes: []\n")
-    ports = fleet_support.free_ports(2, {18123})
-    hosts = [fleet_support.make_host(root / f"web-{i}", f"web-{i}", {"staging": [ports[i]]}) for i in range(2)]
-    pillar = fleet_support.write_pillar(root / "pillar", hosts)
-    with ssh_support.running_sshd(root / "sshd") as sshd:
-        ctl = ssh_support.write_controller(root, sshd, [h.id for h in hosts], pillar)
-        ssh_support.sync_all(ctl)
+    ports = fleet.free_ports(2, {18123})
+    hosts = [fleet.make_host(root / f"web-{i}", f"web-{i}", {"staging": [ports[i]]}) for i in range(2)]
+    pillar = fleet.write_pillar(root / "pillar", hosts)
+    with ssh.running_sshd(root / "sshd") as sshd:
+        ctl = ssh.write_controller(root, sshd, [h.id for h in hosts], pillar)
+        ssh.sync_all(ctl)
         vumi = """state.apply vumi pillar='{"branch": "staging"}'"""
         one_state = """state.apply one pillar='{"branch": "staging"}'"""  # the same pillar=: see section 6
         try:
-            code, data, proc, _ = ssh_support.salt_ssh(ctl, "web-*", vumi)
+            code, data, proc, _ = ssh.salt_ssh(ctl, "web-*", vumi)
             if code != 0:
                 raise SystemExit(f"salt-ssh state.apply vumi failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
             noop, one, noop_logins, one_logins = [], [], [], []
             for _ in range(runs):
                 for line, times, logins in ((vumi, noop, noop_logins), (one_state, one, one_logins)):
-                    before = ssh_support.sessions(sshd)
-                    code, data, proc, elapsed = ssh_support.salt_ssh(ctl, "web-*", line)
+                    before = ssh.sessions(sshd)
+                    code, data, proc, elapsed = ssh.salt_ssh(ctl, "web-*", line)
                     assert code == 0 and all(not r["changes"] for d in data.values() for r in d.values()), data
                     times.append(elapsed)
-                    logins.append((ssh_support.sessions(sshd) - before) / len(hosts))
+                    logins.append((ssh.sessions(sshd) - before) / len(hosts))
         finally:
-            ssh_support.salt_ssh(ctl, "web-*", "vumi.stop_webapp_cluster staging")
-            fleet_support.kill_leftover_webapps(hosts)  # and each host's supervisord
+            ssh.salt_ssh(ctl, "web-*", "vumi.stop_webapp_cluster staging")
+            fleet.kill_leftover_webapps(hosts)  # and each host's supervisord
     return {"noop": median(noop), "one": median(one), "noop_logins": median(noop_logins),
             "one_logins": median(one_logins)}  # fmt: skip
 

@@ -2,8 +2,8 @@
 """
 Fleet timings: a real salt-master and four minions; for 1, 2 and 4 targeted
 minions, the median of an orchestrated code-only deploy and of a no-op ``state.apply vumi``
-through the master, and the ratios 4/1. The work is in tests/integration/bench_fleet.py
-(it needs the suite's salt-factories fixtures); this runs it.
+through the master, and the ratios 4/1. The work is in bench/fleet_bench.py, run by pytest (it needs
+salt-factories' fixtures, which bench/conftest.py sets up); this runs it.
 
     .venv/bin/python bench/fleet_speed.py [--runs 3]
 """
@@ -23,6 +23,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     os.environ["VUMI_BENCH_RUNS"] = str(args.runs)
     os.chdir(REPO)
-    sys.exit(
-        pytest.main([str(REPO / "tests" / "integration" / "bench_fleet.py"), "-q", "-s", "-p", "no:cacheprovider"])
-    )
+    sys.exit(pytest.main([str(REPO / "bench" / "fleet_bench.py"), "-q", "-s", "-p", "no:cacheprovider"]))

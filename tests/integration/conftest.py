@@ -12,7 +12,8 @@ import contextlib
 
 import pytest
 import salt._logging.impl
-from fleet_support import ENVS, kill_leftover_webapps, make_hosts, started_master
+
+from support.fleet import ENVS, kill_leftover_webapps, make_hosts, started_master
 
 
 @pytest.fixture(scope="session", autouse=True)

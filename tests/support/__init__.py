@@ -7,8 +7,11 @@ What the tests share, one module per concern:
 - ``tree``: an environment's history, snapshots of a tree;
 - ``net``: free loopback ports;
 - ``salt_config``: a masterless minion's config;
-- ``supervisor``, ``nginx``, ``postgres``, ``git_http``: the real daemons a test starts.
-
-Fixtures of one level live beside its tests (``functional/failure_support.py``,
-``functional/privileges_support.py``, ``integration/fleet_support.py``, ``ssh_support.py``).
+- ``supervisor``, ``nginx``, ``postgres``, ``git_http``: the real daemons a test starts;
+- ``failures``: environments built fast, ``salt-call`` in a subprocess, an operator's checks
+  after an accident (the failure, crash and hostile-input tests);
+- ``privileges``: a throw-away deploy user with a deployed environment, and its attacks
+  (fixtures, imported by name into the modules that use them);
+- ``fleet``: hosts on this one machine for a real salt-master and minions; ``ssh``: a real
+  sshd and a salt-ssh controller.
 """
