@@ -1,0 +1,48 @@
+"""
+``salt/_utils/vumi_check.py``: the pre-flight (Capistrano's ``deploy:check``) against a
+real upstream repository with Salt's own ``cmd.run_all``. Each finding says what a
+deploy would meet, and the check changes nothing.
+"""
+
+import os
+
+import pytest
+
+import vumi_check
+import vumi_freeze
+import vumi_git
+from support.tree import snapshot
+
+
+def test_a_new_environment_checks_clean_and_nothing_is_made(salt_functions, git_cfg, paths, upstream, tmp_path):
+    before = snapshot(tmp_path)
+    found = vumi_check.check(salt_functions, git_cfg, paths)
+    assert found["ok"] is True, found
+    assert set(found["checks"]) == {"shared", "lock", "repository"}  # no cache yet: requirements at the fetch
+    assert found["checks"]["repository"]["detail"].startswith(f"{upstream} has branch staging at ")
+    assert vumi_check.tree(git_cfg, paths) == {"ok": True, "detail": f"{paths.root} will be made under {tmp_path}"}
+    assert snapshot(tmp_path) == before
+
+
+def test_what_would_fail_the_deploy_is_named(salt_functions, git_cfg, deploy_of):
+    d = deploy_of(dict(git_cfg, shared_files=[".env"], requirements="requirements.txt"))
+    vumi_git.fetch(d)  # the cache holds the commit: the requirements file is looked for in it
+    vumi_freeze.lock(d.cfg, d.paths, "incident", {"user": "alice"})
+    found = vumi_check.check(salt_functions, d.cfg, d.paths)
+    assert found["ok"] is False
+    checks = found["checks"]
+    assert checks["shared"] == {"ok": False, "detail": "shared files missing: .env"}
+    assert checks["lock"]["ok"] is False and "locked by alice" in checks["lock"]["detail"]
+    assert checks["requirements"] == {"ok": False, "detail": f"requirements.txt is not in {d.sha[:12]}"}
+    unknown = vumi_check.check(salt_functions, dict(d.cfg, branch="stagin"), d.paths)
+    assert unknown["checks"]["repository"]["ok"] is False
+    assert "branch 'stagin' not found" in unknown["checks"]["repository"]["detail"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a folder away")
+def test_a_tree_of_another_owner_is_named(cfg, paths):
+    os.makedirs(paths.root)
+    assert vumi_check.tree(cfg, paths)["ok"] is True
+    os.chown(paths.root, 1, 1)
+    found = vumi_check.tree(cfg, paths)
+    assert found["ok"] is False and f"{paths.root} belongs to uid 1, not to {cfg['user']}" in found["detail"]
