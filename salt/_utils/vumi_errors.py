@@ -1,8 +1,8 @@
 """
 The errors an operator, a state or the fleet runner acts on differently, one class each.
 Every one is a ``CommandExecutionError`` (Salt reports it as any module's error:
-``ERROR: <message>``, retcode 1) and keeps its facts as plain data in ``facts`` (and
-as attributes), so the privilege pipe carries them from the deploy user's process
+``ERROR: <message>``, retcode 1) and keeps its facts as plain data in ``facts`` (read
+as attributes too), so the privilege pipe carries them from the deploy user's process
 and :py:func:`as_data` hands them to the fleet runner.
 """
 
@@ -15,8 +15,13 @@ class VumiError(CommandExecutionError):
     def __init__(self, message, **facts):
         super().__init__(message)
         self.facts = facts
-        for key, value in facts.items():
-            setattr(self, key, value)
+
+    def __getattr__(self, name):
+        """A fact as an attribute (``exc.stage``): ``facts`` is the one place they are kept."""
+        try:
+            return self.__dict__["facts"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 class Locked(VumiError):

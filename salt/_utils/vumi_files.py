@@ -50,14 +50,23 @@ def chown(path, runas):
         os.lchown(path, entry.pw_uid, entry.pw_gid)
 
 
+@contextlib.contextmanager
+def making(path):
+    """An error making the folder ``path`` said as the bundle says it (a path under a file, a folder Salt cannot write)."""
+    try:
+        yield
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot make the folder {path}: {exc.strerror}") from None
+
+
 def makedirs(path, runas, mode=0o755):
     if os.path.islink(path):
         raise CommandExecutionError(f"{path} is a symlink; refusing to use it")
     if not os.path.isdir(path):
-        try:
+        with making(path):
             os.makedirs(path, mode=mode)
-        except OSError as exc:  # a path under a regular file, a folder Salt cannot write
-            raise CommandExecutionError(f"cannot make the folder {path}: {exc.strerror}") from None
         chown(path, runas)
         return True
     return False

@@ -331,12 +331,12 @@ def ensure_env_root(cfg, paths, user):
         if not os.path.isdir(path) or os.path.islink(path):
             if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
                 raise CommandExecutionError(f"{path} is not a folder (a link or a file); refusing")
-        with _making(path):
+        with vumi_files.making(path):
             if path in (cfg["base_dir"], paths.app_dir):
                 _root_dir(path)
             elif not os.path.isdir(path):
                 os.mkdir(path, 0o755)
-    with _making(paths.root):
+    with vumi_files.making(paths.root):
         try:
             os.mkdir(paths.root, 0o755)
             made = True
@@ -354,17 +354,6 @@ def ensure_env_root(cfg, paths, user):
     finally:
         os.close(fd)
     return made
-
-
-@contextlib.contextmanager
-def _making(path):
-    """An error making ``path`` said as the bundle says it (a path under a file, a folder Salt cannot write)."""
-    try:
-        yield
-    except OSError as exc:
-        if isinstance(exc, FileExistsError):
-            raise
-        raise CommandExecutionError(f"cannot make the folder {path}: {exc.strerror}") from None
 
 
 def _parents(path):
