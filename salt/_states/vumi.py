@@ -38,6 +38,25 @@ def _ret(name):
     return {"name": name, "result": True, "changes": {}, "comment": ""}
 
 
+def settings_valid(name, **kwargs):
+    """
+    The settings of environment ``name`` are valid: every key of pillar ``vumi`` (and of
+    the minion's ``vumi`` option) known, each value checked. Otherwise the state fails,
+    naming each problem (``unknown key pillar vumi:requirments; did you mean
+    requirements?``). The ``vumi`` SLS runs it first, with ``failhard``: nothing of the
+    environment (a database, a folder, a site) is made from settings with a typo.
+
+    name
+        The environment.
+    """
+    ret = _ret(name)
+    try:
+        __salt__["vumi.settings"](name, **kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    return dict(ret, comment=f"the settings of {name} are valid")
+
+
 def tree(name, **kwargs):
     """
     The folders of environment ``name`` (``vumi.layout``): made where missing,

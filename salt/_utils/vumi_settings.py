@@ -5,6 +5,7 @@ Read in one place: ``merge`` is what ``vumi.settings`` returns.
 """
 
 import copy
+import difflib
 import logging
 import os
 import re
@@ -96,6 +97,68 @@ DATABASE_DEFAULTS = {
     "admin_password": None,
     "runas": "postgres",
 }
+
+
+#: what salt/vumi/map.jinja reads besides the module's settings (their defaults are in
+#: salt/vumi/defaults.yaml; tests/unit checks these names against it)
+SLS_KEYS = ("layout", "deploy", "webapp")
+NGINX_KEYS = (
+    "enabled", "server_name", "listen", "static", "static_url", "media", "media_url", "ssl_certificate",
+    "ssl_certificate_key", "connect_timeout", "conf_dir", "package", "service", "test_cmd", "manage_package",
+    "manage_service",
+)  # fmt: skip
+#: keys of pillar ``vumi`` alone, not of an environment's section
+GLOBAL_ONLY = ("environments", "deploy", "manage_user")
+#: the mappings whose keys are the bundle's (``env`` and ``settings`` hold the user's own names)
+NESTED = {"supervisor": SUPERVISOR_DEFAULTS, "database": DATABASE_DEFAULTS, "hooks": ("before_publish", "after_publish"),
+          "sls": SLS_KEYS, "nginx": NGINX_KEYS}  # fmt: skip
+KNOWN = (*DEFAULTS, "deploy", "manage_user", "sls", "nginx")
+
+
+def _unknown(key, known, what):
+    """``what`` names the unknown ``key``; the closest of ``known`` is offered, or the list when it is short."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+    if close:
+        hint = f"; did you mean {close[0]}?"
+    elif len(known) <= 16:
+        hint = f"; known keys: {', '.join(sorted(known))}"
+    else:
+        hint = " (every key: docs/settings-reference.md)"
+    return f"unknown {what}{hint}"
+
+
+def _section(mapping, where, known):
+    problems = []
+    for key, value in mapping.items():
+        if key in GLOBAL_ONLY and key not in known:
+            problems.append(f"{where}:{key}: set {key} at the top of pillar vumi, not per environment")
+        elif key not in known:
+            problems.append(_unknown(key, known, f"key {where}:{key}"))
+        elif key in NESTED and isinstance(value, dict):
+            problems += [
+                _unknown(sub, NESTED[key], f"key {where}:{key}:{sub}") for sub in value if sub not in NESTED[key]
+            ]
+    return problems
+
+
+def schema_problems(source, where="vumi"):
+    """
+    Every key of ``source`` (pillar ``vumi``, or a minion's ``vumi`` option) and of its
+    environments that the bundle does not know, each named with where it is and the
+    closest known key: a typo is an error, never a silently ignored line.
+    """
+    if not isinstance(source, dict):
+        return [] if source is None else [f"invalid {where} {source!r}: must be a mapping"]
+    problems = _section(source, where, KNOWN)
+    environments = source.get("environments")
+    if environments is not None and not isinstance(environments, dict):
+        return problems + [f"invalid {where}:environments: must map environment names to their settings"]
+    for env, own in (environments or {}).items():
+        if isinstance(own, dict):
+            problems += _section(own, f"{where}:environments:{env}", [k for k in KNOWN if k not in GLOBAL_ONLY])
+        elif own is not None:
+            problems.append(f"invalid {where}:environments:{env} {own!r}: must be a mapping of settings")
+    return problems
 
 
 NAME_PART = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
@@ -501,9 +564,11 @@ def merge(branch, pillar, opts_vumi, overrides):
     """
     env = check_name(branch, "environment")
     overrides = {k: v for k, v in overrides.items() if not k.startswith("__")}
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise SaltInvocationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    problems = schema_problems(opts_vumi, "minion option vumi") + schema_problems(pillar, "pillar vumi")
+    problems += [_unknown(k, [d for d in DEFAULTS if d != "environments"], f"argument {k}") for k in overrides
+                 if k not in DEFAULTS or k == "environments"]  # fmt: skip
+    if problems:
+        raise SaltInvocationError("; ".join(problems) if len(problems) == 1 else "\n".join(problems))
     cfg = copy.deepcopy({k: v for k, v in DEFAULTS.items() if k != "environments"})
     environments = {}
     for source in (opts_vumi, pillar):  # pillar wins

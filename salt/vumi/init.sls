@@ -34,6 +34,15 @@ include:
 {%-   if with_nginx %}
   - vumi.nginx
 {%-   endif %}
+{%-   for env in vumi.envs %}
+
+{#- first, and failing hard: a typo in pillar stops the run before anything is made #}
+vumi-{{ env }}-settings:
+  vumi.settings_valid:
+    - name: {{ env | json }}
+    - order: 1
+    - failhard: true
+{%-   endfor %}
 {%-   set users = [] %}
 {%-   for env in vumi.envs if vumi.manage_user and vumi.of[env].user != "root" and vumi.of[env].user not in users %}
 {%-     do users.append(vumi.of[env].user) %}

@@ -250,7 +250,7 @@ CASES = [
     setting("lock_timeout", -1),
     setting("ports", HUGE, "too many ports (100000)"),
     setting("keep_releases", 0, "keep_releases 0"),
-    setting("colour", "blue", "unknown setting(s): colour"),
+    setting("colour", "blue", "unknown argument colour"),
     # hard input: values YAML or a hurried operator gives, each refused whole
     setting("revision", 1.1, "invalid revision 1.1: must be text"),  # revision: 1.10 in YAML
     setting("revision", 20261201, "invalid revision 20261201: must be text"),

@@ -10,9 +10,11 @@ loader, so ``test=True``, requisites and ``mod_watch`` behave as on a minion.
 import getpass
 import os
 import pathlib
+import re
 import socket
 
 import pytest
+from salt.exceptions import SaltInvocationError
 
 import make_repo as sample  # on sys.path thanks to tests/conftest.py
 from support import tree
@@ -383,10 +385,11 @@ class Applied:
 
     def __init__(self, ret):
         self.states = list(ret)
-        self.by_kind = {}  # by the end of the state id: vumi-<env>-layout / -deployed / -webapp
+        self.by_kind = {}  # by the end of the state id: vumi-<env>-settings / -layout / -deployed / -webapp
         for state in self.states:
             self.by_kind.setdefault(state.full_return["__id__"].rsplit("-", 1)[-1], []).append(state)
-        assert set(self.by_kind) == {"layout", "deployed", "webapp"}, ret.raw
+        assert set(self.by_kind) == {"settings", "layout", "deployed", "webapp"}, ret.raw
+        assert all(s.result is True and not s.changes for s in self.by_kind["settings"]), ret.raw
         (self.deployed,) = self.by_kind["deployed"]
         (self.webapp,) = self.by_kind["webapp"]
         self.layout = self.by_kind["layout"]
@@ -512,6 +515,34 @@ def test_sls_without_a_usable_branch_says_so(loaders, vumi_config, base_dir):
     assert snapshot(base_dir) == ({}, None)
 
 
+def test_a_typo_in_pillar_fails_the_sls_before_anything_is_made(loaders, vumi_config, base_dir, tmp_path):
+    said = "unknown key pillar vumi:requirments; did you mean requirements?"
+    pillar = sls_pillar(vumi_config, [])
+    pillar["vumi"]["requirments"] = "requirements.txt"  # one letter off
+    for test in (True, False):
+        ret = loaders.modules.state.apply("vumi", pillar=pillar, test=test)
+        assert not ret.errors, ret.errors
+        states = {state.id: state for state in ret}
+        first = states[f"vumi-{ENV}-settings"]
+        assert first.result is False and said in first.comment, first.raw
+        assert not any(state.changes for state in ret), ret.raw
+        assert all(state.result is False for state in ret), ret.raw  # failed hard: nothing else ran
+    assert snapshot(base_dir) == ({}, None)
+    # with nginx on, its SLS reads the settings as it renders: the render fails, naming the
+    # key, and no site is written
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    pillar["vumi"]["nginx"] = {"enabled": True, "conf_dir": str(sites), "listen": "127.0.0.1:1",
+                               "manage_package": False, "manage_service": False}  # fmt: skip
+    ret = loaders.modules.state.apply("vumi", pillar=pillar)
+    assert said in str(ret.errors), ret.raw
+    assert snapshot(base_dir) == ({}, None) and os.listdir(sites) == []
+    # the module says the same, in vumi.settings and vumi.check
+    for function in (loaders.modules.vumi.settings, loaders.modules.vumi.check):
+        with pytest.raises(SaltInvocationError, match=re.escape(said)):
+            function(ENV, vumi_pillar=pillar["vumi"])
+
+
 def test_without_branch_every_environment_in_vumi_deploy_converges(loaders, repo, base_dir, vumi_config):
     """state.highstate's case: no pillar branch; the host's vumi:deploy names its environments."""
     pillar = sls_pillar(vumi_config, [], branch=None)
@@ -521,7 +552,7 @@ def test_without_branch_every_environment_in_vumi_deploy_converges(loaders, repo
         assert not ret.errors, ret.errors
         ids = {state.full_return["__id__"]: state for state in ret}
         assert {
-            f"vumi-{env}-{kind}" for env in (ENV, "production") for kind in ("layout", "deployed", "webapp")
+            f"vumi-{env}-{kind}" for env in (ENV, "production") for kind in ("settings", "layout", "deployed", "webapp")
         } == set(ids)
         assert all(state.result is not False for state in ids.values()), ret.raw
         if test:

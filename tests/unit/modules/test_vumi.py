@@ -132,8 +132,12 @@ def test_settings_do_not_leak_between_calls(vumi):
 
 
 def test_unknown_setting_is_named(vumi):
-    with pytest.raises(SaltInvocationError, match="unknown setting.*repo_ulr"):
+    with pytest.raises(SaltInvocationError, match="unknown argument repo_ulr; did you mean repo_url"):
         vumi.settings("staging", repo_ulr="x")
+    # in pillar, Salt's own (compiled from the test's pillar_roots), wherever it is
+    pillar = {"environments": {"staging": {"keep_release": 3}}}
+    with pytest.raises(SaltInvocationError, match="unknown key pillar vumi:environments:staging:keep_release; did you mean keep_releases"):
+        vumi.settings("staging", vumi_pillar=pillar)
 
 
 @pytest.mark.parametrize(

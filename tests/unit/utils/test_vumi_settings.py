@@ -9,6 +9,8 @@ from salt.exceptions import SaltInvocationError
 
 import vumi_settings
 
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
 
 def test_settings_precedence_and_mappings_merged_key_by_key():
     pillar = {"env": {"A": "global", "B": "global"}, "ports": [1],
@@ -47,13 +49,55 @@ def test_credentials_in_urls_are_masked(url, shown):
 
 
 def test_every_key_has_one_entry_in_the_settings_reference():
-    repo = pathlib.Path(__file__).resolve().parents[3]
-    formula = yaml.safe_load((repo / "salt" / "vumi" / "defaults.yaml").read_text())
-    keys = set(vumi_settings.DEFAULTS) | {"manage_user"}
-    keys |= {f"supervisor:{k}" for k in vumi_settings.SUPERVISOR_DEFAULTS}
-    keys |= {f"database:{k}" for k in vumi_settings.DATABASE_DEFAULTS}
-    keys |= {f"{group}:{k}" for group in ("sls", "nginx") for k in formula[group]}
-    text = (repo / "docs" / "settings-reference.md").read_text()
+    keys = set(vumi_settings.KNOWN)
+    keys |= {f"{group}:{k}" for group, known in vumi_settings.NESTED.items() if group != "hooks" for k in known}
+    text = (REPO / "docs" / "settings-reference.md").read_text()
     entries = re.findall(r"^### `([a-z_:]+)`$", text, re.M)
     assert sorted(entries) == sorted(set(entries)), "a key with two entries"
     assert set(entries) == keys, f"undocumented: {keys - set(entries)}; documented but unknown: {set(entries) - keys}"
+
+
+def test_the_formulas_keys_are_those_of_its_defaults():
+    formula = yaml.safe_load((REPO / "salt" / "vumi" / "defaults.yaml").read_text())
+    assert set(formula) == {"sls", "nginx"}
+    assert set(formula["sls"]) == set(vumi_settings.SLS_KEYS)
+    assert set(formula["nginx"]) == set(vumi_settings.NGINX_KEYS)
+
+
+@pytest.mark.parametrize(
+    "pillar, said",
+    [
+        ({"requirments": "x"}, "unknown key vumi:requirments; did you mean requirements?"),
+        ({"supervisor": {"conf_fiel": "/x"}}, "unknown key vumi:supervisor:conf_fiel; did you mean conf_file?"),
+        ({"database": {"pasword": "x"}}, "unknown key vumi:database:pasword; did you mean password?"),
+        ({"hooks": {"before_publsh": []}}, "unknown key vumi:hooks:before_publsh; did you mean before_publish?"),
+        ({"nginx": {"enabeld": True}}, "unknown key vumi:nginx:enabeld; did you mean enabled?"),
+        ({"sls": {"webap": False}}, "unknown key vumi:sls:webap; did you mean webapp?"),
+        ({"environments": {"staging": {"prots": [8000]}}}, "unknown key vumi:environments:staging:prots; did you mean ports?"),
+        ({"environments": {"staging": {"supervisor": {"log_backup": 3}}}},
+         "unknown key vumi:environments:staging:supervisor:log_backup; did you mean log_backups?"),
+        ({"environments": {"staging": {"deploy": ["staging"]}}},
+         "vumi:environments:staging:deploy: set deploy at the top of pillar vumi, not per environment"),
+        ({"environments": {"staging": "production"}}, "invalid vumi:environments:staging 'production': must be a mapping"),
+        ({"environments": ["staging"]}, "invalid vumi:environments: must map environment names to their settings"),
+        ({"qwertyuiop": 1}, "unknown key vumi:qwertyuiop (every key: docs/settings-reference.md)"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_is_named_where_it_is_with_the_closest_known_one(pillar, said):
+    (problem,) = vumi_settings.schema_problems(pillar)
+    assert problem.startswith(said), problem
+    with pytest.raises(SaltInvocationError) as caught:
+        vumi_settings.merge("staging", pillar, None, {})
+    assert said.replace("vumi:", "pillar vumi:", 1) in str(caught.value)
+
+
+def test_every_key_a_user_writes_is_known():
+    pillar = {"deploy": ["staging"], "manage_user": True, "sls": {"webapp": False}, "nginx": {"listen": 80},
+              "env": {"ANY_NAME": "1"}, "settings": {"ANY_SETTING": 1}, "database": {"password": "x"},
+              "hooks": {"after_publish": ["true"]},
+              "environments": {"staging": {"nginx": {"listen": 8080}, "sls": {"webapp": True}, "env": {"X": "1"}},
+                               "production": None}}  # fmt: skip
+    assert vumi_settings.schema_problems(pillar) == []
+    assert vumi_settings.merge("staging", pillar, None, {})["environment"] == "staging"
+    with pytest.raises(SaltInvocationError, match="unknown argument prots; did you mean ports"):
+        vumi_settings.merge("staging", pillar, None, {"prots": [1]})
