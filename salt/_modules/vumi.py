@@ -109,8 +109,10 @@ def settings(environment, vumi_pillar=None, show_secrets=False, **kwargs):
     environment
         The environment (by default also its git branch: ``branch=`` names another).
     show_secrets
-        The values of ``env`` and ``settings`` (which may hold passwords) are
-        shown as ``**********`` unless this is true.
+        The values of ``env`` and ``settings`` whose name looks secret
+        (``PASSWORD``, ``SECRET``, ``TOKEN``, ``KEY``, ``CREDENTIAL``, ``PRIVATE``)
+        or is listed in ``secret_env``, and passwords in URLs, are masked unless
+        this is true; the others are shown.
     vumi_pillar
         A ``vumi`` pillar mapping to read instead of this host's pillar. Under
         salt-ssh a module called on its own sees no pillar, so the bundle's

@@ -60,6 +60,7 @@ DEFAULTS = {
     "health_path": None,  # None: GET / answers below 500 (up and serving); a path: it answers 2xx/3xx
     "health_timeout": 30,  # seconds the release gets to answer (a real app's cold start)
     "env": {},  # environment variables for the webapp, execute, managepy, hooks and the health check
+    "secret_env": [],  # names in env and settings vumi.settings masks, besides those that look secret
     "pip_packages": [],  # requirement specifiers installed with the requirements (part of the virtualenv's key)
     # shell lines run in the new release as user: before_publish after its virtualenv and before
     # the health check and the switch, after_publish after the switch; {run: ..., once: true}
@@ -337,6 +338,7 @@ def validate(cfg):
     if cfg["stop_signal"] in NOT_STOPPING:
         raise SaltInvocationError(f"invalid stop_signal {cfg['stop_signal']}: it does not stop a process")
     cfg["env"] = environment(cfg["env"])
+    cfg["secret_env"] = secret_names(cfg["secret_env"])
     cfg["pip_packages"] = pip_packages(cfg["pip_packages"])
     if cfg["hook_timeout"] == 0:
         raise SaltInvocationError("invalid hook_timeout 0: a hook needs more than 0 seconds")
@@ -426,6 +428,15 @@ def environment(value):
         if CONTROL_RE.search(str(item)):
             raise SaltInvocationError(f"invalid env value for {key}: {item!r} holds a line break or control character")
     return {key: str(item) for key, item in value.items()}
+
+
+def secret_names(value):
+    """Pillar ``secret_env``: names (of ``env`` or ``settings``) whose values ``vumi.settings`` masks."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and ENV_NAME_RE.match(v) for v in value):
+        raise SaltInvocationError(f"invalid secret_env {value!r}: must be a list of names (letters, digits, _)")
+    return list(value)
 
 
 def pip_packages(value):
@@ -531,19 +542,40 @@ def settings_module(cfg):
 #: mappings an environment (or a keyword argument) extends key by key instead of replacing
 MERGED = ("settings", "env", "hooks", "supervisor", "database")
 
-#: settings whose values are secrets: masked by ``vumi.settings`` unless asked
+#: the mappings that may hold secrets: ``vumi.settings`` masks those of their values whose
+#: name looks secret, or is listed in ``secret_env``, and the passwords of URLs
 SECRET = ("settings", "env")
+
+#: a name whose value is a secret wherever it appears (``SECRET_KEY``, ``DB_PASSWORD``, ``API_TOKEN``)
+SECRET_NAME_RE = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE", re.I)
+
+MASK = "**********"
+
+
+def _shown(name, value, listed):
+    if SECRET_NAME_RE.search(str(name)) or name in listed:
+        return MASK
+    if isinstance(value, dict):  # DATABASES: {default: {PASSWORD: ...}}
+        return {k: _shown(k, v, listed) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(name, v, listed) for v in value]
+    return mask_credentials(value) if isinstance(value, str) else value
 
 
 def masked(cfg):
-    """The settings as ``vumi.settings`` shows them: the values of secret mappings masked, and URL passwords."""
-    shown = dict(cfg, **{key: {k: "**********" for k in (cfg[key] or {})} for key in SECRET if cfg.get(key)})
+    """
+    The settings as ``vumi.settings`` shows them: in ``env`` and ``settings`` the values
+    whose name looks secret or is listed in ``secret_env`` masked, passwords in URLs masked
+    everywhere; the other values shown (``DEBUG``, ``ALLOWED_HOSTS``, ``DB_HOST``).
+    """
+    names = set(cfg.get("secret_env") or ())
+    shown = dict(cfg, **{key: _shown("", cfg[key], names) for key in SECRET if cfg.get(key)})
     shown["repo_url"] = mask_credentials(cfg["repo_url"])
     if cfg.get("database"):
         shown["database"] = dict(cfg["database"], url=mask_credentials(cfg["database"]["url"]))
         for key in ("password", "admin_password"):
             if shown["database"][key]:
-                shown["database"][key] = "**********"
+                shown["database"][key] = MASK
     return shown
 
 

@@ -136,7 +136,10 @@ def test_unknown_setting_is_named(vumi):
         vumi.settings("staging", repo_ulr="x")
     # in pillar, Salt's own (compiled from the test's pillar_roots), wherever it is
     pillar = {"environments": {"staging": {"keep_release": 3}}}
-    with pytest.raises(SaltInvocationError, match="unknown key pillar vumi:environments:staging:keep_release; did you mean keep_releases"):
+    with pytest.raises(
+        SaltInvocationError,
+        match="unknown key pillar vumi:environments:staging:keep_release; did you mean keep_releases",
+    ):
         vumi.settings("staging", vumi_pillar=pillar)
 
 

@@ -18,7 +18,27 @@ def test_settings_precedence_and_mappings_merged_key_by_key():
     cfg = vumi_settings.merge("staging", pillar, {"ports": [0]}, {"env": {"C": 3}})
     assert cfg["env"] == {"A": "global", "B": "staging", "C": "3"} and cfg["ports"] == [2]
     assert cfg["environment"] == "staging" and cfg["branch"] == "staging"
-    assert vumi_settings.masked(cfg)["env"] == {"A": "**********", "B": "**********", "C": "**********"}
+    assert vumi_settings.masked(cfg)["env"] == {"A": "global", "B": "staging", "C": "3"}
+
+
+def test_secrets_are_masked_and_settings_are_not():
+    pillar = {
+        "env": {"DEBUG": "1", "DB_HOST": "db", "DB_PASSWORD": "pw1", "API_TOKEN": "t", "STRIPE_LIVE": "sk",
+                "DATABASE_URL": "postgres://app:pw2@db/app"},
+        "secret_env": ["STRIPE_LIVE"],
+        "settings": {"SECRET_KEY": "k", "ALLOWED_HOSTS": ["a.example"], "DATABASES": {"default": {"HOST": "db",
+                     "PASSWORD": "pw3"}}, "BROKER": ["amqp://u:pw4@mq//"]},
+    }  # fmt: skip
+    shown = vumi_settings.masked(vumi_settings.merge("staging", pillar, None, {}))
+    assert shown["env"] == {"DEBUG": "1", "DB_HOST": "db", "DB_PASSWORD": "**********", "API_TOKEN": "**********",
+                            "STRIPE_LIVE": "**********", "DATABASE_URL": "postgres://app:****@db/app"}  # fmt: skip
+    assert shown["settings"] == {"SECRET_KEY": "**********", "ALLOWED_HOSTS": ["a.example"],
+                                 "DATABASES": {"default": {"HOST": "db", "PASSWORD": "**********"}},
+                                 "BROKER": ["amqp://u:****@mq//"]}  # fmt: skip
+    assert not any(secret in str(shown) for secret in ("pw1", "pw2", "pw3", "pw4", "sk"))
+    for bad in ("STRIPE_LIVE", [1], ["A-B"]):
+        with pytest.raises(SaltInvocationError, match=f"invalid secret_env {re.escape(repr(bad))}"):
+            vumi_settings.merge("staging", dict(pillar, secret_env=bad), None, {})
 
 
 def test_hooks_are_normalised_and_bad_ones_named():
