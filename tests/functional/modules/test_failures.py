@@ -3,14 +3,9 @@ Never break what runs: the health-gated switch, a failure injected
 at each stage while an old webapp serves, and file ownership when Salt runs as root
 (deploys SIGKILLed at 20+ moments and concurrent deploys: test_crashes.py).
 
-Everything is real: git repositories, virtualenvs, webapp processes on free
-loopback ports answering HTTP, ``salt-call --local`` in subprocesses killed
-with SIGKILL. Speed: one virtualenv is built for the module and copied into
-each environment, where deploys reuse it (same requirements), so most deploys
-only move code (~0.1 s) and the kills land in fetch, cut, link, manifest,
-health and publish; a few tests build a virtualenv for real.
-
-Run with ``pytest -s`` to see, per group, how many cases left ``current`` valid.
+Everything is real: git repositories, virtualenvs, webapp processes on free loopback
+ports answering HTTP, ``salt-call --local`` in subprocesses. The environments are built
+as test_crashes.py's are (tests/support/failures.py: one virtualenv per module, copied).
 """
 
 import contextlib
