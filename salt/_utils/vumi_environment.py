@@ -41,8 +41,10 @@ def _base(cfg, venv):
         "VIRTUAL_ENV": venv,
         "VUMI_ENV": cfg["environment"],
     }
-    if cfg.get("database"):  # pillar env may still name another URL: it comes later
-        env[cfg["database"]["url_env"]] = cfg["database"]["url"]
+    db = cfg.get("database")
+    if db:  # pillar env may still name another URL: it comes later
+        env[db["url_env"]] = db["url"]
+        env.update({name: str(db[part]) for name, part in db["env"].items()})  # the parts, as the app reads them
     return env
 
 

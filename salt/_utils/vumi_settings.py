@@ -93,6 +93,7 @@ DATABASE_DEFAULTS = {
     "host": "127.0.0.1",
     "port": 5432,
     "url_env": "DATABASE_URL",  # the variable that hands the URL to the app
+    "env": {},  # more variables for the app, each one part of it: {DB_HOST: host, DB_PASSWORD: password}
     # how database.sls reaches the server to make them (Salt's postgres_* db_user, db_password, user)
     "admin_user": None,
     "admin_password": None,
@@ -381,11 +382,30 @@ def database(value, cfg):
     db["port"] = parse_port(db["port"])
     if not isinstance(db["url_env"], str) or not ENV_NAME_RE.match(db["url_env"]):
         raise SaltInvocationError(f"invalid database:url_env {db['url_env']!r}: must be a variable name")
+    db["env"] = database_env(db["env"])
     host = f"[{db['host']}]" if ":" in db["host"] else db["host"]
     db["url"] = (
         f"postgres://{db['user']}:{urllib.parse.quote(db['password'], safe='')}@{host}:{db['port']}/{db['name']}"
     )
     return db
+
+
+#: the parts of the database a variable of ``database:env`` may hand to the app
+DATABASE_PARTS = ("host", "port", "name", "user", "password", "url")
+
+
+def database_env(value):
+    """Pillar ``database:env``: variable names, each mapped to a part of the database (``DATABASE_PARTS``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SaltInvocationError(f"invalid database:env {value!r}: must map variable names to parts of the database")
+    for name, part in value.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise SaltInvocationError(f"invalid database:env variable {name!r}: letters, digits and _")
+        if part not in DATABASE_PARTS:
+            raise SaltInvocationError(f"invalid database:env {name}: {part!r}: one of {', '.join(DATABASE_PARTS)}")
+    return dict(value)
 
 
 def supervisor(value):

@@ -57,7 +57,10 @@ def site(minion_opts, vumi_config, postgres, tmp_path, free_port):
     override = dict(
         {"user": getpass.getuser()},  # unless the environments are a deploy user's
         **vumi_config,
-        database=postgres.database_settings("s3cret pass/word", name=name, user=name),
+        database=postgres.database_settings(
+            "s3cret pass/word", name=name, user=name,
+            env={"DB_HOST": "host", "DB_PORT": "port", "DB_NAME": "name", "DB_USER": "user", "DB_PASSWORD": "password"},
+        ),  # fmt: skip
         hooks={"before_publish": ["./manage.py migrate --noinput", "./manage.py collectstatic --noinput"]},
         nginx={
             "enabled": True, "listen": f"127.0.0.1:{nginx_port}", "server_name": "localhost",
@@ -106,6 +109,12 @@ def test_first_deploy_migrates_before_the_switch_and_serves_rows_from_postgres(s
     # collectstatic ran too: nginx serves the release's static files
     nginx.start()
     assert http_get(nginx.port, "/static/pages/site.css")[0] == 200
+
+    # the parts reach the app's processes too (database:env): a client that reads them apart logs in
+    connect = ("import os, psycopg; e = os.environ; print(psycopg.connect(host=e['DB_HOST'], port=e['DB_PORT'], "
+               "dbname=e['DB_NAME'], user=e['DB_USER'], password=e['DB_PASSWORD']).execute('SELECT current_user')"
+               ".fetchone()[0])")  # fmt: skip
+    assert loaders.modules.vumi.execute(ENV, f'python -c "{connect}"')["stdout"] == db
 
     # the password never shows: vumi.settings masks it, the URL included
     shown = loaders.modules.vumi.settings(ENV)["database"]
