@@ -677,6 +677,8 @@ def rollback(environment, release=None, restart=True, **kwargs):
     if not isinstance(restart, bool):
         raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
     who = vumi_history.who(__opts__, kwargs)
+    if restart:  # what the restart needs is there before anything switches
+        vumi_webapp.can_restart(cfg)
     # the switch as the user; the restart through supervisor, root's part
     res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, who)
     _deployed(cfg, res["release"], res["revision"])

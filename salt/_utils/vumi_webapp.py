@@ -415,7 +415,15 @@ def stop_child(proc, grace, sig="SIGTERM"):
         return True
 
 
+def can_restart(cfg):
+    """Before a switch that restarts: supervisord answers, when there are ports to restart (else it is not needed)."""
+    if cfg["ports"]:
+        vumi_supervisor.Supervisor(cfg).ping()
+
+
 def restart_running(cfg, paths):
     """Restart the running ports onto ``current``, one at a time (supervisor's: root's part of a rollback)."""
+    if not cfg["ports"]:
+        return []  # nothing to restart: supervisord is not asked
     running = [p for p, s in status(cfg, paths).items() if s["running"] and p in cfg["ports"]]
     return [r["port"] for r in cluster(restart, cfg, paths, running)] if running else []

@@ -603,6 +603,22 @@ def test_a_rollback_whose_port_does_not_come_back_says_it_switched_and_stops_the
     assert status == 200 and body["release"] == second["release"], body
 
 
+def test_a_rollback_needs_supervisord_only_when_it_has_ports_to_restart(vumi, repo, base_dir, seed, tmp_path):
+    seed()
+    (r1, _), (r2, _) = _deploy_commits(vumi, repo, 2)
+    away = tmp_path / "supervisord.conf"
+    away.write_text(f"[unix_http_server]\nfile={tmp_path}/gone.sock\n")
+    supervisor = {"conf_file": str(away)}
+    # no ports: nothing to restart, supervisord is not asked
+    assert vumi.rollback("staging", ports=[], supervisor=supervisor)["release"] == r1
+    assert vumi.rollback("staging", r2, ports=[], supervisor=supervisor)["restarted"] == []
+    # ports to restart and supervisord away: refused before the switch, nothing recorded
+    before = history(base_dir)
+    with pytest.raises(CommandExecutionError, match=rf"supervisord is not reachable on {tmp_path}/gone.sock"):
+        vumi.rollback("staging", ports=[8000], supervisor=supervisor)
+    assert current_target(base_dir) == f"releases/{r2}" and history(base_dir) == before
+
+
 def test_rollback_follows_the_history(vumi, repo, base_dir, seed):
     seed()
     (r1, s1), (r2, s2), (r3, s3) = _deploy_commits(vumi, repo, 3)
