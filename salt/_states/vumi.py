@@ -80,7 +80,7 @@ def tree(name, **kwargs):
     return dict(ret, comment=f"{len(res['created'])} folders of {name} created in {res['path']}")
 
 
-def deployed(name, revision=None, **kwargs):
+def deployed(name, revision=None, supervised=False, **kwargs):
     """
     Make environment ``name`` current at the wanted revision: the branch's
     latest commit (found with ``git ls-remote``, which changes nothing), or
@@ -93,6 +93,10 @@ def deployed(name, revision=None, **kwargs):
         The environment (by default also the branch).
     revision
         Pin to a commit or tag (default: pillar ``revision``, else the branch tip).
+    supervised
+        The ports are restarted after the deploy (the SLS's ``vumi.webapp_running``
+        watches it): supervisord must answer before the switch, else the state fails
+        with ``current`` untouched (the old code would go on serving a new ``current``).
     kwargs
         Settings overriding pillar (``repo_url``, ``base_dir``, ...).
     """
@@ -147,6 +151,8 @@ def deployed(name, revision=None, **kwargs):
             ret["comment"] += f"; but the deploy would fail: {'; '.join(failing)}"
         return ret
     try:
+        if supervised and cfg["ports"]:  # what the restart after the switch needs, before the switch
+            __salt__["vumi.webapp_status"](name, **kwargs)
         res = __salt__["vumi.deploy"](name, revision=revision, **kwargs)
     except vumi_errors.StageFailed as exc:
         # current did not move; what did change is the half-built release, kept aside to look at

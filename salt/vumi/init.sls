@@ -72,6 +72,10 @@ vumi-{{ env }}-layout:
 vumi-{{ env }}-deployed:
   vumi.deployed:
     - name: {{ env | json }}
+{%-       if sls.webapp %}
+    {#- the webapp state restarts the ports after a deploy: supervisord must answer first #}
+    - supervised: true
+{%-       endif %}
 {%-       if sls.layout or vumi.of[env].database %}
     - require:
 {%-         if sls.layout %}

@@ -497,6 +497,28 @@ def test_sls_deploys_runs_and_follows_the_branch(loaders, vumi, repo, base_dir, 
     assert all(serving(p)[:2] == (second, second_sha) for p in ports)
 
 
+def test_a_deploy_whose_ports_cannot_be_restarted_does_not_switch(
+    loaders, repo, base_dir, vumi_config, free_port, webapps, tmp_path
+):
+    ports = [free_port()]
+    webapps.extend((ENV, port) for port in ports)
+    pillar = sls_pillar(vumi_config, ports)
+    ret = loaders.modules.state.apply("vumi", pillar=pillar)
+    assert all(state.result is True for state in ret), ret.raw
+    (first,) = release_dirs(base_dir)
+    new_commit(repo, "second")
+    # supervisord away (a wrong conf_file, a stopped daemon): the restart after the switch cannot happen
+    away = tmp_path / "supervisord.conf"
+    away.write_text(f"[unix_http_server]\nfile={tmp_path}/gone.sock\n")
+    pillar["vumi"]["supervisor"] = {"conf_file": str(away)}
+    states = {state.id: state for state in loaders.modules.state.apply("vumi", pillar=pillar)}
+    deployed = states[f"vumi-{ENV}-deployed"]
+    assert deployed.result is False and not deployed.changes, deployed.raw
+    assert f"supervisord is not reachable on {tmp_path}/gone.sock" in deployed.comment, deployed.raw
+    assert release_dirs(base_dir) == [first] and current_target(base_dir) == f"releases/{first}"
+    assert serving(ports[0])[0] == first
+
+
 def test_sls_without_a_usable_branch_says_so(loaders, vumi_config, base_dir):
     hint = """state.apply vumi pillar='{"branch": "staging"}'"""
     for test in (True, False):
