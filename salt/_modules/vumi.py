@@ -677,7 +677,8 @@ def rollback(environment, release=None, restart=True, **kwargs):
     if not isinstance(restart, bool):
         raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
     who = vumi_history.who(__opts__, kwargs)
-    if restart:  # what the restart needs is there before anything switches
+    if restart:  # the operator's mistakes first, then what the restart needs, before anything switches
+        _read_as_user(cfg, vumi_releases.rollback_plan, cfg, found, release)
         vumi_webapp.can_restart(cfg)
     # the switch as the user; the restart through supervisor, root's part
     res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, who)
@@ -816,8 +817,10 @@ def check(environment, **kwargs):
     A pre-flight of a deploy that changes nothing: whether the repository
     answers and has the branch (or pin), the environment's folder is the
     user's (or can be made), the shared files are there, the requirements file
-    is in the commit to deploy (when the cache has it), and no lock is held.
-    ``ok`` is whether a deploy would get past all of them.
+    is in the commit to deploy (when the cache has it), no lock is held, the
+    interpreter makes virtualenvs as the user, 512 MiB are free, and
+    supervisord answers (when there are ports). ``ok`` is whether a deploy
+    would get past all of them.
 
     CLI Example:
 
@@ -829,7 +832,7 @@ def check(environment, **kwargs):
     vumi_files.runas_user(cfg)  # a user that does not exist (or Salt cannot act as) is a clear error
     tree = vumi_check.tree(cfg, found)  # root's view: whether root can make the folder
     rest = _read_as_user(cfg, vumi_check.check, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
-    checks = dict(rest["checks"], tree=tree)
+    checks = dict(rest["checks"], tree=tree, supervisor=vumi_check.supervisor(cfg))
     return {"ok": all(item["ok"] for item in checks.values()), "checks": checks}
 
 

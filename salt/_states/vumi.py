@@ -145,9 +145,10 @@ def deployed(name, revision=None, supervised=False, **kwargs):
             checked = __salt__["vumi.check"](name, **kwargs)
         except _ERRORS as exc:
             checked = {"ok": False, "checks": {"check": {"ok": False, "detail": str(exc)}}}
-        if not checked["ok"]:
+        # supervisord is not the deploy's: the same run may install it before the webapps start
+        failing = [f"{k}: {v['detail']}" for k, v in checked["checks"].items() if not v["ok"] and k != "supervisor"]
+        if failing:
             ret["result"] = False
-            failing = [f"{k}: {v['detail']}" for k, v in checked["checks"].items() if not v["ok"]]
             ret["comment"] += f"; but the deploy would fail: {'; '.join(failing)}"
         return ret
     try:

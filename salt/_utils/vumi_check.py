@@ -2,7 +2,8 @@
 ``vumi.check``: a pre-flight of a deploy that changes nothing (Capistrano's
 ``deploy:check``): the repository answers and has the branch or pin, the tree
 is there or can be made and is the user's, the shared folders and files are in
-place, the requirements file is in the commit to deploy, nobody holds a lock.
+place, the requirements file is in the commit to deploy, nobody holds a lock, the
+interpreter runs as the user, there is room on the disk, supervisord answers.
 """
 
 import fcntl
@@ -15,6 +16,11 @@ import vumi_files
 import vumi_freeze
 import vumi_git
 import vumi_settings
+import vumi_supervisor
+import vumi_virtualenv
+
+#: the free space below which a deploy is not expected to get through (a release, a virtualenv)
+MIN_FREE = 512 * 1024 * 1024
 
 
 def _item(ok, detail):
@@ -41,6 +47,37 @@ def tree(cfg, paths):
     if os.geteuid() != 0 and not os.access(parent, os.W_OK):
         return _item(False, f"{paths.root} cannot be made: {parent} is not writable")
     return _item(True, f"{paths.root} will be made under {parent}")
+
+
+def supervisor(cfg):
+    """supervisord answers on the socket ``supervisor:conf_file`` names, when there are ports to run (root's view)."""
+    if not cfg["ports"]:
+        return _item(True, "no ports: supervisord is not needed")
+    try:
+        vumi_supervisor.Supervisor(cfg, timeout=10).ping()
+    except CommandExecutionError as exc:
+        return _item(False, str(exc))
+    return _item(True, f"supervisord answers on {vumi_supervisor.socket_path(cfg['supervisor']['conf_file'])}")
+
+
+def disk(paths):
+    """Free space where the environment lives (or will): at least ``MIN_FREE``."""
+    where = paths.root
+    while not os.path.isdir(where):
+        where = os.path.dirname(where)
+    info = os.statvfs(where)
+    free = info.f_bavail * info.f_frsize
+    detail = f"{free / 2**30:.1f} GiB free in {where}"
+    return _item(free >= MIN_FREE, detail if free >= MIN_FREE else f"only {detail}: a deploy needs room for a release")
+
+
+def _interpreter(salt, cfg):
+    python = vumi_virtualenv.interpreter(cfg)
+    try:
+        found = vumi_git.run(salt, [python, "-c", "import sys, venv; print(sys.version.split()[0])"], python)
+    except CommandExecutionError as exc:
+        return _item(False, f"{python} cannot make virtualenvs as {cfg['user']}: {exc}")
+    return _item(True, f"{python} (Python {found}) runs as {cfg['user']}")
 
 
 def _shared(cfg, paths):
@@ -78,7 +115,8 @@ def check(salt, cfg, paths):
     Every finding but the tree's, and whether a deploy would get past them: run as
     the deploy user (vumi.check adds ``tree``, root's view of the folder root makes).
     """
-    found = {"shared": _shared(cfg, paths), "lock": _locks(cfg, paths)}
+    found = {"shared": _shared(cfg, paths), "lock": _locks(cfg, paths), "interpreter": _interpreter(salt, cfg),
+             "disk": disk(paths)}  # fmt: skip
     try:
         sha = vumi_git.remote_revision(salt, cfg, paths, cfg["revision"])
         what = f"pin {cfg['revision']}" if cfg["revision"] else f"branch {cfg['branch']}"

@@ -65,11 +65,16 @@ def flock(path, timeout, busy):
         os.close(fd)
 
 
-def deploy_lock(cfg, paths):
-    """One deploy (or rollback, update, cleanup) at a time per environment."""
+def deployed(cfg, paths):
+    """The environment's folder is there (a link planted in its layout refused); else it is not deployed."""
     if not os.path.isdir(paths.root):
         raise CommandExecutionError(f"{cfg['environment']} is not deployed: {paths.root} does not exist")
     vumi_files.refuse_links(paths)
+
+
+def deploy_lock(cfg, paths):
+    """One deploy (or rollback, update, cleanup) at a time per environment."""
+    deployed(cfg, paths)
     return flock(
         paths.lock,
         cfg["lock_timeout"],

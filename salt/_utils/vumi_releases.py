@@ -210,6 +210,22 @@ def describe_current(cfg, paths):
     )
 
 
+def rollback_plan(cfg, paths, release=None):
+    """The release a rollback would make current, refused as ``rollback`` refuses it; changes nothing."""
+    if release is not None:
+        paths.release(release)  # a bad name fails before anything else
+    vumi_lock.deployed(cfg, paths)
+    if release is None:
+        target = rollback_target(paths)
+        if target is None:
+            raise CommandExecutionError(f"{cfg['environment']} has no earlier release to roll back to")
+    else:
+        target = vumi_manifest.resolve_release(paths, release)
+    if not vumi_virtualenv.venv_ok(paths.venv(target)):
+        raise CommandExecutionError(f"release {target} has no intact virtualenv; run vumi.create_virtualenv")
+    return target
+
+
 def rollback(cfg, paths, release=None, who=None):
     """
     Make the previous (or the named) release current again, as the deploy user (the
@@ -220,14 +236,7 @@ def rollback(cfg, paths, release=None, who=None):
         paths.release(release)  # a bad name fails before anything else
     with vumi_lock.deploy_lock(cfg, paths):
         previous = vumi_manifest.current_release(paths)
-        if release is None:
-            target = rollback_target(paths)
-            if target is None:
-                raise CommandExecutionError(f"{cfg['environment']} has no earlier release to roll back to")
-        else:
-            target = vumi_manifest.resolve_release(paths, release)
-        if not vumi_virtualenv.venv_ok(paths.venv(target)):
-            raise CommandExecutionError(f"release {target} has no intact virtualenv; run vumi.create_virtualenv")
+        target = rollback_plan(cfg, paths, release)
         publish(paths, target)
         manifest = vumi_manifest.read_manifest(paths, target) or {}
         # the revision rolled back from: vumi.deployed holds off it until the branch moves on

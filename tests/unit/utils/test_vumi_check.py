@@ -18,7 +18,10 @@ def test_a_new_environment_checks_clean_and_nothing_is_made(salt_functions, git_
     before = snapshot(tmp_path)
     found = vumi_check.check(salt_functions, git_cfg, paths)
     assert found["ok"] is True, found
-    assert set(found["checks"]) == {"shared", "lock", "repository"}  # no cache yet: requirements at the fetch
+    # no cache yet: the requirements are checked at the fetch
+    assert set(found["checks"]) == {"shared", "lock", "repository", "interpreter", "disk"}
+    assert found["checks"]["interpreter"]["detail"].endswith(f"runs as {git_cfg['user']}")
+    assert " GiB free in " in found["checks"]["disk"]["detail"]
     assert found["checks"]["repository"]["detail"].startswith(f"{upstream} has branch staging at ")
     assert vumi_check.tree(git_cfg, paths) == {"ok": True, "detail": f"{paths.root} will be made under {tmp_path}"}
     assert snapshot(tmp_path) == before
@@ -46,3 +49,15 @@ def test_a_tree_of_another_owner_is_named(cfg, paths):
     os.chown(paths.root, 1, 1)
     found = vumi_check.tree(cfg, paths)
     assert found["ok"] is False and f"{paths.root} belongs to uid 1, not to {cfg['user']}" in found["detail"]
+
+
+def test_an_interpreter_the_user_cannot_run_and_a_supervisord_away_are_named(salt_functions, git_cfg, paths, tmp_path):
+    found = vumi_check.check(salt_functions, dict(git_cfg, python=str(tmp_path / "no-python")), paths)
+    assert found["ok"] is False and found["checks"]["interpreter"]["ok"] is False
+    assert found["checks"]["interpreter"]["detail"].startswith(f"{tmp_path}/no-python cannot make virtualenvs as ")
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(f"[unix_http_server]\nfile={tmp_path}/gone.sock\n")
+    away = dict(git_cfg, ports=[8000], supervisor=dict(git_cfg["supervisor"], conf_file=str(conf)))
+    assert vumi_check.supervisor(away)["ok"] is False
+    assert f"supervisord is not reachable on {tmp_path}/gone.sock" in vumi_check.supervisor(away)["detail"]
+    assert vumi_check.supervisor(dict(away, ports=[])) == {"ok": True, "detail": "no ports: supervisord is not needed"}
