@@ -677,7 +677,7 @@ def rollback(environment, release=None, restart=True, **kwargs):
     if not isinstance(restart, bool):
         raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
     who = vumi_history.who(__opts__, kwargs)
-    if restart:  # the operator's mistakes first, then what the restart needs, before anything switches
+    if restart and cfg["ports"]:  # the operator's mistakes first, then supervisord, before anything switches
         _read_as_user(cfg, vumi_releases.rollback_plan, cfg, found, release)
         vumi_webapp.can_restart(cfg)
     # the switch as the user; the restart through supervisor, root's part

@@ -18,6 +18,7 @@ import vumi_git
 import vumi_settings
 import vumi_supervisor
 import vumi_virtualenv
+import vumi_webapp
 
 #: the free space below which a deploy is not expected to get through (a release, a virtualenv)
 MIN_FREE = 512 * 1024 * 1024
@@ -51,12 +52,12 @@ def tree(cfg, paths):
 
 def supervisor(cfg):
     """supervisord answers on the socket ``supervisor:conf_file`` names, when there are ports to run (root's view)."""
-    if not cfg["ports"]:
-        return _item(True, "no ports: supervisord is not needed")
     try:
-        vumi_supervisor.Supervisor(cfg, timeout=10).ping()
+        vumi_webapp.can_restart(cfg)
     except CommandExecutionError as exc:
         return _item(False, str(exc))
+    if not cfg["ports"]:
+        return _item(True, "no ports: supervisord is not needed")
     return _item(True, f"supervisord answers on {vumi_supervisor.socket_path(cfg['supervisor']['conf_file'])}")
 
 

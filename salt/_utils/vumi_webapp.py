@@ -418,7 +418,7 @@ def stop_child(proc, grace, sig="SIGTERM"):
 def can_restart(cfg):
     """Before a switch that restarts: supervisord answers, when there are ports to restart (else it is not needed)."""
     if cfg["ports"]:
-        vumi_supervisor.Supervisor(cfg).ping()
+        vumi_supervisor.Supervisor(cfg, timeout=10).ping()
 
 
 def restart_running(cfg, paths):
