@@ -111,6 +111,33 @@ def _locks(cfg, paths):
     return _item(True, "no deploy running, not locked")
 
 
+def _requirements(salt, cfg, paths, sha):
+    """
+    The requirements file is in commit ``sha``: looked up in the cached clone when it
+    has the commit, else asked upstream (a first deploy, or a push not fetched yet).
+    """
+    runas = vumi_files.runas_user(cfg)
+
+    def has(obj):
+        try:
+            vumi_git.git(salt, ["cat-file", "-e", obj], "git cat-file", cwd=paths.repo, runas=runas)
+            return True
+        except CommandExecutionError:
+            return False
+
+    if os.path.isdir(os.path.join(paths.repo, ".git")) and has(f"{sha}^{{commit}}"):
+        there = has(f"{sha}:{cfg['requirements']}")
+        return _item(there, f"{cfg['requirements']} is {'' if there else 'not '}in {sha[:12]}")
+    ref = cfg["revision"] or cfg["branch"]
+    if vumi_settings.SHA_RE.match(ref):
+        return _item(True, f"{sha[:12]} is not fetched yet: the deploy checks {cfg['requirements']}")
+    try:
+        there = vumi_git.has_file_upstream(salt, cfg, ref, cfg["requirements"])
+    except CommandExecutionError as exc:
+        return _item(False, f"{cfg['requirements']} cannot be looked for in {ref}: {exc}")
+    return _item(there, f"{cfg['requirements']} is {'' if there else 'not '}in {sha[:12]} ({ref})")
+
+
 def check(salt, cfg, paths):
     """
     Every finding but the tree's, and whether a deploy would get past them: run as
@@ -127,22 +154,6 @@ def check(salt, cfg, paths):
     except CommandExecutionError as exc:
         sha = None
         found["repository"] = _item(False, str(exc))
-    if sha and os.path.isdir(os.path.join(paths.repo, ".git")):
-        runas = vumi_files.runas_user(cfg)
-
-        def has(obj):
-            try:
-                vumi_git.git(salt, ["cat-file", "-e", obj], "git cat-file", cwd=paths.repo, runas=runas)
-                return True
-            except CommandExecutionError:
-                return False
-
-        if not has(f"{sha}^{{commit}}"):
-            found["requirements"] = _item(
-                True, f"{sha[:12]} is not fetched yet: the deploy checks {cfg['requirements']}"
-            )
-        elif has(f"{sha}:{cfg['requirements']}"):
-            found["requirements"] = _item(True, f"{cfg['requirements']} is in {sha[:12]}")
-        else:
-            found["requirements"] = _item(False, f"{cfg['requirements']} is not in {sha[:12]}")
+    if sha:
+        found["requirements"] = _requirements(salt, cfg, paths, sha)
     return {"ok": all(item["ok"] for item in found.values()), "checks": found}

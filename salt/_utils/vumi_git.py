@@ -6,7 +6,9 @@ import contextlib
 import datetime
 import logging
 import os
+import re
 import shutil
+import tempfile
 
 from salt.exceptions import CommandExecutionError
 
@@ -198,11 +200,16 @@ def commit_info(salt, code, sha, runas):
     return {"commit_time": when, "commit_subject": subject}
 
 
+#: what may be a commit id too short for the remote to list (``git ls-remote`` names refs only)
+SHORT_SHA_RE = re.compile(r"^[0-9a-f]{4,39}$")
+
+
 def remote_revision(salt, cfg, paths, pin):
     """
     The commit to be at, changing nothing: a full commit id pin as it is, else
     ``git ls-remote`` of the branch (or the pinned tag), else the pin resolved
-    in the cached clone; None when the pin is not known here yet.
+    in the cached clone; None for a short commit id not known here yet. A branch,
+    or a pin that is no commit id, that the remote does not have is an error.
     """
     pin = vumi_settings.revision(pin)
     runas = vumi_files.runas_user(cfg)  # the user's credentials reach the remote, as the deploy's fetch does
@@ -221,9 +228,34 @@ def remote_revision(salt, cfg, paths, pin):
         with contextlib.suppress(CommandExecutionError):
             return git(salt, ["rev-parse", "--verify", "--quiet", f"{pin}^{{commit}}"], "rev-parse", cwd=paths.repo,
                        runas=runas)  # fmt: skip
-        return None  # unknown here yet; a deploy fetches and then decides
+    if pin is not None and SHORT_SHA_RE.match(pin):
+        return None  # a short commit id: the remote lists none; a deploy fetches and then decides
     if pin is not None:
-        return None
+        raise CommandExecutionError(
+            f"revision {pin!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}: no such tag or branch"
+        )
     raise CommandExecutionError(
         f"branch {cfg['branch']!r} not found in {vumi_settings.mask_credentials(cfg['repo_url'])}"
     )
+
+
+def has_file_upstream(salt, cfg, ref, path):
+    """
+    Whether ``path`` is in the commit ``ref`` (a branch or tag name) has upstream,
+    asked without the cached clone: one commit's trees fetched into a throw-away
+    repository (``--depth 1``, and no file contents where the remote can filter
+    them). What ``vumi.check`` asks before a first deploy, which has no cache yet.
+    """
+    runas = vumi_files.runas_user(cfg)
+    tmp = tempfile.mkdtemp(prefix="vumi-probe-")
+    try:
+        git(salt, ["init", "--quiet", "--bare", tmp], "git init", runas=runas)
+        git(salt, ["fetch", "--quiet", "--depth", "1", "--filter=blob:none", "--", cfg["repo_url"], ref],
+            f"git fetch {vumi_settings.mask_credentials(cfg['repo_url'])} {ref}", cwd=tmp, runas=runas)  # fmt: skip
+        try:
+            git(salt, ["cat-file", "-e", f"FETCH_HEAD:{path}"], "git cat-file", cwd=tmp, runas=runas)
+        except CommandExecutionError:
+            return False
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -18,8 +18,16 @@ def test_a_new_environment_checks_clean_and_nothing_is_made(salt_functions, git_
     before = snapshot(tmp_path)
     found = vumi_check.check(salt_functions, git_cfg, paths)
     assert found["ok"] is True, found
-    # no cache yet: the requirements are checked at the fetch
-    assert set(found["checks"]) == {"shared", "lock", "repository", "interpreter", "disk"}
+    # no cache yet: the requirements file is asked upstream, in the branch's commit
+    assert set(found["checks"]) == {"shared", "lock", "repository", "requirements", "interpreter", "disk"}
+    tip = found["checks"]["repository"]["detail"].rsplit(" ", 1)[-1]
+    assert found["checks"]["requirements"]["detail"] == f"{git_cfg['requirements']} is in {tip[:12]} (staging)"
+    missing = vumi_check.check(salt_functions, dict(git_cfg, requirements="requirements.txt"), paths)
+    assert missing["ok"] is False
+    assert missing["checks"]["requirements"] == {
+        "ok": False,
+        "detail": f"requirements.txt is not in {tip[:12]} (staging)",
+    }
     assert found["checks"]["interpreter"]["detail"].endswith(f"runs as {git_cfg['user']}")
     assert " GiB free in " in found["checks"]["disk"]["detail"]
     assert found["checks"]["repository"]["detail"].startswith(f"{upstream} has branch staging at ")

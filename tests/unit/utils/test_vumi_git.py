@@ -5,6 +5,7 @@ deploy fetches into, and the release cut from it.
 """
 
 import os
+import tempfile
 
 import pytest
 from salt.exceptions import CommandExecutionError
@@ -19,9 +20,24 @@ def test_the_branch_and_a_pin_name_their_commit_upstream(salt_functions, git_cfg
     sample.git(upstream, "tag", "v1", tip)
     assert vumi_git.remote_revision(salt_functions, git_cfg, paths, "v1") == tip
     assert vumi_git.remote_revision(salt_functions, git_cfg, paths, "f" * 40) == "f" * 40  # a full id is itself
-    assert vumi_git.remote_revision(salt_functions, git_cfg, paths, "nosuchtag") is None  # the deploy's fetch decides
+    # a short commit id is no ref: the deploy's fetch decides; a name the remote lacks is an error
+    assert vumi_git.remote_revision(salt_functions, git_cfg, paths, "deadbee") is None
+    with pytest.raises(CommandExecutionError, match=rf"revision 'nosuchtag' not found in {upstream}: no such tag"):
+        vumi_git.remote_revision(salt_functions, git_cfg, paths, "nosuchtag")
     with pytest.raises(CommandExecutionError, match=rf"branch 'stagin' not found in {upstream}"):
         vumi_git.remote_revision(salt_functions, dict(git_cfg, branch="stagin"), paths, None)
+
+
+def test_a_file_is_looked_for_upstream_without_a_clone(salt_functions, git_cfg, upstream, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert vumi_git.has_file_upstream(salt_functions, git_cfg, "staging", "manage.py")
+    assert not vumi_git.has_file_upstream(salt_functions, git_cfg, "staging", "requirements-missing.txt")
+    sample.git(upstream, "tag", "v2", "staging")
+    assert vumi_git.has_file_upstream(salt_functions, git_cfg, "v2", "manage.py")
+    with pytest.raises(CommandExecutionError, match="git fetch"):
+        vumi_git.has_file_upstream(salt_functions, git_cfg, "no-such-branch", "manage.py")
+    # the throw-away repository is gone
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("vumi-probe-")]
 
 
 def test_a_fetch_follows_the_branch_and_a_release_is_cut_at_its_commit(salt_functions, git_cfg, deploy_of, upstream):
