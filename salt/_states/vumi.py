@@ -16,6 +16,9 @@ and either predicts (``test=True``) or acts, and reports ``changes``.
           - vumi: staging
 """
 
+import functools
+import pwd
+
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:  # the bundle's helpers, as the execution module finds them
@@ -34,10 +37,27 @@ def __virtual__():
     return __virtualname__
 
 
+#: what ``state.single``/``state.apply`` hand a state besides its own arguments: Salt's,
+#: not settings of the environment
+SALT_KWARGS = ("pillar", "pillarenv", "saltenv", "queue", "concurrent", "test", "localconfig", "state_uuid")
+
+
+def _settings_only(fn):
+    """``fn`` given only the settings of its keyword arguments (``salt-call state.single vumi.deployed
+    staging pillar='{...}'`` passes ``pillar`` on to the state)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **{k: v for k, v in kwargs.items() if k not in SALT_KWARGS})
+
+    return wrapper
+
+
 def _ret(name):
     return {"name": name, "result": True, "changes": {}, "comment": ""}
 
 
+@_settings_only
 def settings_valid(name, **kwargs):
     """
     The settings of environment ``name`` are valid: every key of pillar ``vumi`` (and of
@@ -57,6 +77,48 @@ def settings_valid(name, **kwargs):
     return dict(ret, comment=f"the settings of {name} are valid")
 
 
+@_settings_only
+def ready(name, supervised=False, **kwargs):
+    """
+    Environment ``name`` can be deployed: the pre-flight of ``vumi.check`` finds
+    nothing in the way (its branch or pin exists upstream, asked with one ``git
+    ls-remote`` as the deploy user; the interpreter runs as that user; the folder can
+    be made; the requirements are in the commit when the cache has it; room on the
+    disk). The ``vumi`` SLS makes nothing of an environment (its database, folders,
+    nginx site, supervisor programs) until this state passes, so a misspelt branch or
+    a wrong ``repo_url`` leaves nothing behind. It changes nothing itself. A lock or a
+    running deploy is left to ``vumi.deployed`` (a frozen environment keeps running).
+
+    name
+        The environment.
+    supervised
+        Its webapp runs under supervisord here: supervisord must answer too.
+    """
+    ret = _ret(name)
+    try:
+        cfg = __salt__["vumi.settings"](name, **kwargs)
+        if __opts__["test"] and not _user_exists(cfg["user"]):
+            return dict(ret, result=None, comment=f"user {cfg['user']} is made first; then {name} is checked")
+        checked = __salt__["vumi.check"](name, **kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    ignored = {"lock"} | (set() if supervised else {"supervisor"})
+    failing = [f"{k}: {v['detail']}" for k, v in checked["checks"].items() if not v["ok"] and k not in ignored]
+    if failing:
+        return dict(ret, result=False, comment=f"{name} cannot be deployed; nothing of it was made: "
+                                               + "; ".join(failing))  # fmt: skip
+    return dict(ret, comment=f"{name} can be deployed: {checked['checks']['repository']['detail']}")
+
+
+def _user_exists(user):
+    try:
+        pwd.getpwnam(user)
+        return True
+    except KeyError:
+        return False
+
+
+@_settings_only
 def tree(name, **kwargs):
     """
     The folders of environment ``name`` (``vumi.layout``): made where missing,
@@ -80,6 +142,7 @@ def tree(name, **kwargs):
     return dict(ret, comment=f"{len(res['created'])} folders of {name} created in {res['path']}")
 
 
+@_settings_only
 def deployed(name, revision=None, supervised=False, **kwargs):
     """
     Make environment ``name`` current at the wanted revision: the branch's
@@ -240,6 +303,7 @@ def _watched_changes():
     return any(r.get("__id__") in ids and r.get("changes") for r in running.values())
 
 
+@_settings_only
 def webapp_running(name, ports=None, **kwargs):
     """
     Keep the webapp of environment ``name`` running on ``ports`` (default:
@@ -297,6 +361,7 @@ def webapp_running(name, ports=None, **kwargs):
     return ret
 
 
+@_settings_only
 def webapp_dead(name, ports=None, **kwargs):
     """
     Stop the webapp of environment ``name`` on ``ports`` (default: pillar ``ports``).
@@ -315,6 +380,7 @@ def webapp_dead(name, ports=None, **kwargs):
     return ret
 
 
+@_settings_only
 def mod_watch(name, sfun=None, ports=None, **kwargs):
     """
     React to ``watch``: a watched ``vumi.deployed`` that changed means a new

@@ -7,6 +7,9 @@
     (`vumi` includes it when pillar vumi:database is set). Like nginx.sls, this file
     asks the host for the merged settings (vumi.settings) while it renders. -#}
 {%- from "vumi/map.jinja" import vumi with context %}
+
+include:
+  - vumi.ready
 {%- for env in vumi.envs %}
 {%-   set db = salt["vumi.settings"](env, show_secrets=True).database %}
 {%-   if db %}
@@ -25,6 +28,8 @@ vumi-{{ env }}-database-role:
 {%-     for key, value in admin | dictsort %}
     - {{ key }}: {{ value | json }}
 {%-     endfor %}
+    - require:
+      - vumi: vumi-{{ env }}-ready
 
 vumi-{{ env }}-database:
   postgres_database.present:

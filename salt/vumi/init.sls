@@ -27,6 +27,7 @@ vumi-environment-missing:
 {%-   for env in vumi.envs if vumi.of[env].database %}{% do with_database.append(env) %}{% endfor %}
 
 include:
+  - vumi.ready
   - vumi.supervisor
 {%-   if with_database %}
   - vumi.database
@@ -43,16 +44,33 @@ vumi-{{ env }}-settings:
     - order: 1
     - failhard: true
 {%-   endfor %}
-{%-   set users = [] %}
-{%-   for env in vumi.envs if vumi.manage_user and vumi.of[env].user != "root" and vumi.of[env].user not in users %}
-{%-     do users.append(vumi.of[env].user) %}
+{%-   set extended = [] %}
+{%-   for env in vumi.envs if vumi.of[env].sls.webapp or (env in with_database and vumi.of[env].nginx.enabled and vumi.of[env].named) %}{% do extended.append(env) %}{% endfor %}
+{%-   if extended %}
 
-{#- pillar vumi:manage_user: the deploy user, a system account #}
-vumi-user-{{ vumi.of[env].user }}:
-  user.present:
-    - name: {{ vumi.of[env].user | json }}
-    - system: true
+extend:
+{%-   for env in extended %}
+{%-     set webapp = vumi.of[env].sls.webapp %}
+{%-     set site_first = env in with_database and vumi.of[env].nginx.enabled and vumi.of[env].named %}
+{%-     if webapp %}
+  {#- the webapp runs under supervisord here: it must answer before anything is made #}
+  vumi-{{ env }}-ready:
+    vumi:
+      - supervised: true
+{%-       if vumi.supervisor.manage_service %}
+      - require:
+        - service: vumi-supervisor-running
+{%-       endif %}
+{%-     endif %}
+{%-     if site_first %}
+  {#- a site nginx refuses (a bad listen) stops the environment before its database is made #}
+  vumi-{{ env }}-database-role:
+    postgres_user:
+      - require:
+        - vumi-{{ env }}-nginx-site
+{%-     endif %}
 {%-   endfor %}
+{%-   endif %}
 {%-   for env in vumi.envs %}
 {%-     set sls = vumi.of[env].sls %}
 {%-     if sls.layout %}
@@ -62,9 +80,10 @@ vumi-user-{{ vumi.of[env].user }}:
 vumi-{{ env }}-layout:
   vumi.tree:
     - name: {{ env | json }}
-{%-       if vumi.of[env].user in users %}
     - require:
-      - user: vumi-user-{{ vumi.of[env].user }}
+      - vumi: vumi-{{ env }}-ready
+{%-       if vumi.of[env].nginx.enabled and vumi.of[env].named %}
+      - vumi-{{ env }}-nginx-site
 {%-       endif %}
 {%-     endif %}
 {%-     if sls.deploy %}
@@ -76,14 +95,16 @@ vumi-{{ env }}-deployed:
     {#- the webapp state restarts the ports after a deploy: supervisord must answer first #}
     - supervised: true
 {%-       endif %}
-{%-       if sls.layout or vumi.of[env].database %}
     - require:
-{%-         if sls.layout %}
+      - vumi: vumi-{{ env }}-ready
+{%-       if vumi.of[env].nginx.enabled and vumi.of[env].named %}
+      - vumi-{{ env }}-nginx-site
+{%-       endif %}
+{%-       if sls.layout %}
       - vumi: vumi-{{ env }}-layout
-{%-         endif %}
-{%-         if vumi.of[env].database %}
+{%-       endif %}
+{%-       if vumi.of[env].database %}
       - postgres_database: vumi-{{ env }}-database
-{%-         endif %}
 {%-       endif %}
 {%-     endif %}
 {%-     if sls.webapp %}
@@ -92,8 +113,9 @@ vumi-{{ env }}-deployed:
 vumi-{{ env }}-webapp:
   vumi.webapp_running:
     - name: {{ env | json }}
-{%-       if vumi.supervisor.manage_service %}
     - require:
+      - vumi: vumi-{{ env }}-ready
+{%-       if vumi.supervisor.manage_service %}
       - service: vumi-supervisor-running
 {%-       endif %}
 {%-       if sls.deploy %}

@@ -6,11 +6,12 @@
     The site needs the environment's merged settings (app, host, ports), so unlike
     init.sls this file asks the host for them (vumi.settings) while it renders. -#}
 {%- from "vumi/map.jinja" import vumi with context %}
+
+include:
+  - vumi.ready
 {%- set sites = [] %}
-{%- set known = (pillar.get("vumi", {}).get("environments") or {}).keys() | list %}
-{%- set listed = pillar.get("vumi", {}).get("deploy") or [] %}
 {#- a site only for an environment this host deploys: one its pillar names (a typo gets none) #}
-{%- for env in vumi.envs if (vumi.env or vumi.of[env].nginx.enabled) and (env in known or env in listed) %}
+{%- for env in vumi.envs if (vumi.env or vumi.of[env].nginx.enabled) and vumi.of[env].named %}
 {%-   set nginx = vumi.of[env].nginx %}
 {%-   set settings = salt["vumi.settings"](env) %}
 {%-   set name = settings.app ~ "-" ~ salt["vumi.env_dirname"](env) %}
@@ -85,8 +86,9 @@ vumi-{{ env }}-nginx-site:
 {%-     if nginx.test_cmd %}
     - check_cmd: {{ ("/bin/sh -c " ~ (check | quote) ~ " vumi-nginx-check") | json }}
 {%-     endif %}
-{%-     if vumi.nginx.manage_package %}
     - require:
+      - vumi: vumi-{{ env }}-ready
+{%-     if vumi.nginx.manage_package %}
       - pkg: vumi-nginx-installed
 {%-     endif %}
 {%-     do sites.append("vumi-" ~ env ~ "-nginx-site") %}

@@ -385,11 +385,12 @@ class Applied:
 
     def __init__(self, ret):
         self.states = list(ret)
-        self.by_kind = {}  # by the end of the state id: vumi-<env>-settings / -layout / -deployed / -webapp
+        self.by_kind = {}  # by the end of the state id: vumi-<env>-settings / -ready / -layout / -deployed / -webapp
         for state in self.states:
             self.by_kind.setdefault(state.full_return["__id__"].rsplit("-", 1)[-1], []).append(state)
-        assert set(self.by_kind) == {"settings", "layout", "deployed", "webapp"}, ret.raw
-        assert all(s.result is True and not s.changes for s in self.by_kind["settings"]), ret.raw
+        assert set(self.by_kind) == {"settings", "ready", "layout", "deployed", "webapp"}, ret.raw
+        for checked in ("settings", "ready"):  # they change nothing; the others follow them
+            assert all(s.result is True and not s.changes for s in self.by_kind[checked]), ret.raw
         (self.deployed,) = self.by_kind["deployed"]
         (self.webapp,) = self.by_kind["webapp"]
         self.layout = self.by_kind["layout"]
@@ -512,9 +513,19 @@ def test_a_deploy_whose_ports_cannot_be_restarted_does_not_switch(
     away.write_text(f"[unix_http_server]\nfile={tmp_path}/gone.sock\n")
     pillar["vumi"]["supervisor"] = {"conf_file": str(away)}
     states = {state.id: state for state in loaders.modules.state.apply("vumi", pillar=pillar)}
+    # the pre-flight says why, before anything of the environment is touched
+    ready = states[f"vumi-{ENV}-ready"]
+    assert ready.result is False and not ready.changes, ready.raw
+    assert ready.comment == (
+        f"{ENV} cannot be deployed; nothing of it was made: supervisor: supervisord is not reachable on "
+        f"{tmp_path}/gone.sock (from {away}): [Errno 2] No such file or directory; is it running?"
+    ), ready.raw
     deployed = states[f"vumi-{ENV}-deployed"]
     assert deployed.result is False and not deployed.changes, deployed.raw
-    assert f"supervisord is not reachable on {tmp_path}/gone.sock" in deployed.comment, deployed.raw
+    # the deploy state alone (a custom SLS) checks the same before its switch
+    alone = loaders.modules.state.single("vumi.deployed", ENV, supervised=True, pillar=pillar)
+    assert alone.result is False and not alone.changes, alone.raw
+    assert f"supervisord is not reachable on {tmp_path}/gone.sock" in alone.comment, alone.raw
     assert release_dirs(base_dir) == [first] and current_target(base_dir) == f"releases/{first}"
     assert serving(ports[0])[0] == first
 
@@ -574,7 +585,9 @@ def test_without_branch_every_environment_in_vumi_deploy_converges(loaders, repo
         assert not ret.errors, ret.errors
         ids = {state.full_return["__id__"]: state for state in ret}
         assert {
-            f"vumi-{env}-{kind}" for env in (ENV, "production") for kind in ("settings", "layout", "deployed", "webapp")
+            f"vumi-{env}-{kind}"
+            for env in (ENV, "production")
+            for kind in ("settings", "ready", "layout", "deployed", "webapp")
         } == set(ids)
         assert all(state.result is not False for state in ids.values()), ret.raw
         if test:
