@@ -818,9 +818,11 @@ def check(environment, **kwargs):
     answers and has the branch (or pin), the environment's folder is the
     user's (or can be made), the shared files are there, the requirements file
     is in the commit to deploy (when the cache has it), no lock is held, the
-    interpreter makes virtualenvs as the user, 512 MiB are free, and
-    supervisord answers (when there are ports). ``ok`` is whether a deploy
-    would get past all of them.
+    interpreter makes virtualenvs as the user, 512 MiB are free,
+    supervisord answers (when there are ports), nginx's config passes
+    ``nginx:test_cmd`` (when nginx is on) and PostgreSQL answers (when the
+    environment has a database). ``ok`` is whether a deploy would get past
+    all of them.
 
     CLI Example:
 
@@ -832,7 +834,11 @@ def check(environment, **kwargs):
     vumi_files.runas_user(cfg)  # a user that does not exist (or Salt cannot act as) is a clear error
     tree = vumi_check.tree(cfg, found)  # root's view: whether root can make the folder
     rest = _read_as_user(cfg, vumi_check.check, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
-    checks = dict(rest["checks"], tree=tree, supervisor=vumi_check.supervisor(cfg))
+    pillar = __pillar__.get("vumi") if kwargs.get("vumi_pillar") is None else kwargs["vumi_pillar"]
+    checks = dict(rest["checks"], tree=tree, supervisor=vumi_check.supervisor(cfg),
+                  nginx=vumi_check.nginx(__salt__, vumi_settings.nginx(environment, pillar)),
+                  database=vumi_check.database(__salt__, cfg["database"]))  # fmt: skip
+    checks = {name: item for name, item in checks.items() if item is not None}  # what applies here
     return {"ok": all(item["ok"] for item in checks.values()), "checks": checks}
 
 

@@ -9,6 +9,7 @@ interpreter runs as the user, there is room on the disk, supervisord answers.
 import fcntl
 import os
 import pwd
+import shlex
 
 from salt.exceptions import CommandExecutionError
 
@@ -61,6 +62,38 @@ def supervisor(cfg):
     return _item(True, f"supervisord answers on {vumi_supervisor.socket_path(cfg['supervisor']['conf_file'])}")
 
 
+def nginx(salt, settings):
+    """With nginx on: its whole config passes ``test_cmd`` (root's view, as the reload after a site change needs)."""
+    if not settings["enabled"] or not settings["test_cmd"]:
+        return None
+    res = salt["cmd.run_all"](shlex.split(settings["test_cmd"]), python_shell=False, output_loglevel="quiet",
+                              ignore_retcode=True, timeout=30)  # fmt: skip
+    if res["retcode"] != 0:
+        said = vumi_files.tail_lines((res.get("stderr") or res.get("stdout") or "").strip(), 3)
+        return _item(False, f"{settings['test_cmd']} fails: {said}")
+    return _item(True, f"{settings['test_cmd']} passes")
+
+
+def database(salt, db):
+    """With a database: the server answers as ``database.sls`` reaches it, and whether the database is made yet."""
+    if not db:
+        return None
+    conn = {"host": db["host"], "port": db["port"], "user": db["admin_user"], "password": db["admin_password"],
+            "runas": db["runas"]}  # fmt: skip
+    where = f"{db['host']}:{db['port']}"
+    if "postgres.version" not in salt:
+        return _item(False, f"PostgreSQL on {where} cannot be asked: Salt's postgres module is not loaded (no psql?)")
+    try:
+        version = salt["postgres.version"](**conn)
+        there = version and salt["postgres.db_exists"](db["name"], **conn)
+    except CommandExecutionError as exc:
+        return _item(False, f"PostgreSQL on {where} cannot be asked: {exc}")
+    if not version:
+        return _item(False, f"PostgreSQL on {where} does not answer (as {db['admin_user'] or db['runas']})")
+    made = "exists" if there else "will be made"
+    return _item(True, f"PostgreSQL {version} answers on {where}; database {db['name']} {made}")
+
+
 def disk(paths):
     """Free space where the environment lives (or will): at least ``MIN_FREE``."""
     where = paths.root
@@ -74,6 +107,9 @@ def disk(paths):
 
 def _interpreter(salt, cfg):
     python = vumi_virtualenv.interpreter(cfg)
+    if os.path.isabs(python) and not os.access(python, os.X_OK):  # as the user: this runs in their process
+        why = "does not exist" if not os.path.exists(python) else "is not executable"
+        return _item(False, f"{python} {why} for {cfg['user']}: set vumi:python to an interpreter it can run")
     try:
         found = vumi_git.run(salt, [python, "-c", "import sys, venv; print(sys.version.split()[0])"], python)
     except CommandExecutionError as exc:
@@ -90,7 +126,8 @@ def _shared(cfg, paths):
     return _item(not missing, detail)
 
 
-def _locks(cfg, paths):
+def locks(cfg, paths):
+    """No deploy running, no freeze (vumi.lock), no fleet hold: as the deploy user (it reads their files)."""
     held = vumi_freeze.locked(paths) if os.path.isdir(paths.root) else None
     if held:
         return _item(False, f"locked by {held['user']} since {held['since']}: {held['reason']}")
@@ -143,7 +180,7 @@ def check(salt, cfg, paths):
     Every finding but the tree's, and whether a deploy would get past them: run as
     the deploy user (vumi.check adds ``tree``, root's view of the folder root makes).
     """
-    found = {"shared": _shared(cfg, paths), "lock": _locks(cfg, paths), "interpreter": _interpreter(salt, cfg),
+    found = {"shared": _shared(cfg, paths), "lock": locks(cfg, paths), "interpreter": _interpreter(salt, cfg),
              "disk": disk(paths)}  # fmt: skip
     try:
         sha = vumi_git.remote_revision(salt, cfg, paths, cfg["revision"])

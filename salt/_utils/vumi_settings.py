@@ -104,11 +104,26 @@ DATABASE_DEFAULTS = {
 #: what salt/vumi/map.jinja reads besides the module's settings (their defaults are in
 #: salt/vumi/defaults.yaml; tests/unit checks these names against it)
 SLS_KEYS = ("layout", "deploy", "webapp")
-NGINX_KEYS = (
-    "enabled", "server_name", "listen", "static", "static_url", "media", "media_url", "ssl_certificate",
-    "ssl_certificate_key", "connect_timeout", "conf_dir", "package", "service", "test_cmd", "manage_package",
-    "manage_service",
-)  # fmt: skip
+NGINX_DEFAULTS = {
+    "enabled": False, "server_name": "_", "listen": 80, "static": None, "static_url": "/static/", "media": None,
+    "media_url": "/media/", "ssl_certificate": None, "ssl_certificate_key": None, "connect_timeout": "1s",
+    "conf_dir": "/etc/nginx/sites-enabled", "package": "nginx", "service": "nginx", "test_cmd": "nginx -t -q -e stderr",
+    "manage_package": True, "manage_service": True,
+}  # fmt: skip
+NGINX_KEYS = tuple(NGINX_DEFAULTS)
+
+
+def nginx(env, pillar):
+    """
+    The nginx settings of environment ``env`` as nginx.sls reads them from pillar
+    ``vumi`` (defaults.yaml's, then ``vumi:nginx``, then ``vumi:environments:<env>:nginx``),
+    for what the module does with the site (``vumi.remove``).
+    """
+    pillar = pillar if isinstance(pillar, dict) else {}
+    own = (pillar.get("environments") or {}).get(env) or {}
+    return {**NGINX_DEFAULTS, **(pillar.get("nginx") or {}), **(own.get("nginx") or {})}
+
+
 #: keys of pillar ``vumi`` alone, not of an environment's section
 GLOBAL_ONLY = ("environments", "deploy", "manage_user")
 #: the mappings whose keys are the bundle's (``env`` and ``settings`` hold the user's own names)

@@ -62,10 +62,32 @@ def test_a_tree_of_another_owner_is_named(cfg, paths):
 def test_an_interpreter_the_user_cannot_run_and_a_supervisord_away_are_named(salt_functions, git_cfg, paths, tmp_path):
     found = vumi_check.check(salt_functions, dict(git_cfg, python=str(tmp_path / "no-python")), paths)
     assert found["ok"] is False and found["checks"]["interpreter"]["ok"] is False
-    assert found["checks"]["interpreter"]["detail"].startswith(f"{tmp_path}/no-python cannot make virtualenvs as ")
+    assert found["checks"]["interpreter"]["detail"] == (
+        f"{tmp_path}/no-python does not exist for {git_cfg['user']}: set vumi:python to an interpreter it can run"
+    )
+    # one that runs but is no Python that makes virtualenvs
+    found = vumi_check.check(salt_functions, dict(git_cfg, python="/bin/false"), paths)
+    assert found["checks"]["interpreter"]["detail"].startswith(
+        f"/bin/false cannot make virtualenvs as {git_cfg['user']}"
+    )
     conf = tmp_path / "supervisord.conf"
     conf.write_text(f"[unix_http_server]\nfile={tmp_path}/gone.sock\n")
     away = dict(git_cfg, ports=[8000], supervisor=dict(git_cfg["supervisor"], conf_file=str(conf)))
     assert vumi_check.supervisor(away)["ok"] is False
     assert f"supervisord is not reachable on {tmp_path}/gone.sock" in vumi_check.supervisor(away)["detail"]
     assert vumi_check.supervisor(dict(away, ports=[])) == {"ok": True, "detail": "no ports: supervisord is not needed"}
+
+
+def test_nginx_is_asked_only_when_on_and_its_words_are_kept(salt_functions, tmp_path):
+    assert vumi_check.nginx(salt_functions, {"enabled": False, "test_cmd": "false"}) is None
+    assert vumi_check.nginx(salt_functions, {"enabled": True, "test_cmd": "true"}) == {
+        "ok": True,
+        "detail": "true passes",
+    }
+    said = tmp_path / "nginx"
+    said.write_text("#!/bin/sh\necho 'nginx: [emerg] unknown directive \"lisen\"' >&2\nexit 1\n")
+    said.chmod(0o755)
+    assert vumi_check.nginx(salt_functions, {"enabled": True, "test_cmd": f"{said} -t"}) == {
+        "ok": False,
+        "detail": f'{said} -t fails: nginx: [emerg] unknown directive "lisen"',
+    }
