@@ -129,6 +129,26 @@ def settings(environment, vumi_pillar=None, show_secrets=False, **kwargs):
     return cfg if show_secrets else vumi_settings.masked(cfg)
 
 
+def settings_problem(environment, vumi_pillar=None, **kwargs):
+    """
+    What is wrong with the settings of an environment, as ``vumi.settings`` would
+    raise it (an unknown key and its closest known one, a bad value), or ``""``
+    when they are valid. For SLS files, which turn it into a failing state
+    rather than an error of their own rendering.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vumi.settings_problem staging
+    """
+    try:
+        _settings(environment, vumi_pillar, kwargs)
+    except SaltInvocationError as exc:
+        return str(exc)
+    return ""
+
+
 def _settings(environment, vumi_pillar, kwargs):
     pillar = __pillar__.get("vumi") if vumi_pillar is None else vumi_pillar
     return vumi_settings.merge(environment, pillar, __opts__.get("vumi"), kwargs)

@@ -27,7 +27,7 @@ __virtualname__ = "vumi"
 #: them that need the ``settings`` mappings. tests/unit checks the first list
 #: against salt/_modules/vumi.py.
 FUNCTIONS = (
-    "settings", "paths", "releases", "current", "remote_revision", "prepare", "publish",
+    "settings", "settings_problem", "paths", "releases", "current", "remote_revision", "prepare", "publish",
     "deploy", "layout", "update", "create_virtualenv", "execute", "managepy", "rollback",
     "cleanup", "discard", "start_webapp", "stop_webapp", "restart_webapp",
     "start_webapp_cluster", "stop_webapp_cluster", "restart_webapp_cluster", "webapp_status", "webapp_programs",

@@ -44,16 +44,13 @@ vumi-{{ env }}-settings:
     - order: 1
     - failhard: true
 {%-   endfor %}
-{%-   set extended = [] %}
-{%-   for env in vumi.envs if vumi.of[env].sls.webapp or (env in with_database and vumi.of[env].nginx.enabled and vumi.of[env].named) %}{% do extended.append(env) %}{% endfor %}
-{%-   if extended %}
+{%-   set webapps = [] %}
+{%-   for env in vumi.envs if vumi.of[env].sls.webapp %}{% do webapps.append(env) %}{% endfor %}
+{%-   if webapps %}
 
+{#- the webapp runs under supervisord here: it must answer before anything is made #}
 extend:
-{%-   for env in extended %}
-{%-     set webapp = vumi.of[env].sls.webapp %}
-{%-     set site_first = env in with_database and vumi.of[env].nginx.enabled and vumi.of[env].named %}
-{%-     if webapp %}
-  {#- the webapp runs under supervisord here: it must answer before anything is made #}
+{%-     for env in webapps %}
   vumi-{{ env }}-ready:
     vumi:
       - supervised: true
@@ -61,15 +58,7 @@ extend:
       - require:
         - service: vumi-supervisor-running
 {%-       endif %}
-{%-     endif %}
-{%-     if site_first %}
-  {#- a site nginx refuses (a bad listen) stops the environment before its database is made #}
-  vumi-{{ env }}-database-role:
-    postgres_user:
-      - require:
-        - vumi-{{ env }}-nginx-site
-{%-     endif %}
-{%-   endfor %}
+{%-     endfor %}
 {%-   endif %}
 {%-   for env in vumi.envs %}
 {%-     set sls = vumi.of[env].sls %}
@@ -104,7 +93,7 @@ vumi-{{ env }}-deployed:
       - vumi: vumi-{{ env }}-layout
 {%-       endif %}
 {%-       if vumi.of[env].database %}
-      - postgres_database: vumi-{{ env }}-database
+      - vumi-{{ env }}-database
 {%-       endif %}
 {%-     endif %}
 {%-     if sls.webapp %}

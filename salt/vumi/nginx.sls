@@ -13,55 +13,51 @@ include:
 {#- a site only for an environment this host deploys: one its pillar names (a typo gets none) #}
 {%- for env in vumi.envs if (vumi.env or vumi.of[env].nginx.enabled) and vumi.of[env].named %}
 {%-   set nginx = vumi.of[env].nginx %}
-{%-   set settings = salt["vumi.settings"](env) %}
-{%-   set name = settings.app ~ "-" ~ salt["vumi.env_dirname"](env) %}
-{%-   set site = nginx.conf_dir.rstrip("/") ~ "/" ~ name ~ ".conf" %}
-{%-   set current = salt["vumi.paths"](env).current %}
-{#-   a wildcard listen address is reached on loopback #}
-{%-   set host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host) %}
-{%-   set host = "[" ~ host ~ "]" if ":" in host and not host.startswith("[") else host %}
-{%-   set servers = [] %}
-{%-   for port in settings.ports %}
-{%-     do servers.append(host ~ ":" ~ port) %}
-{%-   endfor %}
-{%-   set static = nginx.static %}
-{%-   if static %}
-{%-     set static = static.strip("/") %}
-{%-   endif %}
-{#-   nginx -t on the new site alone, before it replaces the old one: a wrapper
+{#- what stops the site: a typo or bad value in pillar (init.sls's vumi.settings_valid says it
+      first), or what nginx could not serve #}
+{%-   set refused = salt["vumi.settings_problem"](env) %}
+{%-   if not refused %}
+{%-     set settings = salt["vumi.settings"](env) %}
+{%-     set name = settings.app ~ "-" ~ salt["vumi.env_dirname"](env) %}
+{%-     set site = nginx.conf_dir.rstrip("/") ~ "/" ~ name ~ ".conf" %}
+{%-     set current = salt["vumi.paths"](env).current %}
+{#-     a wildcard listen address is reached on loopback #}
+{%-     set host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host) %}
+{%-     set host = "[" ~ host ~ "]" if ":" in host and not host.startswith("[") else host %}
+{%-     set servers = [] %}
+{%-     for port in settings.ports %}
+{%-       do servers.append(host ~ ":" ~ port) %}
+{%-     endfor %}
+{%-     set static = nginx.static %}
+{%-     if static %}
+{%-       set static = static.strip("/") %}
+{%-     endif %}
+{#-     nginx -t on the new site alone, before it replaces the old one: a wrapper
       config includes it inside http {}. Salt appends the temporary file's path ($1). #}
-{%-   set temps = [] %}
-{%-   for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] %}{% do temps.append(kind ~ "_temp_path %s/" ~ kind ~ ";") %}{% endfor %}
-{%-   set check = "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; "
+{%-     set temps = [] %}
+{%-     for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] %}{% do temps.append(kind ~ "_temp_path %s/" ~ kind ~ ";") %}{% endfor %}
+{%-     set check = "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; "
                   ~ "printf 'pid %s/nginx.pid;\\nerror_log %s/error.log;\\nevents {}\\nhttp {\\n    access_log off;\\n    "
                   ~ (temps | join(" ")) ~ "\\n    include \"%s\";\\n}\\n' \"$d\" \"$d\" "
                   ~ (['"$d"'] * 5) | join(" ") ~ " \"$1\" >\"$d/nginx.conf\"; "
                   ~ nginx.test_cmd ~ " -p \"$d/\" -c \"$d/nginx.conf\"" %}
-{%-   set media = nginx.media.strip("/") if nginx.media else none %}
-{%-   if not settings.ports %}
+{%-     set media = nginx.media.strip("/") if nginx.media else none %}
+{%-     if not settings.ports %}
+{%-       set refused = "nginx needs at least one webapp port: set vumi:environments:" ~ env ~ ":ports" %}
+{%-     elif (nginx.ssl_certificate is none) != (nginx.ssl_certificate_key is none) %}
+{%-       set refused = "nginx: ssl_certificate and ssl_certificate_key go together: set both, or neither" %}
+{%-     elif media and (".." in media.split("/") or "\\" in media) %}
+{%-       set refused = "invalid vumi:nginx:media " ~ nginx.media ~ ": must be a folder inside shared/" %}
+{%-     elif static and (".." in static.split("/") or "\\" in static) %}
+{%-       set refused = "invalid vumi:nginx:static " ~ nginx.static ~ ": must be a folder inside the code" %}
+{%-     endif %}
+{%-   endif %}
+{%-   if refused %}
 
 vumi-{{ env }}-nginx-site:
   test.fail_without_changes:
-    - name: {{ site | json }}
-    - comment: {{ ("nginx needs at least one webapp port: set vumi:environments:" ~ env ~ ":ports") | json }}
-{%-   elif (nginx.ssl_certificate is none) != (nginx.ssl_certificate_key is none) %}
-
-vumi-{{ env }}-nginx-site:
-  test.fail_without_changes:
-    - name: {{ site | json }}
-    - comment: {{ "nginx: ssl_certificate and ssl_certificate_key go together: set both, or neither" | json }}
-{%-   elif media and (".." in media.split("/") or "\\" in media) %}
-
-vumi-{{ env }}-nginx-site:
-  test.fail_without_changes:
-    - name: {{ site | json }}
-    - comment: {{ ("invalid vumi:nginx:media " ~ nginx.media ~ ": must be a folder inside shared/") | json }}
-{%-   elif static and (".." in static.split("/") or "\\" in static) %}
-
-vumi-{{ env }}-nginx-site:
-  test.fail_without_changes:
-    - name: {{ site | json }}
-    - comment: {{ ("invalid vumi:nginx:static " ~ nginx.static ~ ": must be a folder inside the code") | json }}
+    - name: {{ refused | json }}
+    - comment: {{ refused | json }}
 {%-   else %}
 
 vumi-{{ env }}-nginx-site:

@@ -561,14 +561,17 @@ def test_a_typo_in_pillar_fails_the_sls_before_anything_is_made(loaders, vumi_co
         assert not any(state.changes for state in ret), ret.raw
         assert all(state.result is False for state in ret), ret.raw  # failed hard: nothing else ran
     assert snapshot(base_dir) == ({}, None)
-    # with nginx on, its SLS reads the settings as it renders: the render fails, naming the
-    # key, and no site is written
+    # with nginx on, its SLS reads the settings as it renders: its site is a failing state
+    # naming the key (no render error), and no site is written
     sites = tmp_path / "sites"
     sites.mkdir()
     pillar["vumi"]["nginx"] = {"enabled": True, "conf_dir": str(sites), "listen": "127.0.0.1:1",
                                "manage_package": False, "manage_service": False}  # fmt: skip
     ret = loaders.modules.state.apply("vumi", pillar=pillar)
-    assert said in str(ret.errors), ret.raw
+    assert not ret.errors, ret.errors
+    states = {state.id: state for state in ret}
+    assert states[f"vumi-{ENV}-settings"].comment == said, ret.raw
+    assert all(state.result is False and not state.changes for state in ret), ret.raw
     assert snapshot(base_dir) == ({}, None) and os.listdir(sites) == []
     # the module says the same, in vumi.settings and vumi.check
     for function in (loaders.modules.vumi.settings, loaders.modules.vumi.check):
