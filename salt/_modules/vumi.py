@@ -52,6 +52,7 @@ try:
     import vumi_pipeline
     import vumi_privileges
     import vumi_releases
+    import vumi_remove
     import vumi_settings
     import vumi_supervisor
     import vumi_version
@@ -761,6 +762,46 @@ def discard(environment, release, **kwargs):
     """
     cfg, found = _context(environment, kwargs)
     return _as_user(cfg, found, vumi_releases.discard, cfg, found, release)
+
+
+def remove(environment, database=False, test=False, **kwargs):
+    """
+    Retire an environment from this host: its webapps stopped and their supervisor
+    programs dropped, its nginx site deleted (nginx reloaded when the SLS manages
+    its service), its folder ``<base_dir>/<app>/<env>`` (releases, virtualenvs,
+    the cached clone, shared files, the history) and its webapps' logs removed.
+    Its PostgreSQL database and role are dropped only with ``database=True``.
+    Refused while a deploy runs, the environment is frozen (``vumi.lock``) or a
+    fleet deploy holds it. Returns what was removed, as ``<kind>: <what>``
+    lines, and what was kept.
+
+    environment
+        The environment.
+    database
+        Also drop the environment's database and its role (pillar ``database``).
+    test
+        Only list what would be removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.remove topics/foo
+        salt 'web*' vumi.remove topics/foo database=True test=True
+    """
+    cfg, found = _context(environment, kwargs)
+    vumi_files.runas_user(cfg)  # a user that is gone (or Salt cannot act as) is said first
+    if os.path.isdir(found.root) and not os.path.islink(found.root):
+        free = _read_as_user(cfg, vumi_check.locks, cfg, found)
+        if not free["ok"]:
+            raise CommandExecutionError(f"{environment} is not removed: {free['detail']}")
+    pillar = __pillar__.get("vumi") if kwargs.get("vumi_pillar") is None else kwargs["vumi_pillar"]
+    nginx = vumi_settings.nginx(environment, pillar)
+
+    def as_owner(root):  # the user's files, as the user
+        return _as_user(cfg, found, vumi_remove.empty, root)
+
+    return vumi_remove.retire(__salt__, cfg, found, nginx, database, test, as_owner)
 
 
 def environments(**kwargs):

@@ -119,6 +119,37 @@ def _user_exists(user):
 
 
 @_settings_only
+def absent(name, database=False, **kwargs):
+    """
+    Environment ``name`` is gone from this host (``vumi.remove``): its webapps and
+    supervisor programs, its nginx site, its folder and its webapps' logs; its
+    database and role too with ``database: true``. ``test=True`` lists what would
+    go. Refused while a deploy runs, the environment is frozen or a fleet deploy
+    holds it.
+
+    .. code-block:: yaml
+
+        retire-topics-foo:
+          vumi.absent:
+            - name: topics/foo
+            - database: true
+    """
+    ret = _ret(name)
+    try:
+        res = __salt__["vumi.remove"](name, database=database, test=__opts__["test"], **kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    gone = res["would_remove"] if __opts__["test"] else res["removed"]
+    kept = f"; kept: {'; '.join(res['kept'])}" if res["kept"] else ""
+    if not gone:
+        return dict(ret, comment=f"{name} is not on this host{kept}")
+    ret["changes"] = {"removed": gone}
+    if __opts__["test"]:
+        return dict(ret, result=None, comment=f"{len(gone)} things of {name} would be removed{kept}")
+    return dict(ret, comment=f"{name} removed ({len(gone)} things){kept}")
+
+
+@_settings_only
 def tree(name, **kwargs):
     """
     The folders of environment ``name`` (``vumi.layout``): made where missing,

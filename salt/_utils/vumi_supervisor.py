@@ -236,6 +236,34 @@ def apply_group(sup, group):
                 raise CommandExecutionError(f"supervisord could not add {group}: {fault.faultString}") from None
 
 
+def drop_group(cfg, test=False):
+    """
+    The environment's programs gone from supervisord: its group stopped and removed, its
+    program file deleted, the config read again. What was there, as (kind, what) pairs;
+    supervisord that does not answer is an error only when it has something to stop.
+    """
+    path, group = program_file(cfg), group_name(cfg)
+    try:
+        sup = Supervisor(cfg)
+        loaded = sup.group(group)
+    except CommandExecutionError:
+        if os.path.lexists(path):
+            raise
+        return []  # no program file: nothing of this environment for supervisord to run
+    found = [("supervisor", f"{group}:{p['name']}") for p in loaded]
+    if os.path.lexists(path):
+        found.append(("supervisor", path))
+    if test or not found:
+        return found
+    if loaded:
+        sup.call("supervisor.stopProcessGroup", group, True)
+        sup.call("supervisor.removeProcessGroup", group)
+    if os.path.lexists(path):
+        os.unlink(path)
+    sup.call("supervisor.reloadConfig")
+    return found
+
+
 def webapp_logs(cfg, paths):
     """
     ``shared/logs/webapp.<port>.log``, the user's link to each configured port's log

@@ -29,7 +29,7 @@ __virtualname__ = "vumi"
 FUNCTIONS = (
     "settings", "settings_problem", "paths", "releases", "current", "remote_revision", "prepare", "publish",
     "deploy", "layout", "update", "create_virtualenv", "execute", "managepy", "rollback",
-    "cleanup", "discard", "start_webapp", "stop_webapp", "restart_webapp",
+    "cleanup", "discard", "remove", "start_webapp", "stop_webapp", "restart_webapp",
     "start_webapp_cluster", "stop_webapp_cluster", "restart_webapp_cluster", "webapp_status", "webapp_programs",
     "lock", "unlock", "locked", "check", "environments", "summary", "revert", "held", "unhold", "fleet_step",
 )  # fmt: skip

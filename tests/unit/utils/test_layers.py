@@ -27,7 +27,7 @@ LAYERS = [
         "supervisor",
         "privileges",
     },
-    {"releases", "layout", "health", "webapp"},
+    {"releases", "layout", "health", "webapp", "remove"},
     {"pipeline", "check"},
 ]
 
