@@ -807,8 +807,8 @@ def remove(environment, database=False, test=False, **kwargs):
 def environments(**kwargs):
     """
     The environments present on this host: those pillar names (``vumi:environments``,
-    ``vumi:deploy``) whose folder exists, and any other environment folder under
-    the default ``<base_dir>/<app>``.
+    ``vumi:deploy``, ``<app>:<env>`` of ``vumi:apps``) whose folder exists, and any
+    other environment folder under the default ``<base_dir>/<app>``.
 
     CLI Example:
 
@@ -819,6 +819,10 @@ def environments(**kwargs):
     pillar = kwargs.get("vumi_pillar") or __pillar__.get("vumi") or {}
     listed = pillar.get("deploy")
     named = set(pillar.get("environments") or {}) | (set(listed) if isinstance(listed, (list, tuple)) else set())
+    apps = pillar.get("apps") if isinstance(pillar.get("apps"), dict) else {}
+    named |= {
+        f"{app}:{env}" for app, own in apps.items() if isinstance(own, dict) for env in own.get("environments") or {}
+    }
     found = {env for env in named if _has_tree(env, kwargs)}
     return sorted(found | set(vumi_paths.trees_in(_context("default", kwargs)[1].app_dir)))
 

@@ -116,20 +116,31 @@ NGINX_KEYS = tuple(NGINX_DEFAULTS)
 def nginx(env, pillar):
     """
     The nginx settings of environment ``env`` as nginx.sls reads them from pillar
-    ``vumi`` (defaults.yaml's, then ``vumi:nginx``, then ``vumi:environments:<env>:nginx``),
-    for what the module does with the site (``vumi.remove``).
+    ``vumi`` (defaults.yaml's, then ``vumi:nginx``, then the app's for ``<app>:<env>``,
+    then the environment's), for what the module does with the site (``vumi.remove``).
     """
     pillar = pillar if isinstance(pillar, dict) else {}
-    own = (pillar.get("environments") or {}).get(env) or {}
-    return {**NGINX_DEFAULTS, **(pillar.get("nginx") or {}), **(own.get("nginx") or {})}
+    app, env = split_name(env)
+    layers = [pillar]
+    if app is not None:
+        layers.append((pillar.get("apps") or {}).get(app) or {})
+    layers.append((layers[-1].get("environments") or {}).get(env) or {})
+    merged = dict(NGINX_DEFAULTS)
+    for layer in layers:
+        merged.update(layer.get("nginx") or {})
+    return merged
 
 
-#: keys of pillar ``vumi`` alone, not of an environment's section
-GLOBAL_ONLY = ("environments", "deploy", "manage_user")
+#: keys of pillar ``vumi`` alone, not of an environment's section (nor of an app's)
+GLOBAL_ONLY = ("environments", "deploy", "manage_user", "apps")
+#: what the apps of one host share (pillar ``vumi:<key>``): the host's folders, daemons and
+#: tools. An app's own keys (``repo_url``, ``env``, ``hooks``, ``database``, ``user``...) come
+#: from ``vumi:apps:<app>`` alone: one app's never merge into another's environments.
+HOST_KEYS = ("base_dir", "supervisor", "python", "cache_dir", "installer", "events", "lock_timeout", "host")
 #: the mappings whose keys are the bundle's (``env`` and ``settings`` hold the user's own names)
 NESTED = {"supervisor": SUPERVISOR_DEFAULTS, "database": DATABASE_DEFAULTS, "hooks": ("before_publish", "after_publish"),
           "sls": SLS_KEYS, "nginx": NGINX_KEYS}  # fmt: skip
-KNOWN = (*DEFAULTS, "deploy", "manage_user", "sls", "nginx")
+KNOWN = (*DEFAULTS, "deploy", "manage_user", "sls", "nginx", "apps")
 
 
 def _unknown(key, known, what):
@@ -158,24 +169,49 @@ def _section(mapping, where, known):
     return problems
 
 
-def schema_problems(source, where="vumi"):
-    """
-    Every key of ``source`` (pillar ``vumi``, or a minion's ``vumi`` option) and of its
-    environments that the bundle does not know, each named with where it is and the
-    closest known key: a typo is an error, never a silently ignored line.
-    """
-    if not isinstance(source, dict):
-        return [] if source is None else [f"invalid {where} {source!r}: must be a mapping"]
-    problems = _section(source, where, KNOWN)
+def _environments(source, where):
     environments = source.get("environments")
     if environments is not None and not isinstance(environments, dict):
-        return problems + [f"invalid {where}:environments: must map environment names to their settings"]
+        return [f"invalid {where}:environments: must map environment names to their settings"]
+    problems = []
     for env, own in (environments or {}).items():
         if isinstance(own, dict):
             problems += _section(own, f"{where}:environments:{env}", [k for k in KNOWN if k not in GLOBAL_ONLY])
         elif own is not None:
             problems.append(f"invalid {where}:environments:{env} {own!r}: must be a mapping of settings")
     return problems
+
+
+def schema_problems(source, where="vumi"):
+    """
+    Every key of ``source`` (pillar ``vumi``, or a minion's ``vumi`` option) and of its
+    environments and apps that the bundle does not know, each named with where it is
+    and the closest known key: a typo is an error, never a silently ignored line.
+    """
+    if not isinstance(source, dict):
+        return [] if source is None else [f"invalid {where} {source!r}: must be a mapping"]
+    problems = _section(source, where, KNOWN) + _environments(source, where)
+    apps = source.get("apps")
+    if apps is not None and not isinstance(apps, dict):
+        return problems + [f"invalid {where}:apps: must map app names to their settings"]
+    for name, app in (apps or {}).items():
+        if not isinstance(app, dict):
+            problems.append(f"invalid {where}:apps:{name} {app!r}: must be a mapping of settings")
+            continue
+        known = [k for k in KNOWN if k not in GLOBAL_ONLY] + ["environments"]
+        problems += _section(app, f"{where}:apps:{name}", known) + _environments(app, f"{where}:apps:{name}")
+    return problems
+
+
+def split_name(name):
+    """
+    ``(app, env)`` of an environment's name: ``<app>:<env>`` names an environment of pillar
+    ``vumi:apps:<app>`` (git forbids ``:`` in a branch); a plain name, one of ``vumi`` itself.
+    """
+    if isinstance(name, str) and ":" in name:
+        app, _, env = name.partition(":")
+        return check_name(app, "app", APP_RE), env
+    return None, name
 
 
 NAME_PART = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
@@ -628,7 +664,10 @@ def merge(branch, pillar, opts_vumi, overrides):
     The settings of environment ``branch``: ``DEFAULTS``, then the minion's
     ``vumi`` options, then the ``vumi`` pillar, then its
     ``environments:<branch>``, then ``overrides`` (keyword arguments); validated.
+    ``<app>:<env>`` is an environment of ``vumi:apps:<app>``: of ``vumi`` itself only
+    ``HOST_KEYS``, then the app's settings, then its ``environments:<env>``.
     """
+    app, branch = split_name(branch)
     env = check_name(branch, "environment")
     overrides = {k: v for k, v in overrides.items() if not k.startswith("__")}
     problems = schema_problems(opts_vumi, "minion option vumi") + schema_problems(pillar, "pillar vumi")
@@ -637,11 +676,19 @@ def merge(branch, pillar, opts_vumi, overrides):
     if problems:
         raise SaltInvocationError("; ".join(problems) if len(problems) == 1 else "\n".join(problems))
     cfg = copy.deepcopy({k: v for k, v in DEFAULTS.items() if k != "environments"})
+    sources = [source for source in (opts_vumi, pillar) if isinstance(source, dict)]  # pillar wins
+    if app is not None:  # the host's shared keys, then the app's own
+        cfg.update({k: v for source in sources for k, v in source.items() if k in HOST_KEYS})
+        sources = [(source.get("apps") or {}).get(app) for source in sources]
+        sources = [dict({"app": app}, **source) for source in sources if isinstance(source, dict)]
+        if not sources:
+            known = [name for source in (opts_vumi, pillar) if isinstance(source, dict)
+                     for name in (source.get("apps") or {})]  # fmt: skip
+            raise SaltInvocationError(_unknown(app, known, f"app {app} (pillar vumi:apps:{app})"))
     environments = {}
-    for source in (opts_vumi, pillar):  # pillar wins
-        if isinstance(source, dict):
-            environments.update(source.get("environments") or {})
-            cfg.update({k: v for k, v in source.items() if k in DEFAULTS and k != "environments"})
+    for source in sources:
+        environments.update(source.get("environments") or {})
+        cfg.update({k: v for k, v in source.items() if k in DEFAULTS and k != "environments"})
     own = environments.get(env) or {}
     for layer in (own, overrides):
         for key, value in layer.items():

@@ -18,7 +18,7 @@ include:
 {%-   set refused = salt["vumi.settings_problem"](env) %}
 {%-   if not refused %}
 {%-     set settings = salt["vumi.settings"](env) %}
-{%-     set name = settings.app ~ "-" ~ salt["vumi.env_dirname"](env) %}
+{%-     set name = settings.app ~ "-" ~ salt["vumi.env_dirname"](settings.environment) %}
 {%-     set site = nginx.conf_dir.rstrip("/") ~ "/" ~ name ~ ".conf" %}
 {%-     set current = salt["vumi.paths"](env).current %}
 {#-     a wildcard listen address is reached on loopback #}

@@ -101,6 +101,11 @@ def test_the_formulas_keys_are_those_of_its_defaults():
         ({"environments": {"staging": "production"}}, "invalid vumi:environments:staging 'production': must be a mapping"),
         ({"environments": ["staging"]}, "invalid vumi:environments: must map environment names to their settings"),
         ({"qwertyuiop": 1}, "unknown key vumi:qwertyuiop (every key: docs/settings-reference.md)"),
+        ({"apps": {"blog": {"repo_ur": "x"}}}, "unknown key vumi:apps:blog:repo_ur; did you mean repo_url?"),
+        ({"apps": {"blog": {"environments": {"staging": {"prots": []}}}}},
+         "unknown key vumi:apps:blog:environments:staging:prots; did you mean ports?"),
+        ({"apps": {"blog": {"deploy": []}}}, "vumi:apps:blog:deploy: set deploy at the top of pillar vumi"),
+        ({"apps": ["blog"]}, "invalid vumi:apps: must map app names to their settings"),
     ],
 )  # fmt: skip
 def test_an_unknown_key_is_named_where_it_is_with_the_closest_known_one(pillar, said):
@@ -121,3 +126,26 @@ def test_every_key_a_user_writes_is_known():
     assert vumi_settings.merge("staging", pillar, None, {})["environment"] == "staging"
     with pytest.raises(SaltInvocationError, match="unknown argument prots; did you mean ports"):
         vumi_settings.merge("staging", pillar, None, {"prots": [1]})
+
+
+def test_an_apps_environment_takes_the_hosts_keys_and_its_apps_own_alone():
+    pillar = {
+        "base_dir": "/srv", "python": "/usr/bin/python3", "supervisor": {"conf_dir": "/etc/sv"},
+        "repo_url": "https://git.example.org/hc.git", "env": {"HC_ONLY": "1"}, "hooks": {"before_publish": ["x"]},
+        "database": {"password": "hc"},
+        "apps": {"blog": {"repo_url": "https://git.example.org/blog.git", "env": {"B": "1"},
+                          "environments": {"staging": {"ports": [9000], "env": {"S": "1"}}}}},
+    }  # fmt: skip
+    blog = vumi_settings.merge("blog:staging", pillar, None, {})
+    assert (blog["app"], blog["environment"], blog["branch"]) == ("blog", "staging", "staging")
+    assert blog["base_dir"] == "/srv" and blog["python"] == "/usr/bin/python3"
+    assert blog["supervisor"]["conf_dir"] == "/etc/sv"
+    assert blog["repo_url"] == "https://git.example.org/blog.git" and blog["ports"] == [9000]
+    assert blog["env"] == {"B": "1", "S": "1"}  # the app's, then its environment's; none of hc's
+    assert blog["hooks"]["before_publish"] == [] and blog["database"] is None
+    hc = vumi_settings.merge("staging", pillar, None, {})
+    assert hc["env"] == {"HC_ONLY": "1"} and hc["app"] == "vumi"
+    with pytest.raises(SaltInvocationError, match=r"unknown app blgo \(pillar vumi:apps:blgo\); did you mean blog\?"):
+        vumi_settings.merge("blgo:staging", pillar, None, {})
+    with pytest.raises(SaltInvocationError, match="invalid app 'my app'"):
+        vumi_settings.merge("my app:staging", pillar, None, {})
