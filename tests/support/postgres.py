@@ -15,11 +15,21 @@ import socket
 import subprocess
 import tempfile
 
+import pytest
+
+from support.nginx import NGINX
+
 
 def bin_dir():
     """The newest installed PostgreSQL's binaries, or None."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     return os.path.dirname(found[-1]) if found else None
+
+
+#: the mark of a test module that runs the SLS with a database and nginx in front
+NEEDS_POSTGRES_AND_NGINX = pytest.mark.skipif(
+    bin_dir() is None or NGINX is None, reason="needs Debian's postgresql and nginx (.ci/run installs them)"
+)
 
 
 class Postgres:

@@ -16,14 +16,12 @@ import pytest
 
 import make_repo as sample
 from support.helpers import http_get, loaders_for, pillar_tree
-from support.nginx import NGINX, Load, Nginx
-from support.postgres import Postgres, bin_dir
+from support.nginx import Load, Nginx
+from support.postgres import NEEDS_POSTGRES_AND_NGINX
 
 ENV = "staging"
 
-pytestmark = pytest.mark.skipif(
-    bin_dir() is None or NGINX is None, reason="needs Debian's postgresql and nginx (.ci/run installs them)"
-)
+pytestmark = NEEDS_POSTGRES_AND_NGINX
 
 MIGRATION = """from django.db import migrations, models
 
@@ -35,15 +33,6 @@ class Migration(migrations.Migration):
         migrations.AddField(model_name="visit", name="agent", field=models.CharField(max_length=200, default="")),
     ]
 """
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = Postgres()
-    try:
-        yield server.start()
-    finally:
-        server.remove()
 
 
 @pytest.fixture

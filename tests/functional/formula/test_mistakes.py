@@ -18,23 +18,11 @@ import secrets
 import pytest
 
 import make_repo as sample
-from support.nginx import NGINX
-from support.postgres import Postgres, bin_dir
+from support.postgres import NEEDS_POSTGRES_AND_NGINX
 
 ENV = "staging"
 
-pytestmark = pytest.mark.skipif(
-    bin_dir() is None or NGINX is None, reason="needs Debian's postgresql and nginx (.ci/run installs them)"
-)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = Postgres()
-    try:
-        yield server.start()
-    finally:
-        server.remove()
+pytestmark = NEEDS_POSTGRES_AND_NGINX
 
 
 def merged(base, change):

@@ -14,21 +14,9 @@ import pytest
 from salt.exceptions import CommandExecutionError
 
 from support.helpers import env_root, http_get
-from support.nginx import NGINX
-from support.postgres import Postgres, bin_dir
+from support.postgres import NEEDS_POSTGRES_AND_NGINX
 
-pytestmark = pytest.mark.skipif(
-    bin_dir() is None or NGINX is None, reason="needs Debian's postgresql and nginx (.ci/run installs them)"
-)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = Postgres()
-    try:
-        yield server.start()
-    finally:
-        server.remove()
+pytestmark = NEEDS_POSTGRES_AND_NGINX
 
 
 @pytest.fixture
