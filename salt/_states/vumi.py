@@ -324,14 +324,19 @@ def _describe(status):
     return "stopped"
 
 
+def _watched():
+    """The returns, so far in this run, of the states this one watches."""
+    low, running = globals().get("__low__") or {}, globals().get("__running__") or {}
+    ids = {next(iter(w.values())) for w in low.get("watch") or [] if isinstance(w, dict) and w}
+    return [ran for ran in running.values() if ran.get("__id__") in ids]
+
+
 def _watched_changes():
     """
     In a dry run: whether a state this one watches predicts changes. Its real run
     makes a new release current, so every running port is then restarted.
     """
-    low, running = globals().get("__low__") or {}, globals().get("__running__") or {}
-    ids = {next(iter(w.values())) for w in low.get("watch") or [] if isinstance(w, dict) and w}
-    return any(r.get("__id__") in ids and r.get("changes") for r in running.values())
+    return any(ran.get("changes") for ran in _watched())
 
 
 @_settings_only
@@ -429,4 +434,17 @@ def mod_watch(name, sfun=None, ports=None, **kwargs):
         return dict(ret, result=False, comment=str(exc))
     todo = [(p, _describe(s)) for p, s in status.items()]
     ret["comment"] = _act(ret, todo, "vumi.restart_webapp", kwargs, "restarted")
+    switched = _switched_to()
+    if ret["result"] is False and switched:  # the switch happened: say so, not only what failed after it
+        ret["comment"] = f"{name} switched to {switched}; {ret['comment']}"
     return ret
+
+
+def _switched_to():
+    """The release a watched ``vumi.deployed`` of this run made current ("release R at C"), or None."""
+    for ran in _watched():
+        release = (ran.get("changes") or {}).get("release")
+        if release:
+            revision = ((ran["changes"].get("revision") or {}).get("new") or "")[:12]
+            return f"release {release['new']} at {revision}"
+    return None

@@ -530,6 +530,32 @@ def test_a_deploy_whose_ports_cannot_be_restarted_does_not_switch(
     assert serving(ports[0])[0] == first
 
 
+def test_a_port_that_fails_after_the_switch_is_said_with_the_switch(
+    loaders, repo, base_dir, vumi_config, free_port, webapps
+):
+    ports = [free_port(), free_port()]
+    webapps.extend((ENV, port) for port in ports)
+    pillar = sls_pillar(vumi_config, ports)
+    assert all(state.result is True for state in loaders.modules.state.apply("vumi", pillar=pillar))
+    # a release that answers the health check (on a spare port) but not on the first port
+    wsgi = pathlib.Path(repo) / "sampleapp" / "wsgi.py"
+    sample.git(repo, "checkout", "-q", ENV)
+    broken = wsgi.read_text() + (
+        f'\nimport os\nif os.environ.get("VUMI_PORT") == "{ports[0]}":\n    raise RuntimeError("not on this port")\n'
+    )
+    sha = sample.commit_file(repo, ENV, "sampleapp/wsgi.py", broken, "broken on one port")
+    states = {state.id: state for state in loaders.modules.state.apply("vumi", pillar=pillar)}
+    deployed, webapp = states[f"vumi-{ENV}-deployed"], states[f"vumi-{ENV}-webapp"]
+    new = deployed.changes["release"]["new"]
+    assert deployed.result is True and deployed.changes["revision"]["new"] == sha, deployed.raw
+    assert webapp.result is False, webapp.raw
+    assert webapp.comment.startswith(
+        f"{ENV} switched to release {new} at {sha[:12]}; port {ports[0]} could not be restarted: "
+    ), webapp.comment
+    assert f"ports left as they were: {ports[1]}" in webapp.comment
+    assert serving(ports[1])[:2] != (new, sha)  # the second port still serves the release before
+
+
 def test_sls_without_a_usable_branch_says_so(loaders, vumi_config, base_dir):
     hint = """state.apply vumi pillar='{"branch": "staging"}'"""
     for test in (True, False):
