@@ -220,6 +220,21 @@ MISTAKES = [
         "staging cannot be deployed; nothing of it was made: requirements: requirements-prod.txt is not in {tip12} (staging)",
     ),
     (
+        "database-down",
+        {"vumi": {"database": {"port": 1}}},
+        "staging cannot be deployed; nothing of it was made: database: PostgreSQL on 127.0.0.1:1 does not answer "
+        "(as vumi_admin)",
+    ),
+    (
+        "nginx-config",
+        {"vumi": {"nginx": {"test_cmd": "nginx -t -q -e stderr -c /nonexistent/nginx.conf"}}},
+        re.compile(
+            r"staging cannot be deployed; nothing of it was made: nginx: nginx -t -q -e stderr -c "
+            r"/nonexistent/nginx.conf fails: \S+ \S+ \[emerg\] \d+#\d+: open\(\) \"/nonexistent/nginx.conf\" "
+            r"failed \(2: No such file or directory\)\nnginx: configuration file /nonexistent/nginx.conf test failed"
+        ),
+    ),
+    (
         "shared-file",
         {"vumi": {"shared_files": [".env"]}},
         "staging cannot be deployed; nothing of it was made: shared: shared files missing: .env; shared dirs to be made: logs, tmp",
@@ -227,7 +242,7 @@ MISTAKES = [
     # nginx's own words, from `nginx -t` on the new site (Salt runs the check when applying, not under test=True)
     (
         "nginx-listen",
-        {"vumi": {"nginx": {"listen": "127.0.0.1:notaport"}}},
+        NGINX_LISTEN,
         re.compile(
             r'check_cmd execution failed\n.*\[emerg\] .*invalid port in "127\.0\.0\.1:notaport" of the "listen" directive'
             r" in \S+\nnginx: configuration file \S+ test failed",
