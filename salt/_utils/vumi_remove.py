@@ -36,13 +36,14 @@ def tree(paths, test=False):
     found = [("tree", paths.root)] if os.path.lexists(paths.root) else []
     if os.path.lexists(paths.webapp_logs):
         found.append(("logs", paths.webapp_logs))
+    for path in (paths.root, paths.webapp_logs):
+        if os.path.islink(path):
+            raise CommandExecutionError(f"{path} is a symlink; refusing to follow it")
     if test:
         return found
     if os.path.lexists(paths.root):
         os.rmdir(paths.root)  # emptied as its owner first; its parent is root's
     if os.path.lexists(paths.webapp_logs):
-        if os.path.islink(paths.webapp_logs):
-            raise CommandExecutionError(f"{paths.webapp_logs} is a symlink; refusing to follow it")
         shutil.rmtree(paths.webapp_logs)
     for parent in (os.path.dirname(paths.webapp_logs), paths.app_dir):  # the app's folders, when it was the last
         try:
