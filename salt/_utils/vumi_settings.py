@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import string
 import urllib.parse
 
 from salt.exceptions import SaltInvocationError
@@ -72,6 +73,11 @@ DEFAULTS = {
     "settings_path": "environments/{env}.py",  # where, in the code folder
     "settings_extends": None,  # a module the rendered file imports first, e.g. environments.default
     "events": True,  # fire a Salt event per deploy stage: vumi/deploy/<env>/<stage>
+    # long-running programs beside the webapp, under supervisord: {name: {command, numprocs,
+    # stop_signal, stop_timeout}}; restarted onto each release that goes live, after the webapps
+    "processes": {},
+    # scheduled jobs in the deploy user's crontab: {name: {schedule: "0 3 * * *", command}}
+    "cron": {},
     "environments": {},
 }
 
@@ -140,6 +146,9 @@ HOST_KEYS = ("base_dir", "supervisor", "python", "cache_dir", "installer", "even
 #: the mappings whose keys are the bundle's (``env`` and ``settings`` hold the user's own names)
 NESTED = {"supervisor": SUPERVISOR_DEFAULTS, "database": DATABASE_DEFAULTS, "hooks": ("before_publish", "after_publish"),
           "sls": SLS_KEYS, "nginx": NGINX_KEYS}  # fmt: skip
+#: the mappings of the user's names whose entries hold the bundle's keys (checked in ``processes``, ``cron``)
+PROCESS_KEYS = ("command", "numprocs", "stop_signal", "stop_timeout")
+CRON_KEYS = ("schedule", "command")
 KNOWN = (*DEFAULTS, "deploy", "manage_user", "sls", "nginx", "apps")
 
 
@@ -404,6 +413,9 @@ def validate(cfg):
         )
     if not isinstance(cfg["webapp_command"], str) or not cfg["webapp_command"].strip():
         raise SaltInvocationError(f"invalid webapp_command {cfg['webapp_command']!r}: must be a command line")
+    command_fields(cfg["webapp_command"], "webapp_command", WEBAPP_FIELDS)
+    cfg["processes"] = processes(cfg["processes"], cfg)
+    cfg["cron"] = cron(cfg["cron"])
     return cfg
 
 
@@ -524,6 +536,109 @@ def pip_packages(value):
     return [item.strip() for item in value]
 
 
+#: the fields of ``webapp_command``; a process's or cron job's command has those that are not a port's
+WEBAPP_FIELDS = ("port", "host", "pidfile", "logfile", "settings", "env", "branch", "code", "venv", "current", "wsgi")
+COMMAND_FIELDS = ("host", "settings", "env", "branch", "code", "venv", "current", "wsgi")
+
+
+def command_fields(template, what, fields):
+    """The ``{field}`` names of a command line, each one of ``fields``; a typo is named before anything runs."""
+    if not isinstance(template, str) or not template.strip() or CONTROL_RE.search(template):
+        raise SaltInvocationError(f"invalid {what} {template!r}: must be a command line (one line)")
+    try:
+        used = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise SaltInvocationError(f"invalid {what} {template!r}: {exc} (write {{{{ and }}}} for a brace)") from None
+    for name in used:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean {{{close[0]}}}? " if close else ""
+            raise SaltInvocationError(
+                f"invalid {what} {template!r}: {{{name}}} is not a field; {hint}"
+                f"use {', '.join('{' + f + '}' for f in fields)}"
+            )
+    return template
+
+
+#: a process's name: its supervisor program is ``<app>-<env>-<name>``; a port's is ``<app>-<env>-<port>``
+PROCESS_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+MAX_NUMPROCS = 64
+
+
+def _entries(value, what, keys):
+    """A mapping of the user's names to entries of ``keys`` (a string: the command); null entries dropped."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SaltInvocationError(f"invalid {what} {value!r}: must map names to {{{', '.join(keys)}}}")
+    result = {}
+    for name, entry in value.items():
+        if entry is None:  # an environment's ``name: null`` removes the global one
+            continue
+        if isinstance(entry, str):
+            entry = {"command": entry}
+        if not isinstance(entry, dict):
+            raise SaltInvocationError(f"invalid {what}:{name} {entry!r}: must be a mapping of {', '.join(keys)}")
+        for key in entry:
+            if key not in keys:
+                raise SaltInvocationError(_unknown(key, keys, f"key {what}:{name}:{key}"))
+        result[name] = dict(entry)
+    return result
+
+
+def processes(value, cfg):
+    """Pillar ``processes``: programs beside the webapp, each validated and filled with the environment's defaults."""
+    result = {}
+    for name, entry in _entries(value, "processes", PROCESS_KEYS).items():
+        if not isinstance(name, str) or not PROCESS_NAME_RE.match(name):
+            raise SaltInvocationError(
+                f"invalid process name {name!r}: a letter, then up to 39 letters, digits, '_' or '-' (no spaces, "
+                f"no '/'; a name of digits is a port's program)"
+            )
+        numprocs = entry.get("numprocs", 1)
+        if isinstance(numprocs, bool) or not isinstance(numprocs, int) or not 1 <= numprocs <= MAX_NUMPROCS:
+            raise SaltInvocationError(
+                f"invalid processes:{name}:numprocs {numprocs!r}: must be an integer from 1 to {MAX_NUMPROCS}"
+            )
+        stop = signal_name(entry.get("stop_signal", cfg["stop_signal"]))
+        if stop in NOT_STOPPING:
+            raise SaltInvocationError(f"invalid processes:{name}:stop_signal {stop}: it does not stop a process")
+        timeout = entry.get("stop_timeout", cfg["stop_timeout"])
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < float("inf"):
+            raise SaltInvocationError(f"invalid processes:{name}:stop_timeout {timeout!r}: must be seconds >= 0")
+        if "command" not in entry:
+            raise SaltInvocationError(f"processes:{name} has no command")
+        command = command_fields(entry["command"], f"processes:{name}:command", COMMAND_FIELDS)
+        result[name] = {"command": command, "numprocs": numprocs, "stop_signal": stop, "stop_timeout": float(timeout)}
+    return result
+
+
+#: one field of a crontab schedule: digits, names (mon, jan), ``*``, ranges, lists and steps
+CRON_FIELD_RE = re.compile(r"^[A-Za-z0-9*/,-]+$")
+
+
+def cron(value):
+    """Pillar ``cron``: scheduled jobs, each a five-field schedule and a command line."""
+    result = {}
+    for name, entry in _entries(value, "cron", CRON_KEYS).items():
+        if not isinstance(name, str) or not PROCESS_NAME_RE.match(name):
+            raise SaltInvocationError(
+                f"invalid cron job name {name!r}: a letter, then up to 39 letters, digits, '_' or '-'"
+            )
+        schedule = entry.get("schedule")
+        fields = schedule.split() if isinstance(schedule, str) else []
+        if len(fields) != 5 or not all(CRON_FIELD_RE.match(f) for f in fields):
+            raise SaltInvocationError(
+                f"invalid cron:{name}:schedule {schedule!r}: must be five fields (minute hour day month "
+                "weekday), like '0 3 * * *'"
+            )
+        if "command" not in entry:
+            raise SaltInvocationError(f"cron:{name} has no command")
+        command = command_fields(entry["command"], f"cron:{name}:command", COMMAND_FIELDS)
+        result[name] = {"schedule": " ".join(fields), "command": command}
+    return result
+
+
 HOOK_STAGES = ("before_publish", "after_publish")
 
 
@@ -611,7 +726,7 @@ def settings_module(cfg):
 
 
 #: mappings an environment (or a keyword argument) extends key by key instead of replacing
-MERGED = ("settings", "env", "hooks", "supervisor", "database")
+MERGED = ("settings", "env", "hooks", "supervisor", "database", "processes", "cron")
 
 #: the mappings that may hold secrets: ``vumi.settings`` masks those of their values whose
 #: name looks secret, or is listed in ``secret_env``, and the passwords of URLs

@@ -149,3 +149,55 @@ def test_an_apps_environment_takes_the_hosts_keys_and_its_apps_own_alone():
         vumi_settings.merge("blgo:staging", pillar, None, {})
     with pytest.raises(SaltInvocationError, match="invalid app 'my app'"):
         vumi_settings.merge("my app:staging", pillar, None, {})
+
+
+def test_processes_and_cron_merge_by_name_and_take_the_environments_defaults():
+    pillar = {
+        "stop_signal": "INT",
+        "processes": {"worker": "celery -A proj worker", "sendalerts": {"command": "./manage.py sendalerts"}},
+        "cron": {"clearsessions": {"schedule": "0  3 * * *", "command": "./manage.py clearsessions"}},
+        "environments": {"staging": {"processes": {"worker": {"command": "{venv}/bin/celery worker", "numprocs": 2,
+                                                              "stop_timeout": 60}, "sendalerts": None}}},
+    }  # fmt: skip
+    cfg = vumi_settings.merge("staging", pillar, None, {})
+    assert cfg["processes"] == {"worker": {"command": "{venv}/bin/celery worker", "numprocs": 2,
+                                           "stop_signal": "SIGINT", "stop_timeout": 60.0}}  # fmt: skip
+    assert cfg["cron"] == {"clearsessions": {"schedule": "0 3 * * *", "command": "./manage.py clearsessions"}}
+    assert vumi_settings.merge("production", pillar, None, {})["processes"]["sendalerts"]["numprocs"] == 1
+
+
+@pytest.mark.parametrize(
+    "pillar, message",
+    [
+        ({"processes": {"celery worker": "x"}}, "invalid process name 'celery worker'"),
+        ({"processes": {"a/b": "x"}}, "invalid process name 'a/b'"),
+        ({"processes": {"8001": "x"}}, "invalid process name '8001'.*a name of digits is a port's program"),
+        ({"processes": {"w": {"command": "x", "numprocs": 0}}}, r"invalid processes:w:numprocs 0: .*from 1 to 64"),
+        ({"processes": {"w": {"command": "x", "numprocs": -1}}}, "invalid processes:w:numprocs -1"),
+        ({"processes": {"w": {"command": "x", "numprocs": "2"}}}, "invalid processes:w:numprocs '2'"),
+        ({"processes": {"w": {"command": "x", "numprocs": 1000}}}, "invalid processes:w:numprocs 1000"),
+        (
+            {"processes": {"w": {"command": "x", "numproc": 2}}},
+            "unknown key processes:w:numproc; did you mean numprocs",
+        ),
+        ({"processes": {"w": {"numprocs": 2}}}, "processes:w has no command"),
+        ({"processes": {"w": "{venv}/bin/celery -A {proj} worker"}}, r"\{proj\} is not a field"),
+        ({"processes": {"w": "{vnv}/bin/celery"}}, r"\{vnv\} is not a field; did you mean \{venv\}"),
+        ({"processes": {"w": "serve {port}"}}, r"\{port\} is not a field"),
+        ({"processes": {"w": {"command": "x", "stop_signal": "SIGCONT"}}}, "it does not stop a process"),
+        ({"processes": ["worker"]}, "invalid processes"),
+        (
+            {"cron": {"c": {"schedule": "0 3 * *", "command": "x"}}},
+            r"invalid cron:c:schedule '0 3 \* \*': must be five",
+        ),
+        ({"cron": {"c": {"schedule": "@daily", "command": "x"}}}, "invalid cron:c:schedule '@daily'"),
+        ({"cron": {"c": {"schedule": "0 3 * * * *", "command": "x"}}}, "must be five fields"),
+        ({"cron": {"c": {"schedule": "0 3 * * ;rm", "command": "x"}}}, "must be five fields"),
+        ({"cron": {"c": {"schedule": "0 3 * * *"}}}, "cron:c has no command"),
+        ({"cron": {"c": {"schedule": "0 3 * * *", "command": "x", "user": "root"}}}, "unknown key cron:c:user"),
+        ({"webapp_command": "gunicorn --bind {host}:{prot}"}, r"\{prot\} is not a field; did you mean \{port\}"),
+    ],
+)
+def test_bad_processes_and_cron_jobs_are_named(pillar, message):
+    with pytest.raises(SaltInvocationError, match=message):
+        vumi_settings.merge("staging", pillar, None, {})
