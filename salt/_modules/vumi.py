@@ -39,6 +39,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 try:
     import vumi_check
     import vumi_commands
+    import vumi_cron
     import vumi_environment
     import vumi_errors
     import vumi_events
@@ -51,6 +52,7 @@ try:
     import vumi_paths
     import vumi_pipeline
     import vumi_privileges
+    import vumi_processes
     import vumi_releases
     import vumi_remove
     import vumi_settings
@@ -550,9 +552,13 @@ def update(environment, **kwargs):
         salt '*' vumi.update staging
     """
     d = _deploy(environment, kwargs)
+    if d.cfg["processes"]:
+        vumi_webapp.can_restart(d.cfg)
     res = _as_user(d.cfg, d.paths, vumi_pipeline.update, d)
     if res["changed"]:
         _deployed(d.cfg, res["release"], res["new_revision"])
+        if d.cfg["processes"]:  # the webapp keeps its release until restarted; the processes follow the code
+            res["processes_restarted"] = vumi_processes.restart(d.cfg, d.paths)
     return res
 
 
@@ -698,7 +704,9 @@ def rollback(environment, release=None, restart=True, **kwargs):
     if not isinstance(restart, bool):
         raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
     who = vumi_history.who(__opts__, kwargs)
-    if restart and cfg["ports"]:  # the operator's mistakes first, then supervisord, before anything switches
+    if restart and (
+        cfg["ports"] or cfg["processes"]
+    ):  # the operator's mistakes first, then supervisord, then the switch
         _read_as_user(cfg, vumi_releases.rollback_plan, cfg, found, release)
         vumi_webapp.can_restart(cfg)
     # the switch as the user; the restart through supervisor, root's part
@@ -712,12 +720,13 @@ def rollback(environment, release=None, restart=True, **kwargs):
 def _restart_rolled_back(cfg, found, res):
     """The running ports onto the release rolled back to; a failure says the switch happened, and what the roll left."""
     try:
-        return vumi_webapp.restart_running(cfg, found)
+        ports = vumi_webapp.restart_running(cfg, found)
+        return ports + vumi_processes.restart(cfg, found)
     except CommandExecutionError as exc:
         kind = type(exc) if isinstance(exc, vumi_errors.VumiError) else vumi_errors.VumiError
         raise kind(
             f"rolled back: current is release {res['release']} (was {res['previous']}), but restarting the "
-            f"running ports onto it failed: {exc}",
+            f"running ports and processes onto it failed: {exc}",
             **dict(getattr(exc, "facts", {}), release=res["release"], previous=res["previous"]),
         ) from None
 
@@ -766,8 +775,8 @@ def discard(environment, release, **kwargs):
 
 def remove(environment, database=False, test=False, **kwargs):
     """
-    Retire an environment from this host: its webapps stopped and their supervisor
-    programs dropped, its nginx site deleted (nginx reloaded when the SLS manages
+    Retire an environment from this host: its webapps and processes stopped and their
+    supervisor programs dropped, its deploy user's crontab entries removed, its nginx site deleted (nginx reloaded when the SLS manages
     its service), its folder ``<base_dir>/<app>/<env>`` (releases, virtualenvs,
     the cached clone, shared files, the history) and its webapps' logs removed.
     Its PostgreSQL database and role are dropped only with ``database=True``.
@@ -798,10 +807,17 @@ def remove(environment, database=False, test=False, **kwargs):
     pillar = __pillar__.get("vumi") if kwargs.get("vumi_pillar") is None else kwargs["vumi_pillar"]
     nginx = vumi_settings.nginx(environment, pillar)
 
-    def as_owner(root):  # the user's files, as the user
-        return _as_user(cfg, found, vumi_remove.empty, root)
+    as_owner = lambda root: _as_user(cfg, found, vumi_remove.empty, root)  # noqa: E731  the user's files, as the user
+    unschedule = lambda test: _unschedule(cfg, found, test)  # noqa: E731
+    return vumi_remove.retire(__salt__, cfg, found, nginx, database, test, as_owner, unschedule)
 
-    return vumi_remove.retire(__salt__, cfg, found, nginx, database, test, as_owner)
+
+def _unschedule(cfg, found, test):
+    """The environment's crontab entries (pillar's jobs or not), as the user: (kind, what) pairs; removed unless test."""
+    if not salt.utils.path.which("crontab"):
+        return []
+    gone = _as_user(cfg, found, vumi_cron.sync, dict(cfg, cron={}), found, __salt__, test)
+    return [("cron", f"{cfg['user']}'s {job}") for job in sorted(gone)]
 
 
 def environments(**kwargs):
@@ -986,7 +1002,7 @@ def webapp_programs(environment, test=False, **kwargs):
     """
     cfg, found = _context(environment, kwargs)
     changed = vumi_webapp.programs(cfg, found, test=bool(test))
-    return {"file": vumi_supervisor.program_file(cfg), "group": vumi_supervisor.group_name(cfg), "changed": changed}
+    return {"file": vumi_supervisor.program_file(cfg), "programs": changed, "changed": bool(changed)}
 
 
 def start_webapp(environment, port=8000, **kwargs):
@@ -1095,3 +1111,62 @@ def webapp_status(environment, port=None, **kwargs):
         salt '*' vumi.webapp_status staging
     """
     return vumi_webapp.status(*_context(environment, kwargs), port)
+
+
+def process_status(environment, **kwargs):
+    """
+    The processes of pillar ``processes``: per instance (``worker``, or ``worker-0``,
+    ``worker-1`` with ``numprocs``) supervisor's state, its pid, uptime, the release it
+    runs (from its working directory) and whether that is the current one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vumi.process_status staging
+    """
+    return vumi_processes.status(*_context(environment, kwargs))
+
+
+def restart_processes(environment, stale=False, **kwargs):
+    """
+    Restart the processes of pillar ``processes`` onto the current release, one type at
+    a time: its instances get their ``stop_signal``, ``stop_timeout`` seconds, then
+    start again and must be RUNNING before the next type. ``stale=True``: only the
+    types with an instance not running or on another release. Returns the types restarted.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vumi.restart_processes staging
+    """
+    if not isinstance(stale, bool):
+        raise SaltInvocationError(f"invalid stale {stale!r}: must be true or false")
+    cfg, found = _context(environment, kwargs)
+    return vumi_processes.restart(cfg, found, only_stale=stale)
+
+
+def cron_jobs(environment, test=False, **kwargs):
+    """
+    Make the deploy user's crontab hold the environment's jobs of pillar ``cron``,
+    exactly: each an entry with Salt's identifier ``vumi:<app>:<env>:<job>`` that runs
+    the command in ``current`` with the webapps' environment; entries of jobs dropped
+    from pillar are removed, the user's other entries left alone. Done as the deploy
+    user, with Salt's ``cron`` functions. Returns the entries made, changed or removed
+    (``test=True``: that would be), each ``{old, new}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vumi.cron_jobs staging
+    """
+    cfg, found = _context(environment, kwargs)
+    if not salt.utils.path.which("crontab"):
+        if cfg["cron"]:
+            raise CommandExecutionError(f"pillar cron has jobs for {environment}, but crontab is not installed here")
+        return {}  # no cron here, and none wanted: nothing to remove either
+    if cfg["cron"]:
+        vumi_webapp.process_command_line(cfg, found, "true", "cron")  # no current release: said before the crontab
+    return _as_user(cfg, found, vumi_cron.sync, cfg, found, __salt__, bool(test))

@@ -273,8 +273,37 @@ def _status(name, ports, kwargs):
     """The configured (or given) ports and the webapp status of each."""
     if ports is not None:
         kwargs = dict(kwargs, ports=ports)
-    ports = __salt__["vumi.settings"](name, **kwargs)["ports"]
-    return {port: __salt__["vumi.webapp_status"](name, port, **kwargs)[port] for port in ports}
+    # pillar's ports, and those vumi.start_webapp started beyond them (kept: a state does not forget them)
+    status = __salt__["vumi.webapp_status"](name, **kwargs)
+    return {port: row for port, row in status.items() if row["configured"] or row["extra"]}
+
+
+def _processes(ret, name, kwargs, stale):
+    """The process types onto the current release (``stale``: only those not running it), or predicted."""
+    if not __salt__["vumi.settings"](name, **kwargs)["processes"]:
+        return ""
+    if __opts__["test"]:
+        try:
+            rows = __salt__["vumi.process_status"](name, **kwargs)
+        except _ERRORS:
+            rows = {}
+        todo = sorted({r["process"] for r in rows.values() if not stale or not (r["running"] and r["current"])})
+        if not rows:
+            todo = sorted(__salt__["vumi.settings"](name, **kwargs)["processes"])
+        if todo:
+            ret["result"] = None
+            ret["changes"]["processes"] = {"old": None, "new": todo}
+            return f"processes {', '.join(todo)} would be restarted"
+        return ""
+    try:
+        done = __salt__["vumi.restart_processes"](name, stale=stale, **kwargs)
+    except _ERRORS as exc:
+        ret["result"] = False
+        return f"processes could not be restarted: {exc}"
+    if done:
+        ret["changes"]["processes"] = {"old": None, "new": done}
+        return f"processes {', '.join(done)} restarted on the current release"
+    return ""
 
 
 def _act(ret, todo, action, kwargs, verb):
@@ -312,10 +341,11 @@ def _programs(ret, name, ports, kwargs):
     if not res["changed"]:
         return ""
     ret["changes"]["programs"] = {"old": None, "new": res["file"]}
+    rolled = f" (programs {', '.join(res['programs'])}, one at a time)" if res.get("programs") else ""
     if __opts__["test"]:
         ret["result"] = None
-        return f"{res['file']} would be written"
-    return f"{res['file']} written and loaded"
+        return f"{res['file']} would be written{rolled}"
+    return f"{res['file']} written and applied{rolled}"
 
 
 def _describe(status):
@@ -363,7 +393,7 @@ def webapp_running(name, ports=None, **kwargs):
     replaced = False
     try:
         status = before = _status(name, ports, kwargs)
-        if status:
+        if status or __salt__["vumi.settings"](name, **kwargs)["processes"]:
             comments.append(_programs(ret, name, ports, kwargs))
             replaced = "programs" in ret["changes"]
             if replaced and not test:
@@ -388,12 +418,40 @@ def webapp_running(name, ports=None, **kwargs):
         comments.append(_act(ret, todo, action, kwargs, verb))
         if ret["result"] is False:
             break
+    if ret["result"] is not False:
+        comments.append(_processes(ret, name, kwargs, stale=True))
+    extra = [p for p, s in status.items() if s["extra"]]
+    if extra:
+        comments.append(f"ports {', '.join(map(str, extra))} run too (started by vumi.start_webapp, not in pillar "
+                        "ports): kept until vumi.stop_webapp")  # fmt: skip
     if not status:
-        ret["comment"] = f"{name} has no webapp ports configured (pillar ports): nothing to run"
+        ret["comment"] = "; ".join(c for c in comments if c) or (
+            f"{name} has no webapp ports configured (pillar ports): nothing to run"
+        )
         return ret
     ret["comment"] = "; ".join(c for c in comments if c) or (
         f"webapp of {name} runs the current release on ports {', '.join(map(str, status))}"
     )
+    return ret
+
+
+@_settings_only
+def cron_jobs(name, **kwargs):
+    """
+    The deploy user's crontab holds environment ``name``'s jobs (pillar ``cron``) and no
+    other entry of it: made, changed in place, or removed when pillar drops them.
+    """
+    ret = _ret(name)
+    try:
+        changes = __salt__["vumi.cron_jobs"](name, test=__opts__["test"], **kwargs)
+    except _ERRORS as exc:
+        return dict(ret, result=False, comment=str(exc))
+    ret["changes"] = changes
+    if not changes:
+        return dict(ret, comment=f"the crontab holds the jobs of {name}")
+    verb = "would be" if __opts__["test"] else "were"
+    ret["result"] = None if __opts__["test"] else True
+    ret["comment"] = f"cron jobs {', '.join(sorted(changes))} of {name} {verb} written or removed"
     return ret
 
 
@@ -434,6 +492,8 @@ def mod_watch(name, sfun=None, ports=None, **kwargs):
         return dict(ret, result=False, comment=str(exc))
     todo = [(p, _describe(s)) for p, s in status.items()]
     ret["comment"] = _act(ret, todo, "vumi.restart_webapp", kwargs, "restarted")
+    if ret["result"] is not False:
+        ret["comment"] = "; ".join(c for c in (ret["comment"], _processes(ret, name, kwargs, stale=False)) if c)
     switched = _switched_to()
     if ret["result"] is False and switched:  # the switch happened: say so, not only what failed after it
         ret["comment"] = f"{name} switched to {switched}; {ret['comment']}"

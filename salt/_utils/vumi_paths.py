@@ -94,6 +94,13 @@ class Paths:
         """``shared/logs/webapp.<port>.log``: a link to the log, for the user; root never opens it."""
         return os.path.join(self.logs, f"webapp.{port}.log")
 
+    def process_logfile(self, name, num=None):
+        """A process's log (of its instance ``num`` when it runs several), in root's folder as the webapps'."""
+        return os.path.join(self.webapp_logs, f"process.{name}.log" if num is None else f"process.{name}.{num}.log")
+
+    def process_log_link(self, name, num=None):
+        return os.path.join(self.logs, f"process.{name}.log" if num is None else f"process.{name}.{num}.log")
+
 
 def trees_in(app_dir):
     """

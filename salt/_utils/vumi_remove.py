@@ -1,6 +1,7 @@
 """
 ``vumi.remove``: an environment retired from a host. What goes, in this order: its
-webapps (stopped, their supervisor programs dropped), its nginx site, its tree
+webapps and processes (stopped, their supervisor programs dropped), its crontab entries,
+its nginx site, its tree
 (``<base_dir>/<app>/<env>``: releases, shared files, virtualenvs, the cached clone, the
 history) and its webapps' logs; its PostgreSQL database and role only when asked.
 The tree is the deploy user's: emptied as that user (``empty``, run through
@@ -81,21 +82,24 @@ def databases(salt, db, test=False):
     return found
 
 
-def retire(salt, cfg, paths, nginx, database, test, as_owner):
+def retire(salt, cfg, paths, nginx, database, test, as_owner, unschedule=lambda test: []):
     """
-    What of the environment is on this host, in the order it goes (supervisor, nginx,
-    tree, logs, database, role), removed unless ``test``: ``as_owner(root)`` empties
-    the tree as its owner (``empty`` run as the deploy user). ``removed`` (or ``would_remove``) lists ``<kind>: <what>``.
+    What of the environment is on this host, in the order it goes (supervisor: webapps and
+    processes, cron entries, nginx, tree, logs, database, role), removed unless ``test``:
+    ``as_owner(root)`` empties the tree as its owner (``empty`` run as the deploy user);
+    ``unschedule(test)`` lists (and removes) its crontab entries, as that user.
+    ``removed`` (or ``would_remove``) lists ``<kind>: <what>``.
     """
     site_file = os.path.join(nginx["conf_dir"], f"{cfg['app']}-{vumi_settings.env_dirname(cfg['environment'])}.conf")
     db = cfg["database"] if database else None
-    plan = vumi_supervisor.drop_group(cfg, test=True) + site(site_file, test=True)
+    plan = vumi_supervisor.drop_group(cfg, test=True) + unschedule(True) + site(site_file, test=True)
     plan += tree(paths, test=True) + databases(salt, db, test=True)
     kept = []
     if cfg["database"] and not database:
         kept.append(f"database {cfg['database']['name']} and role {cfg['database']['user']} (database=True drops them)")
     if not test and plan:
         vumi_supervisor.drop_group(cfg)
+        unschedule(False)
         if site(site_file) and nginx["manage_service"]:
             salt["service.reload"](nginx["service"])
         elif any(kind == "nginx" for kind, _ in plan):

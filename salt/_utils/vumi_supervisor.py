@@ -1,15 +1,19 @@
 """
-supervisord: the environment's program file and the calls that start, stop and read its webapps.
+supervisord: the environment's program file and the calls that start, stop and read its programs.
 
-One program per configured port, ``<app>-<env>-<port>``, in a group ``<app>-<env>``, from
-``<conf_dir>/<app>-<env>.conf`` (root's, 0600: it carries pillar ``env``). Each program
-runs in ``current``, so a restart picks up the release published last without
+One program per port, ``<app>-<env>-<port>``, and one per process type of pillar
+``processes``, ``<app>-<env>-<name>`` (``numprocs`` instances ``<program>-<n>`` when more
+than one), from ``<conf_dir>/<app>-<env>.conf`` (root's, 0600: it carries pillar ``env``).
+Each program is its own supervisor group, so that a changed program file is applied one
+program at a time (``apply_programs``): a config change rolls like a code deploy. Each
+program runs in ``current``, so a restart picks up the release published last without
 rewriting the file. supervisord is asked through its XML-RPC interface on the
 unix socket named in ``conf_file`` (what ``supervisorctl -c conf_file`` would use).
 Only supervisor's own word is trusted about a process: no pid file, no signal of ours.
 """
 
 import configparser
+import contextlib
 import http.client
 import logging
 import os
@@ -30,7 +34,10 @@ UP = ("RUNNING", "STARTING")
 
 
 def group_name(cfg):
-    # supervisor refuses ' ', ':' and '/' in names; a topics/foo environment is topics~foo, as its folder
+    """
+    The environment's name in supervisor, every program's prefix (and the one group of the
+    older layout); supervisor refuses ' ', ':' and '/' in names: topics/foo is topics~foo, as its folder.
+    """
     return f"{cfg['app']}-{vumi_settings.env_dirname(cfg['environment'])}"
 
 
@@ -39,7 +46,19 @@ def program_name(cfg, port):
 
 
 def full_name(cfg, port):
-    return f"{group_name(cfg)}:{program_name(cfg, port)}"
+    """A port's process as supervisor's calls name it: ``<group>:<name>``, its own group."""
+    name = program_name(cfg, port)
+    return f"{name}:{name}"
+
+
+def process_program(cfg, name):
+    return f"{group_name(cfg)}-{name}"
+
+
+def process_names(cfg, name):
+    """The ``group:name`` of each instance of process type ``name``."""
+    program, count = process_program(cfg, name), cfg["processes"][name]["numprocs"]
+    return [f"{program}:{program}"] if count == 1 else [f"{program}:{program}-{n}" for n in range(count)]
 
 
 def program_file(cfg):
@@ -148,92 +167,211 @@ def stop_wait(cfg):
     return max(1, int(round(cfg["stop_timeout"])))
 
 
-def render_programs(cfg, paths, command_for):
-    """The text of the environment's program file; ``command_for(port)`` renders a port's command line."""
+#: the program file's line that remembers the ports ``vumi.start_webapp`` started beyond pillar's
+EXTRA_MARK = "; started by vumi.start_webapp, not in pillar ports:"
+
+
+def _program(cfg, paths, name, command, env, logfile, startsecs, stop_signal, stop_timeout):
     conf = cfg["supervisor"]
-    group = group_name(cfg)
-    env = vumi_environment.for_current(cfg, paths)
-    lines = [
-        f"; {cfg['app']} {cfg['environment']}: written by vumi-salt (state.apply rewrites it)",
-        f"[group:{group}]",
-        f"programs={','.join(program_name(cfg, port) for port in cfg['ports'])}",
+    return [
+        "",
+        f"[program:{name}]",
+        "command=/bin/sh -c " + _value(shlex.quote("exec " + command), "command"),
+        f"directory={_value(paths.current_code(), 'directory')}",
+        f"user={_value(cfg['user'], 'user')}",
+        "environment=" + ",".join(_env_value(k, v) for k, v in sorted(env.items())),
+        "autostart=true",
+        "autorestart=true",
+        f"startsecs={startsecs}",
+        f"startretries={conf['start_retries']}",
+        f"stopsignal={stop_signal[3:]}",
+        f"stopwaitsecs={max(1, int(round(stop_timeout)))}",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        f"stdout_logfile={logfile}",
+        f"stdout_logfile_maxbytes={conf['log_max_bytes']}",
+        f"stdout_logfile_backups={conf['log_backups']}",
     ]
-    for port in cfg["ports"]:
-        port_env = dict(env, VUMI_PORT=str(port))
-        lines += [
-            "",
-            f"[program:{program_name(cfg, port)}]",
-            "command=/bin/sh -c " + _value(shlex.quote("exec " + command_for(port)), "webapp_command"),
-            f"directory={_value(paths.current_code(), 'directory')}",
-            f"user={_value(cfg['user'], 'user')}",
-            "environment=" + ",".join(_env_value(k, v) for k, v in sorted(port_env.items())),
-            "autostart=true",
-            "autorestart=true",
-            # a crash within 5 s is a failed start: retried start_retries times, then FATAL
-            "startsecs=5",
-            f"startretries={conf['start_retries']}",
-            f"stopsignal={cfg['stop_signal'][3:]}",
-            f"stopwaitsecs={stop_wait(cfg)}",
-            "stopasgroup=true",
-            "killasgroup=true",
-            "redirect_stderr=true",
-            f"stdout_logfile={_value(paths.logfile(port), 'log file')}",
-            f"stdout_logfile_maxbytes={conf['log_max_bytes']}",
-            f"stdout_logfile_backups={conf['log_backups']}",
-        ]
+
+
+def render_programs(cfg, paths, command_for, process_command_for=None, extra=()):
+    """
+    The text of the environment's program file: a program per port of ``cfg['ports']`` and
+    of ``extra`` (ports started beyond pillar's, remembered here), rendered by
+    ``command_for(port)``, then one per process type, by ``process_command_for(name)``.
+    """
+    env = vumi_environment.for_current(cfg, paths)
+    lines = [f"; {cfg['app']} {cfg['environment']}: written by vumi-salt (state.apply rewrites it)"]
+    extra = sorted(set(extra) - set(cfg["ports"]))
+    if extra:
+        lines.append(f"{EXTRA_MARK} {' '.join(map(str, extra))}")
+    for port in list(cfg["ports"]) + extra:
+        # a crash within 5 s is a failed start: retried start_retries times, then FATAL
+        lines += _program(cfg, paths, program_name(cfg, port), command_for(port), dict(env, VUMI_PORT=str(port)),
+                          _value(paths.logfile(port), "log file"), 5, cfg["stop_signal"], cfg["stop_timeout"])  # fmt: skip
+    for name, proc in cfg["processes"].items():
+        logfile = _value(paths.process_logfile(name), "log file")
+        if proc["numprocs"] > 1:  # process.<name>.<n>.log: supervisor fills in each instance's number
+            logfile = _value(paths.process_logfile(name, 0)[: -len("0.log")], "log file") + "%(process_num)d.log"
+        lines += _program(cfg, paths, process_program(cfg, name), process_command_for(name), dict(env, VUMI_PROCESS=name),
+                          logfile, 1, proc["stop_signal"], proc["stop_timeout"])  # fmt: skip
+        if proc["numprocs"] > 1:
+            lines += [f"numprocs={proc['numprocs']}", "process_name=%(program_name)s-%(process_num)d"]
     return "\n".join(lines) + "\n"
 
 
-def write_programs(cfg, paths, text, test=False, sup=None):
-    """
-    Make the program file say ``text`` (root's, 0600); if it changed, have supervisord
-    read it and apply it to this environment's group alone. True if anything changed.
-    """
-    path = program_file(cfg)
+def extra_ports(cfg):
+    """The ports ``vumi.start_webapp`` started beyond pillar's, as the program file remembers them."""
+    for line in (read_program_file(cfg) or "").splitlines():
+        if line.startswith(EXTRA_MARK):
+            return [int(p) for p in line[len(EXTRA_MARK) :].split() if p.isdigit()]
+    return []
+
+
+def read_program_file(cfg):
+    """The program file's text (root's file, in root's folder), or None."""
+    return _read(program_file(cfg))
+
+
+def file_ports(cfg):
+    """The ports the program file runs (pillar's when it was written, and those started beyond them)."""
+    prefix = group_name(cfg) + "-"
+    names = sections(read_program_file(cfg))
+    return [int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()]
+
+
+def sections(text):
+    """``{program: its options}`` of a program file's text."""
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser.read_string(text or "")
+    return {s.split(":", 1)[1]: dict(parser.items(s)) for s in parser.sections() if s.startswith("program:")}
+
+
+def _read(path):
     try:
         with open(path, encoding="utf-8") as fh:
-            same = fh.read() == text
+            return fh.read()
     except FileNotFoundError:
-        same = False
+        return None
     except OSError as exc:
         raise CommandExecutionError(f"cannot read {path}: {exc}") from None
-    sup = sup or Supervisor(cfg)
-    sup.ping()  # not running: say so before anything is written
-    group = group_name(cfg)
-    loaded = bool(sup.group(group))
-    if same and loaded:
-        return False
-    if test:
-        return True
-    if not same:
-        folder = os.path.dirname(path)
-        if not os.path.isdir(folder):
-            raise CommandExecutionError(f"supervisor's conf_dir {folder} does not exist (is supervisor installed?)")
-        try:
-            vumi_files.write_atomic(path, text, None, 0o600)
-        except OSError as exc:
-            raise CommandExecutionError(f"cannot write the program file {path}: {exc}") from None
-    apply_group(sup, group)
-    return True
 
 
-def apply_group(sup, group):
-    """supervisorctl's ``update``, for one group: read the config, then add, replace or drop the group."""
+def _write(path, text):
+    if text is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise CommandExecutionError(f"supervisor's conf_dir {folder} does not exist (is supervisor installed?)")
     try:
-        added, changed, removed = sup.call("supervisor.reloadConfig")[0]
+        vumi_files.write_atomic(path, text, None, 0o600)
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot write the program file {path}: {exc}") from None
+
+
+def _reload(sup):
+    """supervisord reads its config again; what changed is applied by the caller, one program at a time."""
+    try:
+        return sup.call("supervisor.reloadConfig")[0]
     except xmlrpc.client.Fault as fault:
         raise CommandExecutionError(
             f"supervisord could not read its config ({sup.conf_file}): {fault.faultString}"
         ) from None
-    if group in changed or group in removed:
+
+
+def _drop(sup, group):
+    with contextlib.suppress(xmlrpc.client.Fault):  # BAD_NAME: not loaded
         sup.call("supervisor.stopProcessGroup", group, True)
         sup.call("supervisor.removeProcessGroup", group)
-    if group in added or group in changed or (group not in removed and not sup.group(group)):
-        try:
-            sup.call("supervisor.addProcessGroup", group)
-        except xmlrpc.client.Fault as fault:
-            if "ALREADY_ADDED" not in fault.faultString:
-                raise CommandExecutionError(f"supervisord could not add {group}: {fault.faultString}") from None
+
+
+def _add(sup, group):
+    """Load a program from the config read last; ``autostart`` starts it."""
+    try:
+        sup.call("supervisor.addProcessGroup", group)
+    except xmlrpc.client.Fault as fault:
+        if "ALREADY_ADDED" not in fault.faultString:
+            raise CommandExecutionError(f"supervisord could not add {group}: {fault.faultString}") from None
+
+
+def plan(cfg, text, sup):
+    """(programs to (re)load, programs to drop, the older layout's group or None) to make ``text`` run."""
+    old_text = _read(program_file(cfg))
+    loaded = {p["group"] for p in sup.call("supervisor.getAllProcessInfo")}
+    old, new = sections(old_text), sections(text)
+    legacy = group_name(cfg)
+    legacy = legacy if legacy in loaded and f"[group:{legacy}]" in (old_text or "") else None
+    todo = [n for n in new if n not in loaded or old.get(n) != new[n]]
+    gone = [n for n in old if n not in new and n in loaded]
+    return todo, gone, legacy
+
+
+def apply_programs(cfg, text, ready, test=False, sup=None):
+    """
+    Make the program file say ``text`` (root's, 0600) and have supervisord run it, one
+    program at a time: each changed or new one is replaced, then ``ready(program)`` waits
+    for it (a port answering HTTP) before the next; ports first, then the processes. The
+    first that is not ready stops the roll: the file is put back, that program and those
+    replaced before it go back on what they ran, and the error names it. Returns the
+    programs replaced, started or dropped (``test``: those that would be).
+    """
+    path = program_file(cfg)
+    sup = sup or Supervisor(cfg)
+    sup.ping()  # not running: say so before anything is written
+    old_text = _read(path)
+    todo, gone, legacy = plan(cfg, text, sup)
+    if old_text == text and not todo and not gone and not legacy:
+        return []
+    changed = todo + gone + ([legacy] if legacy else [])
+    if test:
+        return changed
+    _write(path, text)
+    _reload(sup)
+    done = []
+    try:
+        for group in gone:
+            _drop(sup, group)
+        for group in todo:
+            if legacy:  # the older layout's process of this port stops only now: one port at a time
+                with contextlib.suppress(xmlrpc.client.Fault):
+                    sup.call("supervisor.stopProcess", f"{legacy}:{group}", True)
+            done.append(group)
+            _drop(sup, group)
+            _add(sup, group)
+            ready(group)
+    except CommandExecutionError as exc:
+        failed, before = done[-1], done[:-1]
+        left = [g for g in todo if g not in done]
+        if failed not in sections(old_text):  # a new program: nothing to go back to; it stays, stopped
+            with contextlib.suppress(xmlrpc.client.Fault):  # not left crash-looping under supervisor
+                sup.call("supervisor.stopProcessGroup", failed, True)
+            raise CommandExecutionError(f"{exc}\n{failed} is new and did not come up; not started: "
+                                        f"{', '.join(left) or 'none'}") from None  # fmt: skip
+        _put_back(sup, path, old_text, done, ready)
+        raise CommandExecutionError(
+            f"{exc}\nthe new program file stopped at {failed}: it runs what it ran before"
+            f"{', as do ' + ', '.join(before) if before else ''}; left as they were: {', '.join(left) or 'none'}; "
+            f"{path} is as it was"
+        ) from None
+    if legacy:
+        _drop(sup, legacy)
+    return changed
+
+
+def _put_back(sup, path, old_text, done, ready):
+    """The programs of ``done`` back on ``old_text``'s word (a new one dropped), the last first."""
+    _write(path, old_text)
+    _reload(sup)
+    old = sections(old_text)
+    for group in reversed(done):
+        _drop(sup, group)
+        if group in old:
+            _add(sup, group)
+            with contextlib.suppress(CommandExecutionError):
+                ready(group)
 
 
 def drop_group(cfg, test=False):
@@ -242,22 +380,22 @@ def drop_group(cfg, test=False):
     program file deleted, the config read again. What was there, as (kind, what) pairs;
     supervisord that does not answer is an error only when it has something to stop.
     """
-    path, group = program_file(cfg), group_name(cfg)
+    path = program_file(cfg)
     try:
         sup = Supervisor(cfg)
-        loaded = sup.group(group)
+        groups = set(sections(_read(path))) | {group_name(cfg)}
+        loaded = [p for p in sup.call("supervisor.getAllProcessInfo") if p["group"] in groups]
     except CommandExecutionError:
         if os.path.lexists(path):
             raise
         return []  # no program file: nothing of this environment for supervisord to run
-    found = [("supervisor", f"{group}:{p['name']}") for p in loaded]
+    found = [("supervisor", f"{p['group']}:{p['name']}") for p in loaded]
     if os.path.lexists(path):
         found.append(("supervisor", path))
     if test or not found:
         return found
-    if loaded:
-        sup.call("supervisor.stopProcessGroup", group, True)
-        sup.call("supervisor.removeProcessGroup", group)
+    for group in sorted({p["group"] for p in loaded}):
+        _drop(sup, group)
     if os.path.lexists(path):
         os.unlink(path)
     sup.call("supervisor.reloadConfig")
@@ -270,6 +408,15 @@ def webapp_logs(cfg, paths):
     (which supervisord writes in root's folder, ``paths.webapp_logs``). A file already
     there (from an older layout) is left alone.
     """
-    for port in cfg["ports"]:
-        if not os.path.lexists(paths.log_link(port)):
-            os.symlink(paths.logfile(port), paths.log_link(port))
+    for target, link in log_links(cfg, paths):
+        if not os.path.lexists(link):
+            os.symlink(target, link)
+
+
+def log_links(cfg, paths):
+    """(log, the user's link to it) of each configured port and each process instance."""
+    links = [(paths.logfile(port), paths.log_link(port)) for port in cfg["ports"]]
+    for name, proc in cfg["processes"].items():
+        nums = range(proc["numprocs"]) if proc["numprocs"] > 1 else [None]
+        links += [(paths.process_logfile(name, n), paths.process_log_link(name, n)) for n in nums]
+    return links

@@ -36,12 +36,8 @@ def _kernel_hex(packed):
     return "".join(f"{word:08X}" for word in struct.unpack(f"={len(packed) // 4}I", packed))
 
 
-def listening(host, port):
-    """
-    Whether a socket listens on ``host:port`` (or on every address, which takes it
-    too), from the kernel's tables: no connection is made, so a foreign listener's
-    backlog is not filled by asking.
-    """
+def _listeners(host, port):
+    """The socket inodes listening on ``host:port`` (or on every address, which takes it too), from the kernel's tables."""
     try:
         v4 = socket.inet_aton(socket.gethostbyname(host))
     except OSError:
@@ -50,19 +46,41 @@ def listening(host, port):
         "/proc/net/tcp": {_kernel_hex(bytes(4))} | ({_kernel_hex(v4)} if v4 else set()),
         "/proc/net/tcp6": {_kernel_hex(bytes(16))} | ({_kernel_hex(bytes(10) + b"\xff\xff" + v4)} if v4 else set()),
     }
+    found = []
     for table, addresses in taken.items():
         try:
             with open(table, encoding="ascii") as fh:
                 next(fh, None)
                 for line in fh:
-                    fields = line.split()  # sl local_address rem_address st ...
-                    if len(fields) > 3 and fields[3] == "0A":
+                    fields = line.split()  # sl local_address rem_address st ... uid timeout inode
+                    if len(fields) > 9 and fields[3] == "0A":
                         address, _, hexport = fields[1].partition(":")
                         if int(hexport, 16) == port and address in addresses:
-                            return True
+                            found.append(fields[9])
         except OSError:
             continue
-    return False
+    return found
+
+
+def listening(host, port):
+    """
+    Whether a socket listens on ``host:port``, from the kernel's tables: no connection is
+    made, so a foreign listener's backlog is not filled by asking.
+    """
+    return bool(_listeners(host, port))
+
+
+def holder(host, port):
+    """Who listens on ``host:port``: "pid N (name)" from /proc (the kernel's word), or "another process"."""
+    wanted = {f"socket:[{inode}]" for inode in _listeners(host, port)}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in os.listdir(f"/proc/{pid}/fd")):
+                with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+                    return f"pid {pid} ({fh.read(64).strip()})"
+        except OSError:
+            continue
+    return "another process"
 
 
 def port_taken(cfg, port, grace=3.0):
@@ -101,17 +119,10 @@ def wsgi_module(cfg, code):
     return f"{found[0]}.wsgi"
 
 
-def webapp_command(cfg, paths, name, port, logfile=None, supervised=False):
-    """
-    The command line of release ``name``'s webapp on ``port``; ``supervised``: the
-    program's, whose paths go through ``current`` (it runs whatever is published when it starts).
-    """
+def _fields(cfg, paths, name, supervised):
     code = paths.current_code() if supervised else paths.code(name)
-    fields = {
-        "port": port,
+    return {
         "host": cfg["host"],
-        "pidfile": paths.pidfile(port),  # for a command that insists on one: never read here
-        "logfile": logfile or paths.logfile(port),
         "settings": vumi_settings.settings_module(cfg),
         "env": cfg["environment"],
         "branch": cfg["branch"],
@@ -119,17 +130,49 @@ def webapp_command(cfg, paths, name, port, logfile=None, supervised=False):
         "venv": paths.current_venv() if supervised else paths.venv(name),
         "current": paths.current,
     }
-    template = cfg["webapp_command"]
+
+
+def _render(cfg, paths, name, template, fields, what):
     if "{wsgi}" in template:
         fields["wsgi"] = wsgi_module(cfg, paths.code(name))
     quoted = {k: shlex.quote(str(v)) for k, v in fields.items()}
     try:
         return template.format(**quoted)
     except (KeyError, IndexError, ValueError) as exc:
-        what = f"{{{exc.args[0]}}} is not a field" if isinstance(exc, KeyError) else str(exc)
+        problem = f"{{{exc.args[0]}}} is not a field" if isinstance(exc, KeyError) else str(exc)
         raise SaltInvocationError(
-            f"invalid webapp_command {template!r}: {what} (use {', '.join('{' + f + '}' for f in sorted(fields))})"
+            f"invalid {what} {template!r}: {problem} (use {', '.join('{' + f + '}' for f in sorted(fields))})"
         ) from None
+
+
+def webapp_command(cfg, paths, name, port, logfile=None, supervised=False):
+    """
+    The command line of release ``name``'s webapp on ``port``; ``supervised``: the
+    program's, whose paths go through ``current`` (it runs whatever is published when it starts).
+    """
+    fields = dict(_fields(cfg, paths, name, supervised), port=port, logfile=logfile or paths.logfile(port),
+                  pidfile=paths.pidfile(port))  # for a command that insists on one: never read here  # fmt: skip
+    return _render(cfg, paths, name, cfg["webapp_command"], fields, "webapp_command")
+
+
+def process_command(cfg, paths, name, process):
+    """The command line of process type ``process``'s program: paths through ``current``."""
+    return process_command_line(cfg, paths, cfg["processes"][process]["command"], f"processes:{process}:command", name)
+
+
+def process_command_line(cfg, paths, template, what, name=None):
+    """A command line (a process's, a cron job's) of the release that is current when it runs."""
+    name = name or _current(cfg, paths)
+    return _render(cfg, paths, name, template, _fields(cfg, paths, name, True), what)
+
+
+def all_ports(cfg):
+    """
+    pillar's ports, then those that run for the environment beyond them: started by
+    ``vumi.start_webapp``, or by an earlier ``state.apply`` with other ports (the program file says).
+    """
+    found = vumi_supervisor.extra_ports(cfg) + vumi_supervisor.file_ports(cfg)
+    return list(cfg["ports"]) + sorted(set(found) - set(cfg["ports"]))
 
 
 def _current(cfg, paths):
@@ -140,35 +183,73 @@ def _current(cfg, paths):
 
 
 def _configured(cfg, port):
-    if port not in cfg["ports"]:
+    if port not in all_ports(cfg):
         raise SaltInvocationError(
-            f"port {port} is not configured for {cfg['environment']} (ports: "
-            f"{', '.join(map(str, cfg['ports'])) or 'none'}); add it to pillar ports first"
+            f"port {port} does not run for {cfg['environment']} (ports: "
+            f"{', '.join(map(str, all_ports(cfg))) or 'none'}); vumi.start_webapp starts it"
         )
 
 
-def programs(cfg, paths, test=False):
-    """Write the environment's supervisor programs (every configured port) and load them; True if changed."""
+def programs(cfg, paths, test=False, extra=None):
+    """
+    Write the environment's supervisor programs (every port, then every process type) and
+    run them, one changed program at a time; the programs replaced (``test``: would be).
+    ``extra``: the ports beyond pillar's to remember (default: those remembered).
+    """
     name = _current(cfg, paths)
+    extra = vumi_supervisor.extra_ports(cfg) if extra is None else extra
     text = vumi_supervisor.render_programs(
-        cfg, paths, lambda port: webapp_command(cfg, paths, name, port, supervised=True)
-    )
+        cfg, paths, lambda port: webapp_command(cfg, paths, name, port, supervised=True),
+        lambda process: process_command(cfg, paths, name, process), extra,
+    )  # fmt: skip
     if not os.path.isdir(paths.logs) or os.path.islink(paths.logs):
         raise CommandExecutionError(f"{paths.logs} is not a folder: run vumi.layout {cfg['environment']} first")
     # a port another process holds would crash-loop under supervisor: refused before the file says it
-    sup = vumi_supervisor.Supervisor(cfg)
-    for port in cfg["ports"]:
+    sup = vumi_supervisor.Supervisor(cfg, timeout=cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 30)
+    for port in sorted(set(cfg["ports"]) | set(extra)):
         info = sup.info(vumi_supervisor.full_name(cfg, port))
         if (info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",)) and port_taken(cfg, port):
-            raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
+            raise CommandExecutionError(
+                f"port {port} on {cfg['host']} is already in use by {holder(cfg['host'], port)}"
+            )
     if not test:
         vumi_privileges.ensure_log_dir(cfg, paths)  # root's folder: supervisord writes there
-        if not all(os.path.lexists(paths.log_link(port)) for port in cfg["ports"]):
+        if not all(os.path.lexists(link) for _, link in vumi_supervisor.log_links(cfg, paths)):
             vumi_privileges.as_user(cfg, None, None, vumi_supervisor.webapp_logs, cfg, paths)
-    return vumi_supervisor.write_programs(cfg, paths, text, test=test, sup=sup)
+    return vumi_supervisor.apply_programs(cfg, text, lambda group: _ready(cfg, paths, sup, group), test=test, sup=sup)
 
 
-def _release_of(paths, pid):
+def _ready(cfg, paths, sup, group):
+    """A program just (re)loaded is up: a port answers HTTP; a process type's instances are RUNNING."""
+    deadline = time.monotonic() + cfg["start_timeout"]
+    prefix = vumi_supervisor.group_name(cfg) + "-"
+    suffix = group[len(prefix) :]
+    if suffix.isdigit():
+        _answered(cfg, sup, f"{group}:{group}", int(suffix), paths.logfile(int(suffix)), deadline)
+    elif suffix in cfg["processes"]:
+        for full in vumi_supervisor.process_names(cfg, suffix):
+            process_running(cfg, paths, sup, full, suffix, deadline)
+
+
+def process_running(cfg, paths, sup, full, process, deadline):
+    """Wait until a process's instance is RUNNING (up for supervisor's ``startsecs``); its log's tail if not."""
+    while True:
+        info = sup.info(full)
+        state = info["statename"] if info else "GONE"
+        if state == "RUNNING":
+            return info
+        if state in ("FATAL", "STOPPED", "GONE", "EXITED") or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    num = full.rsplit("-", 1)[1] if cfg["processes"][process]["numprocs"] > 1 else None
+    logfile = paths.process_logfile(process, num)
+    raise CommandExecutionError(
+        f"process {process} ({full}) is {state} in supervisor ({(info or {}).get('spawnerr') or 'exited'}, "
+        f"not RUNNING within {cfg['start_timeout']:g}s); last lines of {logfile}:\n{vumi_files.file_tail(logfile)}"
+    )
+
+
+def release_of(paths, pid):
     """The release a process runs, from its working directory (the kernel's word, not a file's)."""
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -201,19 +282,20 @@ def _answered(cfg, sup, name, port, logfile, deadline):
 
 def _row(cfg, paths, port, info):
     return {"port": port, "pid": info["pid"] if info else None,
-            "release": _release_of(paths, info["pid"]) if info and info["pid"] else None}  # fmt: skip
+            "release": release_of(paths, info["pid"]) if info and info["pid"] else None}  # fmt: skip
 
 
 def start(cfg, paths, port):
-    _configured(cfg, port)
+    """Start a port, pillar's or any other (remembered in the program file until it is stopped)."""
     _current(cfg, paths)
     sup = vumi_supervisor.Supervisor(cfg, timeout=cfg["start_timeout"] + 30)
     name = vumi_supervisor.full_name(cfg, port)
     before = sup.info(name)
     up = before is not None and before["statename"] in vumi_supervisor.UP + ("BACKOFF",)
     if not up and port_taken(cfg, port):
-        raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by another process")
-    programs(cfg, paths)
+        raise CommandExecutionError(f"port {port} on {cfg['host']} is already in use by {holder(cfg['host'], port)}")
+    extra = vumi_supervisor.extra_ports(cfg)
+    programs(cfg, paths, extra=extra if port in cfg["ports"] or port in extra else extra + [port])
     before = sup.info(name)  # a new or replaced group has started its ports already
     deadline = time.monotonic() + cfg["start_timeout"]
     if before and before["statename"] in vumi_supervisor.UP and up and vumi_probes.answers(cfg["host"], port):
@@ -238,31 +320,40 @@ def _start_process(sup, name, port):
             raise CommandExecutionError(f"supervisord could not start port {port}: {fault.faultString}") from None
 
 
-def stop(cfg, paths, port):
+def stop(cfg, paths, port, forget=True):
+    """Stop a port; one started beyond pillar's is then forgotten (``forget``: a restart keeps it)."""
     _configured(cfg, port)
     sup = vumi_supervisor.Supervisor(cfg, timeout=cfg["stop_timeout"] + 30)
     name = vumi_supervisor.full_name(cfg, port)
     info = sup.info(name)
     if info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",):
-        return {"port": port, "stopped": False, "comment": f"webapp not running on port {port}"}
-    row = _row(cfg, paths, port, info)
-    began = time.monotonic()
-    try:  # supervisor sends stop_signal to the group, and SIGKILL after stop_timeout
-        sup.call("supervisor.stopProcess", name, True)
-    except vumi_supervisor.xmlrpc.client.Fault as fault:
-        if "NOT_RUNNING" not in fault.faultString:
-            raise CommandExecutionError(f"supervisord could not stop port {port}: {fault.faultString}") from None
-    # supervisor does not say whether it had to kill: a stop that took all of stop_timeout did
-    killed = time.monotonic() - began >= vumi_supervisor.stop_wait(cfg) - 0.2
-    return dict(row, stopped=True, killed=killed, comment=f"webapp stopped on port {port}")
+        ret = {"port": port, "stopped": False, "comment": f"webapp not running on port {port}"}
+    else:
+        ret = _row(cfg, paths, port, info)
+        began = time.monotonic()
+        try:  # supervisor sends stop_signal to the group, and SIGKILL after stop_timeout
+            sup.call("supervisor.stopProcess", name, True)
+        except vumi_supervisor.xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise CommandExecutionError(f"supervisord could not stop port {port}: {fault.faultString}") from None
+        # supervisor does not say whether it had to kill: a stop that took all of stop_timeout did
+        killed = time.monotonic() - began >= vumi_supervisor.stop_wait(cfg) - 0.2
+        ret.update(stopped=True, killed=killed, comment=f"webapp stopped on port {port}")
+    extra = vumi_supervisor.extra_ports(cfg)
+    if forget and port in extra and port not in cfg["ports"]:
+        with contextlib.suppress(CommandExecutionError):  # no current release: it is stopped all the same
+            programs(cfg, paths, extra=[p for p in extra if p != port])  # its (stopped) program dropped
+    return ret
 
 
 def restart(cfg, paths, port):
     _configured(cfg, port)
     # what would make the start fail is found before the running process is stopped
     _current(cfg, paths)
-    programs(cfg, paths)
-    stopped = stop(cfg, paths, port)
+    extra = vumi_supervisor.extra_ports(cfg)
+    # a port pillar no longer lists, restarted by hand, is kept as one vumi.start_webapp started
+    programs(cfg, paths, extra=extra if port in cfg["ports"] or port in extra else extra + [port])
+    stopped = stop(cfg, paths, port, forget=False)
     started = start(cfg, paths, port)
     return dict(started, old_pid=stopped.get("pid"), old_release=stopped.get("release"),
                 comment=f"webapp restarted on port {port}")  # fmt: skip
@@ -297,8 +388,8 @@ CLUSTER_VERBS = {"start": "started", "stop": "stopped", "restart": "restarted"}
 
 
 def cluster(action, cfg, paths, ports):
-    ports = vumi_settings.parse_ports(ports) or cfg["ports"]
-    for port in ports:  # all refused before any is touched
+    ports = vumi_settings.parse_ports(ports) or all_ports(cfg)
+    for port in ports if action is not start else ():  # all refused before any is touched
         _configured(cfg, port)
     done = []
     # One port at a time, each answering again before the next one stops. The first
@@ -323,19 +414,24 @@ def cluster(action, cfg, paths, ports):
 def status(cfg, paths, port=None):
     """Per port: supervisor's state, pid, uptime, release, whether it is current and answers; see ``vumi.webapp_status``."""
     sup = vumi_supervisor.Supervisor(cfg)
-    group = vumi_supervisor.group_name(cfg)
+    prefix = vumi_supervisor.group_name(cfg) + "-"
     known = {}
-    for info in sup.group(group):
-        suffix = info["name"].rsplit("-", 1)[-1]
-        if suffix.isdigit():
+    for info in sup.call("supervisor.getAllProcessInfo"):
+        suffix = info["group"][len(prefix) :] if info["group"].startswith(prefix) else ""
+        if suffix.isdigit() and info["name"] == info["group"]:
             known[int(suffix)] = info
-    ports = [vumi_settings.parse_port(port)] if port is not None else sorted(set(cfg["ports"]) | set(known))
+        elif info["group"] == prefix[:-1]:  # the older layout's one group
+            known[int(info["name"].rsplit("-", 1)[-1])] = info
+    extra = [p for p in vumi_supervisor.extra_ports(cfg) if p not in cfg["ports"]]
+    listed = [p for p in known if p in extra or p in vumi_supervisor.file_ports(cfg)]
+    others = sorted((set(extra) | set(listed)) - set(cfg["ports"]))
+    ports = [vumi_settings.parse_port(port)] if port is not None else list(cfg["ports"]) + others
     current_name = vumi_manifest.current_release_safe(paths)
     result = {}
     for p in ports:
         info = known.get(p)
         running = bool(info) and info["statename"] in vumi_supervisor.UP
-        release = _release_of(paths, info["pid"]) if running and info["pid"] else None
+        release = release_of(paths, info["pid"]) if running and info["pid"] else None
         result[p] = {
             "state": info["statename"] if info else "ABSENT",
             "running": running,
@@ -346,6 +442,7 @@ def status(cfg, paths, port=None):
             "listening": running and vumi_probes.port_open(cfg["host"], p),
             "answers": running and vumi_probes.answers(cfg["host"], p),
             "configured": p in cfg["ports"],
+            "extra": p in extra,  # started by vumi.start_webapp beyond pillar's ports: kept until stopped
         }
     return result
 
@@ -416,14 +513,14 @@ def stop_child(proc, grace, sig="SIGTERM"):
 
 
 def can_restart(cfg):
-    """Before a switch that restarts: supervisord answers, when there are ports to restart (else it is not needed)."""
-    if cfg["ports"]:
+    """Before a switch that restarts: supervisord answers, when there is something to restart (else it is not needed)."""
+    if cfg["ports"] or cfg["processes"]:
         vumi_supervisor.Supervisor(cfg, timeout=10).ping()
 
 
 def restart_running(cfg, paths):
     """Restart the running ports onto ``current``, one at a time (supervisor's: root's part of a rollback)."""
-    if not cfg["ports"]:
+    if not cfg["ports"] and not vumi_supervisor.extra_ports(cfg):
         return []  # nothing to restart: supervisord is not asked
-    running = [p for p, s in status(cfg, paths).items() if s["running"] and p in cfg["ports"]]
+    running = [p for p, s in status(cfg, paths).items() if s["running"] and p in all_ports(cfg)]
     return [r["port"] for r in cluster(restart, cfg, paths, running)] if running else []

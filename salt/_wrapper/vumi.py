@@ -31,6 +31,7 @@ FUNCTIONS = (
     "deploy", "layout", "update", "create_virtualenv", "execute", "managepy", "rollback",
     "cleanup", "discard", "remove", "start_webapp", "stop_webapp", "restart_webapp",
     "start_webapp_cluster", "stop_webapp_cluster", "restart_webapp_cluster", "webapp_status", "webapp_programs",
+    "process_status", "restart_processes", "cron_jobs",
     "lock", "unlock", "locked", "check", "environments", "summary", "revert", "held", "unhold", "fleet_step",
 )  # fmt: skip
 WITH_SETTINGS = ("deploy", "prepare", "current", "settings")

@@ -112,5 +112,14 @@ vumi-{{ env }}-webapp:
       - vumi: vumi-{{ env }}-deployed
 {%-       endif %}
 {%-     endif %}
+{%-     if sls.deploy %}
+
+{#- the deploy user's crontab: pillar cron's jobs, each run in current; dropped ones removed #}
+vumi-{{ env }}-cron:
+  vumi.cron_jobs:
+    - name: {{ env | json }}
+    - require:
+      - vumi: vumi-{{ env }}-deployed
+{%-     endif %}
 {%-   endfor %}
 {%- endif %}

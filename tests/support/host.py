@@ -34,6 +34,8 @@ FILES = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/cront
 #: the throw-away deploy users the attack tests make and remove (their fixture checks they are
 #: gone): left out of the account files' record, since tests on other workers run meanwhile
 THROWAWAY = (b"vumipriv-", b"vumitest-", b"vumi-pg-")
+#: where their crontabs are: theirs are left out too (tests/functional/states/test_processes.py removes them)
+CRONTABS = "/var/spool/cron/crontabs"
 #: where a host service started by its init script leaves its pid file
 RUN = "/run"
 #: what a test may make in /run: sshd insists on its privilege separation folder (the
@@ -58,6 +60,8 @@ def _tree(top, found, depth=DEPTH):
         found[top] = _entry(top, os.lstat(top))
     for root, dirs, files in os.walk(top):  # walks nothing when it is absent or not a folder
         for name in dirs + files:
+            if root == CRONTABS and name.encode().startswith(THROWAWAY):
+                continue
             path = os.path.join(root, name)
             with contextlib.suppress(OSError):
                 found[path] = _entry(path, os.lstat(path))

@@ -322,6 +322,54 @@ def test_a_release_that_does_not_come_back_stops_the_roll(deployed, vumi, cluste
     assert http_get(first)[1]["release"] == good["release"]
 
 
+def test_config_changes_roll_port_by_port_and_a_broken_command_stops_at_the_first(deployed, vumi, cluster, nginx):
+    ports = cluster(3)
+    first, second, third = ports
+    apply_sls(deployed, "vumi.nginx", nginx_pillar(ports, nginx.sites, nginx.port))
+    nginx.start()
+    running = deployed.loaders.states.vumi.webapp_running
+    command = vumi.settings(ENV)["webapp_command"]
+    for what, change in (
+        ("an env change", {"env": {"ADDED_BY_THE_TEST": "1"}}),
+        ("a webapp_command change", {"env": {"ADDED_BY_THE_TEST": "1"}, "webapp_command": command + " --timeout 31"}),
+    ):
+        pids = {p: s["pid"] for p, s in vumi.webapp_status(ENV, ports=ports).items()}
+        with Load(nginx.port) as load:
+            load.wait_for(50)
+            began = time.monotonic()
+            webapp = running(ENV, ports=ports, **change)
+            ended = time.monotonic()
+            load.wait_for(50)
+        report(f"{what}, applied by vumi.webapp_running", load, began, ended, ports)
+        assert webapp.result is True, webapp.raw
+        assert "one at a time" in webapp.comment and "programs" in webapp.changes, webapp.raw
+        assert load.failed == [], load.failed[:5]
+        after = vumi.webapp_status(ENV, ports=ports)
+        assert all(after[p]["pid"] != pids[p] and after[p]["answers"] for p in ports), after  # each port took it
+    text = pathlib.Path(vumi.settings(ENV)["supervisor"]["conf_dir"]) / f"vumi-{ENV}.conf"  # the program file
+    before = text.read_text()
+    assert "ADDED_BY_THE_TEST" in before and "--timeout 31" in before
+
+    # a command gunicorn refuses: the first port fails and goes back; the others never stop
+    pids = {p: s["pid"] for p, s in vumi.webapp_status(ENV, ports=ports).items()}
+    with Load(nginx.port) as load:
+        load.wait_for(50)
+        began = time.monotonic()
+        webapp = running(ENV, ports=ports, env={"ADDED_BY_THE_TEST": "1"}, webapp_command=command + " --bogus-flag")
+        ended = time.monotonic()
+        load.wait_for(50)
+    report("a broken webapp_command, stopped at the first port", load, began, ended, ports)
+    assert load.failed == [], load.failed[:5]
+    assert webapp.result is False, webapp.raw
+    assert f"vumi-{ENV}-{first}" in webapp.comment and f"webapp.{first}.log" in webapp.comment, webapp.comment
+    assert "unrecognized arguments: --bogus-flag" in webapp.comment, webapp.comment
+    assert f"left as they were: vumi-{ENV}-{second}, vumi-{ENV}-{third}" in webapp.comment, webapp.comment
+    assert text.read_text() == before  # the program file is put back
+    status = vumi.webapp_status(ENV, ports=ports)
+    assert status[second]["pid"] == pids[second] and status[third]["pid"] == pids[third]
+    assert all(status[p]["answers"] for p in ports), status  # the first one too: back on what it ran
+
+
 # --------------------------------------------------------------------------
 # nginx -t: a bad site never replaces the good one
 # --------------------------------------------------------------------------

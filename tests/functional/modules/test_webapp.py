@@ -157,13 +157,13 @@ def test_start_serves_the_current_release_under_supervisor(start, root, current,
     assert body["ppid"] == pid  # the process supervisor runs is gunicorn's master
 
     # supervisor's program, in its include folder: root's, not readable by others (it carries env)
-    info = supervisor.processes()[f"vumi-staging:vumi-staging-{port}"]
+    info = supervisor.processes()[f"vumi-staging-{port}:vumi-staging-{port}"]
     assert info["statename"] in ("STARTING", "RUNNING") and info["pid"] == pid
     path = program_file(supervisor)
     mode = path.stat()
     assert stat.S_IMODE(mode.st_mode) == 0o600 and mode.st_uid == 0
     text = path.read_text()
-    assert "[group:vumi-staging]" in text and f"[program:vumi-staging-{port}]" in text
+    assert "[group:" not in text and f"[program:vumi-staging-{port}]" in text
     assert f"directory={root}/current/vumi" in text  # a restart picks up what is published then
     assert f"user={deployed.config.get('user', 'root')}\n" in text
     for line in ("autostart=true", "autorestart=true", "stopasgroup=true", "killasgroup=true"):
@@ -203,15 +203,55 @@ def test_start_without_a_release_fails_clearly_and_writes_nothing(vumi, free_por
     assert not port_open(port)
 
 
-@pytest.mark.parametrize("action", ["start_webapp", "stop_webapp", "restart_webapp"])
-def test_a_port_that_is_not_configured_is_refused(vumi, free_port, supervisor, action):
+@pytest.mark.parametrize("action", ["stop_webapp", "restart_webapp"])
+def test_a_port_that_does_not_run_is_refused(vumi, free_port, supervisor, action):
     configured, other = free_port(), free_port()
     with pytest.raises(SaltInvocationError) as exc:
         getattr(vumi, action)(ENV, other, ports=[configured])
-    assert f"port {other} is not configured for staging" in str(exc.value)
+    assert f"port {other} does not run for staging" in str(exc.value)
     assert str(configured) in str(exc.value)
     assert not port_open(other)
     assert list(pathlib.Path(supervisor.conf_dir).glob("*.conf")) == []  # no program written, none started
+
+
+def test_any_port_starts_as_in_the_seed_and_is_kept_until_stopped(start, vumi, deployed, free_port, supervisor):
+    port, _ = start()
+    pillar = {"ports": [port]}
+    other, dropped = free_port(), free_port()
+    # fab start_webapp:staging,port=<any>: a port pillar does not list
+    ret = vumi.start_webapp(ENV, other, **pillar)
+    assert ret["started"] is True and http_get(other)[0] == 200
+    status = vumi.webapp_status(ENV, **pillar)
+    assert status[other]["running"] and status[other]["extra"] and not status[other]["configured"], status
+
+    # the state (what state.apply runs) neither stops it nor forgets it, and says so
+    state = deployed.loaders.states.vumi.webapp_running(ENV, ports=[port])
+    assert state.result is True and f"ports {other} run too" in state.comment, state.raw
+    assert http_get(other)[0] == 200 and vumi.webapp_status(ENV, other, **pillar)[other]["pid"] == ret["pid"]
+
+    # restarted and stopped by hand; stopped, it is forgotten
+    restarted = vumi.restart_webapp(ENV, other, **pillar)
+    assert restarted["old_pid"] == ret["pid"] and restarted["pid"] != ret["pid"] and http_get(other)[0] == 200
+    assert vumi.stop_webapp(ENV, other, **pillar)["stopped"] is True
+    assert not port_open(other) and other not in vumi.webapp_status(ENV, **pillar)
+    assert f"vumi-staging-{other}]" not in program_file(supervisor).read_text()
+
+    # a port an earlier run configured (pillar= override) and pillar no longer lists: still ours to control
+    vumi.start_webapp(ENV, dropped, ports=[port, dropped])
+    assert vumi.webapp_status(ENV, **pillar)[dropped]["running"] is True
+    again = vumi.restart_webapp(ENV, dropped, **pillar)
+    assert again["started"] is True and http_get(dropped)[0] == 200
+    assert vumi.stop_webapp(ENV, dropped, **pillar)["stopped"] is True and not port_open(dropped)
+
+
+def test_a_port_another_process_holds_is_refused_by_start(vumi, foreign_listener, supervisor, start):
+    port, _ = start()
+    taken = foreign_listener.getsockname()[1]
+    with pytest.raises(
+        CommandExecutionError, match=rf"port {taken} on 127.0.0.1 is already in use by pid {os.getpid()} \("
+    ):
+        vumi.start_webapp(ENV, taken, ports=[port])
+    assert f"vumi-staging-{taken}]" not in program_file(supervisor).read_text()
 
 
 # --------------------------------------------------------------------------
@@ -399,7 +439,7 @@ def test_cluster_start_status_restart_stop(vumi, webapps, free_port, current):
 def test_a_cluster_with_an_unconfigured_port_touches_none(start, vumi, free_port):
     port, ret = start()
     stray = free_port()
-    with pytest.raises(SaltInvocationError, match=f"port {stray} is not configured"):
+    with pytest.raises(SaltInvocationError, match=f"port {stray} does not run for staging"):
         vumi.restart_webapp_cluster(ENV, port, stray, ports=[port])
     assert answering_pid(port) == ret["pid"]
 
@@ -544,7 +584,9 @@ def test_concurrent_starts_of_one_port_leave_one_webapp(vumi, webapps, free_port
     assert results, errors
     assert len({r["pid"] for r in results}) == 1, results
     assert answering_pid(port) == results[0]["pid"]
-    assert [n for n in supervisor.processes() if n.startswith("vumi-staging:")] == [f"vumi-staging:vumi-staging-{port}"]
+    assert [n for n in supervisor.processes() if n.startswith("vumi-staging-")] == [
+        f"vumi-staging-{port}:vumi-staging-{port}"
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -592,9 +634,9 @@ def test_webapp_started_by_salt_call_is_found_and_stopped_by_another(salt_call, 
     assert not alive(pid) and not port_open(port)
 
 
-def test_salt_call_job_fails_on_an_unconfigured_port(salt_call, free_port):
+def test_salt_call_job_fails_on_a_port_that_does_not_run(salt_call, free_port):
     port = free_port()
-    proc, _ = salt_call("vumi.start_webapp", ENV, port)
+    proc, _ = salt_call("vumi.stop_webapp", ENV, port)
     assert proc.returncode != 0
-    assert f"port {port} is not configured" in proc.stdout + proc.stderr
+    assert f"port {port} does not run for staging" in proc.stdout + proc.stderr
     assert not port_open(port)

@@ -388,7 +388,7 @@ class Applied:
         self.by_kind = {}  # by the end of the state id: vumi-<env>-settings / -ready / -layout / -deployed / -webapp
         for state in self.states:
             self.by_kind.setdefault(state.full_return["__id__"].rsplit("-", 1)[-1], []).append(state)
-        assert set(self.by_kind) == {"settings", "ready", "layout", "deployed", "webapp"}, ret.raw
+        assert set(self.by_kind) == {"settings", "ready", "layout", "deployed", "webapp", "cron"}, ret.raw
         for checked in ("settings", "ready"):  # they change nothing; the others follow them
             assert all(s.result is True and not s.changes for s in self.by_kind[checked]), ret.raw
         (self.deployed,) = self.by_kind["deployed"]
@@ -616,7 +616,7 @@ def test_without_branch_every_environment_in_vumi_deploy_converges(loaders, repo
         assert {
             f"vumi-{env}-{kind}"
             for env in (ENV, "production")
-            for kind in ("settings", "ready", "layout", "deployed", "webapp")
+            for kind in ("settings", "ready", "layout", "deployed", "webapp", "cron")
         } == set(ids)
         assert all(state.result is not False for state in ids.values()), ret.raw
         if test:

@@ -1,0 +1,73 @@
+"""
+Processes beside the webapp (pillar ``processes``): celery workers and beat, RQ workers,
+``./manage.py sendalerts``. Each type is a supervisord program of ``numprocs``
+instances, written with the webapps' (``vumi_webapp.programs``), run as the deploy user
+in ``current`` with the webapp's environment; supervisor brings a crashed one back.
+
+A release that goes live (deploy, update, rollback) restarts them after the webapps:
+each type's instances are stopped (its ``stop_signal``, then SIGKILL after its
+``stop_timeout``) and started again, one type at a time, each RUNNING before the next.
+"""
+
+import time
+
+from salt.exceptions import CommandExecutionError
+
+import vumi_manifest
+import vumi_supervisor
+import vumi_webapp
+
+
+def status(cfg, paths):
+    """Per instance (``worker``, ``worker-1``...): supervisor's state, pid, uptime, the release it runs, whether current."""
+    sup = vumi_supervisor.Supervisor(cfg)
+    by_name = {f"{p['group']}:{p['name']}": p for p in sup.call("supervisor.getAllProcessInfo")}
+    current_name = vumi_manifest.current_release_safe(paths)
+    result = {}
+    for process in cfg["processes"]:
+        for full in vumi_supervisor.process_names(cfg, process):
+            info = by_name.get(full)
+            running = bool(info) and info["statename"] in vumi_supervisor.UP
+            release = vumi_webapp.release_of(paths, info["pid"]) if running and info["pid"] else None
+            result[full.split(":", 1)[1][len(vumi_supervisor.group_name(cfg)) + 1 :]] = {
+                "process": process,
+                "state": info["statename"] if info else "ABSENT",
+                "running": running,
+                "pid": info["pid"] if running else None,
+                "release": release,
+                "current": release is not None and release == current_name,
+                "uptime": (info["now"] - info["start"]) if running else None,
+            }
+    return result
+
+
+def _restart_type(cfg, paths, sup, process):
+    group = vumi_supervisor.process_program(cfg, process)
+    try:  # supervisor sends the type's stop_signal to each instance's group, SIGKILL after its stop_timeout
+        sup.call("supervisor.stopProcessGroup", group, True)
+        sup.call("supervisor.startProcessGroup", group, False)
+    except vumi_supervisor.xmlrpc.client.Fault as fault:
+        raise CommandExecutionError(f"supervisord could not restart process {process}: {fault.faultString}") from None
+    deadline = time.monotonic() + cfg["start_timeout"]
+    for full in vumi_supervisor.process_names(cfg, process):
+        vumi_webapp.process_running(cfg, paths, sup, full, process, deadline)
+
+
+def restart(cfg, paths, only_stale=False):
+    """
+    Restart every process type onto ``current`` (``only_stale``: those with an instance
+    on another release, or not running), one type at a time; the types restarted.
+    """
+    if not cfg["processes"]:
+        return []
+    vumi_webapp.programs(cfg, paths)  # the program file first: a new type is added, a changed one rolled
+    longest = max(p["stop_timeout"] for p in cfg["processes"].values())
+    sup = vumi_supervisor.Supervisor(cfg, timeout=cfg["start_timeout"] + longest + 30)
+    rows = status(cfg, paths) if only_stale else {}
+    done = []
+    for process in cfg["processes"]:
+        if only_stale and all(r["running"] and r["current"] for r in rows.values() if r["process"] == process):
+            continue
+        _restart_type(cfg, paths, sup, process)
+        done.append(process)
+    return done
