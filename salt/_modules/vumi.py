@@ -989,10 +989,11 @@ def _one_port(action, environment, port, kwargs):
 def webapp_programs(environment, test=False, **kwargs):
     """
     Write the environment's supervisord program file (``<conf_dir>/<app>-<env>.conf``,
-    root's, 0600: one program per configured port, run in ``current``) and have
-    supervisord load it, for this environment's group alone. ``changed`` says
-    whether it had to (``test=True``: whether it would). A group that changed is
-    replaced, so its webapps restart.
+    root's, 0600: one program per port and per process type, run in ``current``) and
+    have supervisord run it, one changed program at a time: each port replaced and
+    answering HTTP (a process RUNNING) before the next. The first that does not come
+    up stops the roll: the file is put back and the programs replaced go back on what
+    they ran. ``programs`` lists those replaced (``test=True``: that would be).
 
     CLI Example:
 
@@ -1007,12 +1008,14 @@ def webapp_programs(environment, test=False, **kwargs):
 
 def start_webapp(environment, port=8000, **kwargs):
     """
-    Start the webapp of the current release on a configured port, like
-    ``fab start_webapp:<branch>,port=<port>``: supervisord's program
+    Start the webapp of the current release on a port, like ``fab
+    start_webapp:<branch>,port=<port>``: supervisord's program
     ``<app>-<env>-<port>`` (written first, with every configured port, if it is
     not there; restarted by supervisor when it crashes, back when supervisord
     starts), logging to ``shared/logs/webapp.<port>.log``. Returns once it answers
-    HTTP; a port not in pillar ``ports`` is refused.
+    HTTP. A port pillar ``ports`` does not list is started too, and remembered in
+    the program file until ``vumi.stop_webapp`` (``state.apply`` keeps it running);
+    a port another process holds is refused, naming that process.
 
     CLI Example:
 

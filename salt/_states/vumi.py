@@ -376,8 +376,11 @@ def webapp_running(name, ports=None, **kwargs):
     pillar ``ports``): start the ports that are not running, restart the
     ports still running a release other than the current one. With ``watch``
     on a ``vumi.deployed`` state, every port is restarted when it deployed.
-    A changed program file (command, environment) makes supervisor replace the
-    group: its running ports are restarted by that, and reported so. A dry
+    A changed program file (command, environment) is applied one program at a
+    time, each port answering before the next (see ``vumi.webapp_programs``), and
+    reported so. The process types (pillar ``processes``) not running the current
+    release are restarted after the ports; ports ``vumi.start_webapp`` started
+    beyond pillar's are kept, and named in the comment. A dry
     run predicts the same ports and verbs as the real run.
 
     name
@@ -418,8 +421,8 @@ def webapp_running(name, ports=None, **kwargs):
         comments.append(_act(ret, todo, action, kwargs, verb))
         if ret["result"] is False:
             break
-    if ret["result"] is not False:
-        comments.append(_processes(ret, name, kwargs, stale=True))
+    if ret["result"] is not False:  # a dry run's watched deploy will restart every type
+        comments.append(_processes(ret, name, kwargs, stale=not (test and _watched_changes())))
     extra = [p for p, s in status.items() if s["extra"]]
     if extra:
         comments.append(f"ports {', '.join(map(str, extra))} run too (started by vumi.start_webapp, not in pillar "
@@ -478,8 +481,8 @@ def webapp_dead(name, ports=None, **kwargs):
 def mod_watch(name, sfun=None, ports=None, **kwargs):
     """
     React to ``watch``: a watched ``vumi.deployed`` that changed means a new
-    release is current, so every port of ``webapp_running`` is restarted, one
-    at a time.
+    release is current, so every port of ``webapp_running`` (and any started
+    beyond pillar's) is restarted, one at a time, then every process type.
     """
     if ports is not None:  # the ports named here are the configured ones for every call below
         kwargs = dict(kwargs, ports=ports)
