@@ -158,6 +158,30 @@ MISTAKES = [
         "invalid app 'my app': use letters, digits, '.', '_', '-' and '/' between parts; no '..', no leading '/' or '-', no spaces or shell characters",
     ),
     ("no-user", {"vumi": {"user": "vumi-nosuchuser"}}, "user 'vumi-nosuchuser' does not exist"),
+    # processes and cron jobs (workers.md)
+    (
+        "process-name",
+        {"vumi": {"processes": {"celery worker": "celery worker"}}},
+        "invalid process name 'celery worker': a letter, then up to 39 letters, digits, '_' or '-' (no spaces, "
+        "no '/'; a name of digits is a port's program)",
+    ),
+    (
+        "numprocs-text",
+        {"vumi": {"environments": {ENV: {"processes": {"worker": {"command": "x", "numprocs": "2"}}}}}},
+        "invalid processes:worker:numprocs '2': must be an integer from 1 to 64",
+    ),
+    (
+        "process-field",
+        {"vumi": {"processes": {"worker": "{vnv}/bin/celery worker"}}},
+        "invalid processes:worker:command '{{vnv}}/bin/celery worker': {{vnv}} is not a field; did you mean {{venv}}? "
+        "use {{host}}, {{settings}}, {{env}}, {{branch}}, {{code}}, {{venv}}, {{current}}, {{wsgi}}",
+    ),
+    (
+        "cron-schedule",
+        {"vumi": {"cron": {"clearsessions": {"schedule": "0 3 * *", "command": "./manage.py clearsessions"}}}},
+        "invalid cron:clearsessions:schedule '0 3 * *': must be five fields (minute hour day month weekday), "
+        "like '0 3 * * *'",
+    ),
     (
         "base-dir-relative",
         {"vumi": {"base_dir": "srv"}},

@@ -50,10 +50,10 @@ def service(minion_opts, origin, supervisor, free_port):
             "cron": {"clearsessions": {"schedule": "0 3 * * *", "command": "{venv}/bin/python manage.py showsettings"}},
         }  # fmt: skip
 
-        def apply(**changes):
+        def apply(test=False, **changes):
             vumi.update(changes)
             with loaders_for(minion_opts, {}, settings_pillar(top / f"pillar-{time.monotonic_ns()}", vumi)) as loaders:
-                ret = loaders.modules.state.apply("vumi", pillar={"branch": ENV})
+                ret = loaders.modules.state.apply("vumi", pillar={"branch": ENV}, test=test)
                 assert not ret.errors, ret.errors
                 failed = {state.id: state.comment for state in ret if state.result is False}
                 assert not failed, failed
@@ -105,6 +105,10 @@ def test_workers_follow_every_release_and_cron_jobs_follow_pillar(service):
 
     # a code change: the deploy restarts the webapp, then the workers, onto the new release
     sample.commit_file(repo, ENV, "NEWS", "one\n", "a code change")
+    ret, vumi = apply(test=True)  # predicted first
+    predicted = {state.id: state for state in ret}[f"vumi-{ENV}-webapp"]
+    assert predicted.changes["processes"]["new"] == ["beat", "worker"], predicted.raw
+    assert vumi.current(ENV)["release"] == release
     ret, vumi = apply()
     second = vumi.current(ENV)["release"]
     assert second != release
@@ -148,3 +152,68 @@ def test_remove_takes_the_workers_and_the_cron_entries_with_the_environment(serv
     assert not [name for name in supervisor.processes() if name.startswith(f"vumi-{ENV}-")]
     tab = crontab(user)
     assert OWN_ENTRY in tab and "vumi:vumi:staging" not in tab, tab
+
+
+CELERY_APP = '''"""A celery app for the test: the broker is a folder (kombu's filesystem transport)."""
+import os
+
+from celery import Celery
+
+app = Celery("celerytasks", broker="filesystem://")
+queue = os.path.realpath("tmp")  # shared/tmp, linked into every release: the same folder for every release
+app.conf.broker_transport_options = {"data_folder_in": queue, "data_folder_out": queue}
+app.conf.broker_connection_retry_on_startup = True
+
+
+@app.task
+def record(path):
+    """Append the folder this worker runs in: which release took the task."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(os.path.realpath(os.getcwd()) + "\\n")
+'''
+
+
+def test_a_real_celery_worker_takes_tasks_and_follows_a_deploy(service):
+    apply, repo, user, _ = service
+    sample.git(repo, "checkout", "-q", ENV)
+    requirements = (repo / "config" / "requirements.pip").read_text()
+    sample.commit_file(repo, ENV, "config/requirements.pip", requirements + "celery==5.7.0\n", "celery")
+    sample.commit_file(repo, ENV, "celerytasks.py", CELERY_APP, "a celery app")
+    _, vumi = apply(
+        processes={
+            "worker": None,
+            "beat": None,
+            "celery": "{venv}/bin/celery -A celerytasks worker --pool solo -l info",
+        },
+        cron={},
+    )
+    paths = vumi.paths(ENV)
+    out = os.path.join(paths["shared"], "tmp", "record.log")
+
+    def send():
+        """A task sent from the current release, as the deploy user; the release that ran it."""
+        sent = subprocess.run(
+            ["runuser", "-u", user.pw_name, "--", os.path.join(paths["current"], "ve", "bin", "python"), "-c",
+             f"import celerytasks; celerytasks.record.delay({out!r})"],
+            cwd=os.path.join(paths["current"], "vumi"), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines = open(out, encoding="utf-8").read().split() if os.path.exists(out) else []
+            if len(lines) > send.count:
+                send.count += 1
+                return lines[-1]
+            time.sleep(0.1)
+        raise AssertionError(f"no worker took the task; its log: {vumi.paths(ENV)['shared']}/logs/process.celery.log")
+
+    send.count = 0
+    first = vumi.current(ENV)["release"]
+    assert f"/releases/{first}" in send()
+    (row,) = vumi.process_status(ENV).values()
+    assert row["process"] == "celery" and row["release"] == first
+
+    sample.commit_file(repo, ENV, "NEWS", "celery\n", "a code change")
+    _, vumi = apply()
+    second = vumi.current(ENV)["release"]
+    assert second != first and f"/releases/{second}" in send()  # the worker was restarted onto it
