@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
 import sys
 
 from salt.exceptions import CommandExecutionError
@@ -85,6 +86,26 @@ def hash_path(digest, path, budget=None):
                     vumi_files.hash_file(digest, full, LOCAL_BYTES_MAX)
 
 
+def tracked(code, target):
+    """
+    What git says a local path of the release's checkout holds: each tracked file's mode,
+    blob id and name (``git ls-files --stage``), or None (outside the checkout, not
+    tracked, no git). Not the files themselves: a build writes into a local package's
+    folder (setuptools' ``*.egg-info``, ``build/``), and the key must not move with it.
+    """
+    rel = os.path.relpath(os.path.realpath(target), os.path.realpath(code))
+    if rel == ".." or rel.startswith(".." + os.sep):
+        return None
+    try:
+        proc = subprocess.run(
+            ["git", "-C", code, "ls-files", "--stage", "-z", "--", rel],
+            capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 and proc.stdout else None
+
+
 def hash_listing(digest, folder, budget=None):
     """
     A find-links folder as pip sees it: the archives at its top, never what is
@@ -154,7 +175,9 @@ def walk_requirements(code, top, visit):
 def requirements_hash(cfg, code):
     """
     What a virtualenv is built from: the requirements file, the files it
-    includes with -r/-c, the local paths it installs from, the interpreter.
+    includes with -r/-c, the local paths it installs from (what the commit holds
+    of those in the checkout, as git says; the files of the others), the
+    interpreter. The same before and after an install that builds in the tree.
     """
     # the interpreter itself, not the name it was reached by: salt-call (python3) and
     # the minion (python) must key one interpreter's virtualenvs alike
@@ -167,7 +190,11 @@ def requirements_hash(cfg, code):
             if opt in ("-f", "--find-links") and os.path.isdir(target):
                 hash_listing(digest, target, budget)
             elif opt not in INCLUDE_OPTS:
-                hash_path(digest, target, budget)
+                files = tracked(code, target)
+                if files is None:
+                    hash_path(digest, target, budget)
+                else:
+                    digest.update(b"git\0" + files)
 
     walk_requirements(code, cfg["requirements"], visit)
     if cfg["pip_packages"]:  # declared extras: part of what the virtualenv is

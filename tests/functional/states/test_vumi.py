@@ -637,3 +637,57 @@ def test_a_vumi_deploy_that_is_not_a_list_is_refused_whole(loaders, vumi_config,
     (state,) = list(loaders.modules.state.apply("vumi", pillar=pillar))
     assert state.result is False and "must be a list of environment names" in state.comment, state.raw
     assert snapshot(base_dir) == ({}, None)  # a string is not split into s, t, a, ...
+
+
+LOCAL_PACKAGE = """[build-system]
+requires = ["setuptools"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "vumi-local-lib"
+version = "1.0"
+
+[tool.setuptools]
+packages = ["vumilocal"]
+"""
+
+
+def test_a_local_package_built_in_the_release_is_not_a_change(loaders, repo, base_dir, vumi_config, free_port, webapps):
+    """
+    Requirements that install ``./pkgs/local`` from the app's own tree: the build writes
+    setuptools' leftovers into the release, and a second apply must still find nothing to do.
+    """
+    port = free_port()
+    webapps.append((ENV, port))
+    pillar = sls_pillar(vumi_config, [port])
+    sample.git(repo, "checkout", "-q", ENV)
+    requirements = (repo / "config" / "requirements.pip").read_text()
+    sample.commit_file(repo, ENV, "pkgs/local/pyproject.toml", LOCAL_PACKAGE, "a package of the app's own")
+    sample.commit_file(repo, ENV, "pkgs/local/vumilocal/__init__.py", "VALUE = 1\n", "its code")
+    sample.commit_file(repo, ENV, "config/requirements.pip", requirements + "./pkgs/local\n", "installed from the tree")
+
+    def apply():
+        ret = loaders.modules.state.apply("vumi", pillar=pillar)
+        assert not ret.errors and all(state.result is True for state in ret), ret.raw
+        return {state.id: state.changes for state in ret if state.changes}
+
+    assert f"vumi-{ENV}-deployed" in apply()
+    (release,) = release_dirs(base_dir)
+    package = env_root(base_dir, ENV) / "releases" / release / "vumi" / "pkgs" / "local"
+    untracked = sorted(p.name for p in package.iterdir() if p.name not in ("pyproject.toml", "vumilocal"))
+    assert untracked, "the build left nothing in the tree: this test would prove nothing"
+    assert apply() == {}  # nothing new: no release, no restart
+    assert release_dirs(base_dir) == [release]
+
+    def venv_of(name):
+        return os.path.realpath(env_root(base_dir, ENV) / "releases" / name / "ve")
+
+    # a code change elsewhere reuses the virtualenv; a change of the package's code builds one
+    sample.commit_file(repo, ENV, "NEWS", "elsewhere\n", "a code change")
+    assert f"vumi-{ENV}-deployed" in apply()
+    second = release_dirs(base_dir)[-1]
+    assert second != release and venv_of(second) == venv_of(release)
+    sample.commit_file(repo, ENV, "pkgs/local/vumilocal/__init__.py", "VALUE = 2\n", "its code, changed")
+    assert f"vumi-{ENV}-deployed" in apply()
+    third = release_dirs(base_dir)[-1]
+    assert third != second and venv_of(third) != venv_of(second)
