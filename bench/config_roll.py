@@ -19,7 +19,6 @@ It prints the medians and their ratio (config / code; the goal is 1.2 or less).
 
 import argparse
 import pathlib
-import shutil
 import statistics
 import tempfile
 import time
@@ -70,11 +69,8 @@ def main(argv=None):
             )
             caller.cmd("vumi.stop_webapp_cluster", ENV, *ports, ports=ports)
     finally:
-        supervisor.stop()
-        if args.keep:
-            print(f"kept {top}")
-        else:
-            shutil.rmtree(top, ignore_errors=True)
+        supervisor.remove()
+        base.remove_top(top, args.keep)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,14 @@ class Probe(threading.Thread):
             self.longest = max(self.longest, time.monotonic() - refused_since)
 
 
+def remove_top(top, keep):
+    """The temporary folder removed, or said to be kept (``--keep``)."""
+    if keep:
+        print(f"kept {top}")
+    else:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -226,10 +234,7 @@ def main(argv=None):
             except Exception as exc:  # pylint: disable=broad-except
                 print(f"could not stop the webapp on port {port}: {exc}", file=sys.stderr)
         supervisor.remove()
-        if args.keep:
-            print(f"kept {top}")
-        else:
-            shutil.rmtree(top, ignore_errors=True)
+        remove_top(top, args.keep)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def settings_problem(environment, vumi_pillar=None, **kwargs):
 
 
 def _settings(environment, vumi_pillar, kwargs):
-    pillar = __pillar__.get("vumi") if vumi_pillar is None else vumi_pillar
+    pillar = _vumi_pillar(vumi_pillar)
     return vumi_settings.merge(environment, pillar, __opts__.get("vumi"), kwargs)
 
 
@@ -187,6 +187,11 @@ def paths(environment, **kwargs):
     tree = found.tree()
     planted = [p for p in tree + [found.failed, found.repo] if os.path.islink(p)]
     return dict({k: v for k, v in vars(found).items() if not k.startswith("_")}, tree=tree, planted=planted)
+
+
+def _vumi_pillar(given):
+    """Pillar ``vumi``: the one a caller passed (``vumi_pillar``: the SLS's, a runner's), else this minion's."""
+    return __pillar__.get("vumi") if given is None else given
 
 
 def _context(environment, kwargs):
@@ -804,7 +809,7 @@ def remove(environment, database=False, test=False, **kwargs):
         free = _read_as_user(cfg, vumi_check.locks, cfg, found)
         if not free["ok"]:
             raise CommandExecutionError(f"{environment} is not removed: {free['detail']}")
-    pillar = __pillar__.get("vumi") if kwargs.get("vumi_pillar") is None else kwargs["vumi_pillar"]
+    pillar = _vumi_pillar(kwargs.get("vumi_pillar"))
     nginx = vumi_settings.nginx(environment, pillar)
 
     as_owner = lambda root: _as_user(cfg, found, vumi_remove.empty, root)  # noqa: E731  the user's files, as the user
@@ -832,7 +837,7 @@ def environments(**kwargs):
 
         salt 'web*' vumi.environments
     """
-    pillar = kwargs.get("vumi_pillar") or __pillar__.get("vumi") or {}
+    pillar = _vumi_pillar(kwargs.get("vumi_pillar")) or {}
     listed = pillar.get("deploy")
     named = set(pillar.get("environments") or {}) | (set(listed) if isinstance(listed, (list, tuple)) else set())
     apps = pillar.get("apps") if isinstance(pillar.get("apps"), dict) else {}
@@ -915,7 +920,7 @@ def check(environment, **kwargs):
     vumi_files.runas_user(cfg)  # a user that does not exist (or Salt cannot act as) is a clear error
     tree = vumi_check.tree(cfg, found)  # root's view: whether root can make the folder
     rest = _read_as_user(cfg, vumi_check.check, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
-    pillar = __pillar__.get("vumi") if kwargs.get("vumi_pillar") is None else kwargs["vumi_pillar"]
+    pillar = _vumi_pillar(kwargs.get("vumi_pillar"))
     checks = dict(rest["checks"], tree=tree, supervisor=vumi_check.supervisor(cfg),
                   nginx=vumi_check.nginx(__salt__, vumi_settings.nginx(environment, pillar)),
                   database=vumi_check.database(__salt__, cfg["database"]))  # fmt: skip

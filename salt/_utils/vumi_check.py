@@ -10,6 +10,7 @@ import fcntl
 import os
 import pwd
 import shlex
+import shutil
 
 from salt.exceptions import CommandExecutionError
 
@@ -78,8 +79,7 @@ def database(salt, db):
     """With a database: the server answers as ``database.sls`` reaches it, and whether the database is made yet."""
     if not db:
         return None
-    conn = {"host": db["host"], "port": db["port"], "user": db["admin_user"], "password": db["admin_password"],
-            "runas": db["runas"]}  # fmt: skip
+    conn = vumi_settings.admin_connection(db)
     where = f"{db['host']}:{db['port']}"
     if "postgres.version" not in salt:
         return _item(False, f"PostgreSQL on {where} cannot be asked: Salt's postgres module is not loaded (no psql?)")
@@ -175,6 +175,14 @@ def _requirements(salt, cfg, paths, sha):
     return _item(there, f"{cfg['requirements']} is {'' if there else 'not '}in {sha[:12]} ({ref})")
 
 
+def cron(cfg):
+    """With jobs in pillar ``cron``: Debian's ``crontab`` is there to take them."""
+    installed = shutil.which("crontab", path=vumi_settings.PLAIN_PATH)
+    if not installed:
+        return _item(False, "pillar cron has jobs, but crontab is not installed here (Debian: cron)")
+    return _item(True, f"{installed} takes the {len(cfg['cron'])} job(s) of pillar cron")
+
+
 def check(salt, cfg, paths):
     """
     Every finding but the tree's, and whether a deploy would get past them: run as
@@ -193,4 +201,6 @@ def check(salt, cfg, paths):
         found["repository"] = _item(False, str(exc))
     if sha:
         found["requirements"] = _requirements(salt, cfg, paths, sha)
+    if cfg["cron"]:
+        found["cron"] = cron(cfg)
     return {"ok": all(item["ok"] for item in found.values()), "checks": found}

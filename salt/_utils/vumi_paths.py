@@ -22,6 +22,7 @@ class Paths:
         self._repo_tree = cfg.get("repo_tree")  # not a path: kept out of vumi.paths
         self.app_dir = os.path.join(cfg["base_dir"], cfg["app"])
         self.root = os.path.join(self.app_dir, vumi_settings.env_dirname(cfg["environment"]))
+        self.name = vumi_settings.env_name(cfg)  # in files outside the tree: supervisor's programs, nginx's site
         # the webapps' logs, which supervisord (root) writes: root's folder, outside the user's tree
         self.webapp_logs = os.path.join(self.app_dir, ".logs", vumi_settings.env_dirname(cfg["environment"]))
         self.releases = os.path.join(self.root, "releases")

@@ -26,18 +26,8 @@ def status(cfg, paths):
     result = {}
     for process in cfg["processes"]:
         for full in vumi_supervisor.process_names(cfg, process):
-            info = by_name.get(full)
-            running = bool(info) and info["statename"] in vumi_supervisor.UP
-            release = vumi_webapp.release_of(paths, info["pid"]) if running and info["pid"] else None
-            result[full.split(":", 1)[1][len(vumi_supervisor.group_name(cfg)) + 1 :]] = {
-                "process": process,
-                "state": info["statename"] if info else "ABSENT",
-                "running": running,
-                "pid": info["pid"] if running else None,
-                "release": release,
-                "current": release is not None and release == current_name,
-                "uptime": (info["now"] - info["start"]) if running else None,
-            }
+            instance = full.split(":", 1)[1][len(vumi_supervisor.group_name(cfg)) + 1 :]
+            result[instance] = dict(vumi_webapp.process_row(paths, by_name.get(full), current_name), process=process)
     return result
 
 

@@ -67,8 +67,7 @@ def databases(salt, db, test=False):
     """The environment's database and role (Salt's postgres module), as (kind, name) pairs found; dropped unless test."""
     if not db:
         return []
-    conn = {"host": db["host"], "port": db["port"], "user": db["admin_user"], "password": db["admin_password"],
-            "runas": db["runas"]}  # fmt: skip
+    conn = vumi_settings.admin_connection(db)
     found = []
     if salt["postgres.db_exists"](db["name"], **conn):
         found.append(("database", db["name"]))
@@ -90,7 +89,7 @@ def retire(salt, cfg, paths, nginx, database, test, as_owner, unschedule=lambda 
     ``unschedule(test)`` lists (and removes) its crontab entries, as that user.
     ``removed`` (or ``would_remove``) lists ``<kind>: <what>``.
     """
-    site_file = os.path.join(nginx["conf_dir"], f"{cfg['app']}-{vumi_settings.env_dirname(cfg['environment'])}.conf")
+    site_file = os.path.join(nginx["conf_dir"], f"{vumi_settings.env_name(cfg)}.conf")
     db = cfg["database"] if database else None
     plan = vumi_supervisor.drop_group(cfg, test=True) + unschedule(True) + site(site_file, test=True)
     plan += tree(paths, test=True) + databases(salt, db, test=True)

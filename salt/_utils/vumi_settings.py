@@ -262,6 +262,20 @@ def check_name(value, what, pattern=BRANCH_RE):
     return value
 
 
+def env_name(cfg):
+    """
+    ``<app>-<env dir>``: the environment's name in files outside its tree (its supervisor
+    programs' prefix and program file, its nginx site), unique per host and app.
+    """
+    return f"{cfg['app']}-{env_dirname(cfg['environment'])}"
+
+
+def admin_connection(db):
+    """How Salt's ``postgres_*`` functions reach the server as its admin (``database.sls``'s, the check's, remove's)."""
+    return {"host": db["host"], "port": db["port"], "user": db["admin_user"], "password": db["admin_password"],
+            "runas": db["runas"]}  # fmt: skip
+
+
 def env_dirname(env):
     """An environment's folder name (``vumi.env_dirname``): ``/`` becomes ``~``, which git forbids in branch names."""
     return check_name(env, "environment").replace("/", "~")

@@ -38,7 +38,7 @@ def group_name(cfg):
     The environment's name in supervisor, every program's prefix (and the one group of the
     older layout); supervisor refuses ' ', ':' and '/' in names: topics/foo is topics~foo, as its folder.
     """
-    return f"{cfg['app']}-{vumi_settings.env_dirname(cfg['environment'])}"
+    return vumi_settings.env_name(cfg)
 
 
 def program_name(cfg, port):

@@ -429,22 +429,29 @@ def status(cfg, paths, port=None):
     current_name = vumi_manifest.current_release_safe(paths)
     result = {}
     for p in ports:
-        info = known.get(p)
-        running = bool(info) and info["statename"] in vumi_supervisor.UP
-        release = release_of(paths, info["pid"]) if running and info["pid"] else None
-        result[p] = {
-            "state": info["statename"] if info else "ABSENT",
-            "running": running,
-            "pid": info["pid"] if running else None,
-            "release": release,
-            "current": release is not None and release == current_name,
-            "uptime": (info["now"] - info["start"]) if running else None,
+        result[p] = row = process_row(paths, known.get(p), current_name)
+        running = row["running"]
+        row.update({
             "listening": running and vumi_probes.port_open(cfg["host"], p),
             "answers": running and vumi_probes.answers(cfg["host"], p),
             "configured": p in cfg["ports"],
             "extra": p in extra,  # started by vumi.start_webapp beyond pillar's ports: kept until stopped
-        }
+        })  # fmt: skip
     return result
+
+
+def process_row(paths, info, current_name):
+    """supervisor's word on a process (``info``, or None: it has none), with the release it runs."""
+    running = bool(info) and info["statename"] in vumi_supervisor.UP
+    release = release_of(paths, info["pid"]) if running and info["pid"] else None
+    return {
+        "state": info["statename"] if info else "ABSENT",
+        "running": running,
+        "pid": info["pid"] if running else None,
+        "release": release,
+        "current": release is not None and release == current_name,
+        "uptime": (info["now"] - info["start"]) if running else None,
+    }
 
 
 # --------------------------------------------------------------------------

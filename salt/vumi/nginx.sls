@@ -18,9 +18,10 @@ include:
 {%-   set refused = salt["vumi.settings_problem"](env) %}
 {%-   if not refused %}
 {%-     set settings = salt["vumi.settings"](env) %}
-{%-     set name = settings.app ~ "-" ~ salt["vumi.env_dirname"](settings.environment) %}
+{%-     set paths = salt["vumi.paths"](env) %}
+{%-     set name = paths.name %}
 {%-     set site = nginx.conf_dir.rstrip("/") ~ "/" ~ name ~ ".conf" %}
-{%-     set current = salt["vumi.paths"](env).current %}
+{%-     set current = paths.current %}
 {#-     a wildcard listen address is reached on loopback #}
 {%-     set host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host) %}
 {%-     set host = "[" ~ host ~ "]" if ":" in host and not host.startswith("[") else host %}

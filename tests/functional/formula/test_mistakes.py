@@ -6,14 +6,18 @@ requirements file the commit lacks, a site nginx refuses), on a host with the re
 parts a deploy touches: a PostgreSQL server, nginx's site folder (sites checked by the
 real nginx), the session's supervisord. Each is named by the exact message an operator
 reads, and nothing of the environment is made: no folder under ``base_dir``, no
-supervisor program, no nginx site, no PostgreSQL role or database. (Cron entries: the
-bundle writes none yet; issue #25 brings them, and this list with them.)
+supervisor program (of a port or of a worker), no nginx site, no PostgreSQL role or
+database; no state changes anything. The sound pillar has a worker and a cron job; the
+deploy user's crontab is compared too when that user is not root (tests read no crontab of
+root's: as root, the cron state's requisites, asserted unchanged, are what keeps it away).
 """
 
 import copy
 import getpass
 import re
 import secrets
+import shutil
+import subprocess
 
 import pytest
 
@@ -38,6 +42,13 @@ def merged(base, change):
     return out
 
 
+def crontab(user):
+    if not shutil.which("crontab"):
+        return None
+    proc = subprocess.run(["crontab", "-l", "-u", user], capture_output=True, text=True, check=False)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
 @pytest.fixture
 def host(loaders, vumi_config, supervisor, postgres, tmp_path, free_port, base_dir):
     """The pillar of a sound deploy with a database and nginx, and what the host holds of it."""
@@ -51,8 +62,11 @@ def host(loaders, vumi_config, supervisor, postgres, tmp_path, free_port, base_d
             "nginx": {"enabled": True, "listen": f"127.0.0.1:{free_port()}", "server_name": "localhost",
                       "conf_dir": str(sites), "manage_package": False, "manage_service": False},
             "environments": {ENV: {"ports": [free_port()]}},
+            "processes": {"worker": "{venv}/bin/python -c 'import time; time.sleep(600)'"},
+            "cron": {"nightly": {"schedule": "0 3 * * *", "command": "{venv}/bin/python manage.py showsettings"}},
         },
     }  # fmt: skip
+    user = vumi_config.get("user", getpass.getuser())
 
     def made():
         """What of the environment is on the host: folders, programs, sites, roles, databases."""
@@ -63,6 +77,7 @@ def host(loaders, vumi_config, supervisor, postgres, tmp_path, free_port, base_d
             "nginx": sorted(p.name for p in sites.iterdir()),
             "roles": postgres.psql(sql.format("rolname", "pg_roles")),
             "databases": postgres.psql(sql.format("datname", "pg_database")),
+            "crontab": crontab(user) if user != "root" else None,
         }
 
     return loaders, pillar, made

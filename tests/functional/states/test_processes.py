@@ -102,6 +102,7 @@ def test_workers_follow_every_release_and_cron_jobs_follow_pillar(service):
             break
         time.sleep(0.1)
     assert again["running"] and again["pid"] != killed and again["current"], again
+    print(f"\n[processes] worker-0 back on the current release {5 - (deadline - time.monotonic()):.2f}s after kill -9")
 
     # a code change: the deploy restarts the webapp, then the workers, onto the new release
     sample.commit_file(repo, ENV, "NEWS", "one\n", "a code change")

@@ -161,12 +161,12 @@ def test_paths_stay_inside_the_environment(vumi, unit_root):
     assert p["pip_cache"] == os.path.join(root, "shared", "tmp", "cache", "pip")
     assert p["pids"] == os.path.join(root, "shared", "tmp", "pids")
     assert p["repo"] == os.path.join(root, "shared", "repositories", "myapp")
-    assert p["app"] == "myapp"
+    assert p["app"] == "myapp" and p["name"] == "myapp-topics~foo"
     # the webapps' logs: root's folder beside the environments (supervisord, root, writes them)
     assert p["webapp_logs"] == str(unit_root / "from-pillar" / "myapp" / ".logs" / "topics~foo")
     for key, value in p.items():
         for path in value if isinstance(value, list) else [value]:
-            if key not in ("app", "app_dir", "webapp_logs"):
+            if key not in ("app", "app_dir", "webapp_logs", "name"):
                 assert os.path.normpath(path).startswith(root), (key, path)
 
 

@@ -11,6 +11,7 @@ import pytest
 import vumi_check
 import vumi_freeze
 import vumi_git
+import vumi_settings
 from support.tree import snapshot
 
 
@@ -91,3 +92,13 @@ def test_nginx_is_asked_only_when_on_and_its_words_are_kept(salt_functions, tmp_
         "ok": False,
         "detail": f'{said} -t fails: nginx: [emerg] unknown directive "lisen"',
     }
+
+
+def test_cron_jobs_need_crontab_where_the_deploy_user_looks(cfg, tmp_path, monkeypatch):
+    cfg = dict(cfg, cron={"nightly": {"schedule": "0 3 * * *", "command": "true"}})
+    monkeypatch.setattr(vumi_settings, "PLAIN_PATH", str(tmp_path))  # a PATH with no crontab in it
+    assert vumi_check.cron(cfg) == {
+        "ok": False, "detail": "pillar cron has jobs, but crontab is not installed here (Debian: cron)"}  # fmt: skip
+    (tmp_path / "crontab").write_text("#!/bin/sh\n")
+    (tmp_path / "crontab").chmod(0o755)
+    assert vumi_check.cron(cfg) == {"ok": True, "detail": f"{tmp_path}/crontab takes the 1 job(s) of pillar cron"}
