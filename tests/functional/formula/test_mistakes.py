@@ -8,8 +8,8 @@ real nginx), the session's supervisord. Each is named by the exact message an op
 reads, and nothing of the environment is made: no folder under ``base_dir``, no
 supervisor program (of a port or of a worker), no nginx site, no PostgreSQL role or
 database; no state changes anything. The sound pillar has a worker and a cron job; the
-deploy user's crontab is compared too when that user is not root (tests read no crontab of
-root's: as root, the cron state's requisites, asserted unchanged, are what keeps it away).
+deploy user's crontab is compared too when that user is not root: in the pass as a throw-away
+user (tests/functional/DEPLOY_USER_TESTS). Tests read no crontab of root's.
 """
 
 import copy

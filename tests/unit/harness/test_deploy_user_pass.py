@@ -33,4 +33,4 @@ def test_every_functional_module_runs_as_a_deploy_user_too():
         if name not in listed() | left_out_on_purpose() and "from support.privileges import" not in path.read_text()
     ]  # fmt: skip
     assert not left_out, f"add these to tests/functional/DEPLOY_USER_TESTS: {left_out}"
-    assert left_out_on_purpose() == {"formula/test_nginx.py", "formula/test_mistakes.py"}
+    assert left_out_on_purpose() == {"formula/test_nginx.py"}
