@@ -350,7 +350,7 @@ def apply_programs(cfg, text, ready, test=False, sup=None):
                 sup.call("supervisor.stopProcessGroup", failed, True)
             raise CommandExecutionError(f"{exc}\n{failed} is new and did not come up; not started: "
                                         f"{', '.join(left) or 'none'}") from None  # fmt: skip
-        _put_back(sup, path, old_text, done, ready)
+        _put_back(sup, path, old_text, done, ready, legacy)
         raise CommandExecutionError(
             f"{exc}\nthe new program file stopped at {failed}: it runs what it ran before"
             f"{', as do ' + ', '.join(before) if before else ''}; left as they were: {', '.join(left) or 'none'}; "
@@ -361,14 +361,20 @@ def apply_programs(cfg, text, ready, test=False, sup=None):
     return changed
 
 
-def _put_back(sup, path, old_text, done, ready):
-    """The programs of ``done`` back on ``old_text``'s word (a new one dropped), the last first."""
+def _put_back(sup, path, old_text, done, ready, legacy=None):
+    """
+    The programs of ``done`` back on ``old_text``'s word (a new one dropped), the last first;
+    from the older layout, its one group's process of that program started again.
+    """
     _write(path, old_text)
     _reload(sup)
     old = sections(old_text)
     for group in reversed(done):
         _drop(sup, group)
-        if group in old:
+        if group in old and legacy:
+            with contextlib.suppress(xmlrpc.client.Fault):
+                sup.call("supervisor.startProcess", f"{legacy}:{group}", False)
+        elif group in old:
             _add(sup, group)
             with contextlib.suppress(CommandExecutionError):
                 ready(group)

@@ -207,7 +207,10 @@ def programs(cfg, paths, test=False, extra=None):
     # a port another process holds would crash-loop under supervisor: refused before the file says it
     sup = vumi_supervisor.Supervisor(cfg, timeout=cfg["start_timeout"] + 2 * cfg["stop_timeout"] + 30)
     for port in sorted(set(cfg["ports"]) | set(extra)):
-        info = sup.info(vumi_supervisor.full_name(cfg, port))
+        # its own program's, else the older layout's one group's (moved over by the roll)
+        info = sup.info(vumi_supervisor.full_name(cfg, port)) or sup.info(
+            f"{vumi_supervisor.group_name(cfg)}:{vumi_supervisor.program_name(cfg, port)}"
+        )
         if (info is None or info["statename"] not in vumi_supervisor.UP + ("BACKOFF",)) and port_taken(cfg, port):
             raise CommandExecutionError(
                 f"port {port} on {cfg['host']} is already in use by {holder(cfg['host'], port)}"

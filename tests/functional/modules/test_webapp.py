@@ -254,6 +254,44 @@ def test_a_port_another_process_holds_is_refused_by_start(vumi, foreign_listener
     assert f"vumi-staging-{taken}]" not in program_file(supervisor).read_text()
 
 
+def test_a_host_on_the_older_one_group_layout_moves_over_port_by_port(start, vumi, supervisor, free_port):
+    first, _ = start()
+    second = free_port()
+    ports = [first, second]
+    vumi.start_webapp(ENV, second, ports=ports)
+    # the layout before each program had its own group: one [group:] of every port
+    text = program_file(supervisor).read_text()
+    names = ",".join(f"vumi-staging-{p}" for p in ports)
+    head, rest = text.split("\n", 1)
+    program_file(supervisor).write_text(f"{head}\n[group:vumi-staging]\nprograms={names}\n{rest}")
+    rpc = supervisor.rpc().supervisor
+    for port in ports:
+        rpc.stopProcessGroup(f"vumi-staging-{port}", True)
+        rpc.removeProcessGroup(f"vumi-staging-{port}")
+    rpc.reloadConfig()
+    rpc.addProcessGroup("vumi-staging")
+    assert wait_for(lambda: all(answering_pid(p) for p in ports), 30)
+    old = {p: supervisor.processes()[f"vumi-staging:vumi-staging-{p}"]["pid"] for p in ports}
+
+    # a move that fails at the first port puts it back in the old group; the second never stopped
+    broken = vumi.settings(ENV)["webapp_command"] + " --bogus-flag"
+    with pytest.raises(CommandExecutionError, match=f"stopped at vumi-staging-{first}"):
+        vumi.webapp_programs(ENV, ports=ports, webapp_command=broken)
+    assert "[group:vumi-staging]" in program_file(supervisor).read_text()
+    assert wait_for(lambda: answering_pid(first) is not None, 30) and answering_pid(second) == old[second]
+    old = {p: supervisor.processes()[f"vumi-staging:vumi-staging-{p}"]["pid"] for p in ports}
+
+    ret = vumi.webapp_programs(ENV, ports=ports)
+    assert ret["programs"] == [f"vumi-staging-{p}" for p in ports] + ["vumi-staging"], ret
+    found = supervisor.processes()
+    assert not [name for name in found if name.startswith("vumi-staging:")], found  # the old group is gone
+    for port in ports:
+        assert found[f"vumi-staging-{port}:vumi-staging-{port}"]["statename"] in ("STARTING", "RUNNING")
+        assert answering_pid(port) not in (None, old[port])
+    assert "[group:" not in program_file(supervisor).read_text()
+    assert vumi.webapp_programs(ENV, ports=ports)["programs"] == []  # and it stays so
+
+
 # --------------------------------------------------------------------------
 # status
 # --------------------------------------------------------------------------
