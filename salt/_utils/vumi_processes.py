@@ -50,10 +50,14 @@ def restart(cfg, paths, only_stale=False):
     """
     if not cfg["processes"]:
         return []
-    vumi_webapp.programs(cfg, paths)  # the program file first: a new type is added, a changed one rolled
+    rows = status(cfg, paths)
+    if any(r["state"] == "ABSENT" for r in rows.values()):
+        # a type supervisord does not run yet: the program file first (the state and a port's
+        # restart have written it already; a rollback or update with no ports has not)
+        vumi_webapp.programs(cfg, paths)
+        rows = status(cfg, paths)
     longest = max(p["stop_timeout"] for p in cfg["processes"].values())
     sup = vumi_supervisor.Supervisor(cfg, timeout=cfg["start_timeout"] + longest + 30)
-    rows = status(cfg, paths) if only_stale else {}
     done = []
     for process in cfg["processes"]:
         if only_stale and all(r["running"] and r["current"] for r in rows.values() if r["process"] == process):
