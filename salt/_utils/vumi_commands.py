@@ -9,9 +9,12 @@ import contextlib
 import os
 import pwd
 import selectors
+import shutil
 import signal
 import subprocess
 import time
+
+import vumi_settings
 
 #: bytes of stdout, and as many of stderr, that a result keeps
 OUTPUT_LIMIT = 1 << 20
@@ -38,6 +41,28 @@ class _Kept:
         kept = len(self.head) + len(self.tail)
         middle = f"\n[... {self.total - kept} bytes left out ...]\n".encode() if self.total > kept else b""
         return (bytes(self.head) + middle + bytes(self.tail)).decode("utf-8", "replace").rstrip("\n")
+
+
+def as_user(cmd, runas, env=None):
+    """
+    An argument list and environment that run ``cmd`` as user ``runas`` through Salt's
+    ``cmd.run_all`` without its ``runas``: that asks the user's login environment of
+    Salt's own interpreter first, which logs an ERROR at every call where the user cannot
+    run it (Salt in a venv under /root, a onedir install). util-linux's ``runuser``, with an
+    environment of the user's own (home, name, a plain PATH) and ``env``; ``runas`` None,
+    Salt's own user, or no ``runuser``: the command as it is, with Salt's ``runas``.
+    Returns (argv, env, runas for Salt, clean_env for Salt).
+    """
+    env = dict(env or {})
+    if not runas:
+        return cmd, env, None, False
+    entry = pwd.getpwnam(runas)
+    runuser = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if entry.pw_uid == os.geteuid() or os.geteuid() != 0 or runuser is None:
+        return cmd, env, (None if entry.pw_uid == os.geteuid() else runas), False
+    own = {"HOME": entry.pw_dir, "USER": runas, "LOGNAME": runas, "PATH": vumi_settings.PLAIN_PATH,
+           "LANG": os.environ.get("LANG", "C.UTF-8"), "SHELL": entry.pw_shell or "/bin/sh"}  # fmt: skip
+    return [runuser, "-u", runas, "--", *cmd], {**own, **env}, None, True
 
 
 def run_shell(line, cwd, runas, env, limit=OUTPUT_LIMIT, timeout=None):

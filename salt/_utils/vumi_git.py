@@ -12,6 +12,7 @@ import tempfile
 
 from salt.exceptions import CommandExecutionError
 
+import vumi_commands
 import vumi_files
 import vumi_naming
 import vumi_settings
@@ -21,12 +22,13 @@ log = logging.getLogger(__name__)
 
 def run(salt, cmd, what, cwd=None, runas=None, env=None):
     """Run an argument list with Salt's cmd.run_all; raise with its output's tail on failure."""
-    env = dict(env or {}, GIT_TERMINAL_PROMPT="0")
+    cmd, env, runas, clean = vumi_commands.as_user(cmd, runas, dict(env or {}, GIT_TERMINAL_PROMPT="0"))
     res = salt["cmd.run_all"](
         cmd,
         cwd=cwd,
         runas=runas,
         env=env,
+        clean_env=clean,
         python_shell=False,
         output_loglevel="quiet",
         ignore_retcode=True,  # a failure raises below; a probe that fails must not fail the job
@@ -239,9 +241,9 @@ def remote_revision(salt, cfg, paths, pin):
     )
 
 
-def has_file_upstream(salt, cfg, ref, path):
+def files_upstream(salt, cfg, ref, names):
     """
-    Whether ``path`` is in the commit ``ref`` (a branch or tag name) has upstream,
+    Which of ``names`` (paths) are in the commit ``ref`` (a branch or tag name) has upstream,
     asked without the cached clone: one commit's trees fetched into a throw-away
     repository (``--depth 1``, and no file contents where the remote can filter
     them). What ``vumi.check`` asks before a first deploy, which has no cache yet.
@@ -252,10 +254,17 @@ def has_file_upstream(salt, cfg, ref, path):
         git(salt, ["init", "--quiet", "--bare", tmp], "git init", runas=runas)
         git(salt, ["fetch", "--quiet", "--depth", "1", "--filter=blob:none", "--", cfg["repo_url"], ref],
             f"git fetch {vumi_settings.mask_credentials(cfg['repo_url'])} {ref}", cwd=tmp, runas=runas)  # fmt: skip
-        try:
-            git(salt, ["cat-file", "-e", f"FETCH_HEAD:{path}"], "git cat-file", cwd=tmp, runas=runas)
-        except CommandExecutionError:
-            return False
-        return True
+        return files_in(salt, tmp, "FETCH_HEAD", names, runas)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def files_in(salt, repo, commit, names, runas=None):
+    """Which of ``names`` (paths) commit ``commit`` of ``repo`` holds."""
+    out = git(salt, ["ls-tree", "--name-only", "-z", commit, "--", *names], "git ls-tree", cwd=repo, runas=runas)
+    return {n for n in out.split("\0") if n}
+
+
+def has_file_upstream(salt, cfg, ref, path):
+    """Whether ``path`` is in the commit ``ref`` has upstream (see ``files_upstream``)."""
+    return path in files_upstream(salt, cfg, ref, [path])
