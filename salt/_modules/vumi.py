@@ -300,7 +300,7 @@ def current(environment, **kwargs):
         salt '*' vumi.current staging
     """
     cfg, found = _context(environment, kwargs)
-    return _read_as_user(cfg, vumi_releases.describe_current, cfg, found)
+    return _read_as_user(cfg, vumi_releases.describe_current, __salt__, cfg, found)
 
 
 def remote_revision(environment, revision=None, **kwargs):

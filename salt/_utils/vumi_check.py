@@ -17,6 +17,7 @@ from salt.exceptions import CommandExecutionError
 import vumi_files
 import vumi_freeze
 import vumi_git
+import vumi_python
 import vumi_settings
 import vumi_supervisor
 import vumi_virtualenv
@@ -105,16 +106,13 @@ def disk(paths):
     return _item(free >= MIN_FREE, detail if free >= MIN_FREE else f"only {detail}: a deploy needs room for a release")
 
 
-def _interpreter(salt, cfg):
-    python = vumi_virtualenv.interpreter(cfg)
-    if os.path.isabs(python) and not os.access(python, os.X_OK):  # as the user: this runs in their process
-        why = "does not exist" if not os.path.exists(python) else "is not executable"
-        return _item(False, f"{python} {why} for {cfg['user']}: set vumi:python to an interpreter it can run")
+def _interpreter(salt, cfg, code=None):
+    """The interpreter the virtualenvs are made with, run as the deploy user (this runs in their process)."""
     try:
-        found = vumi_git.run(salt, [python, "-c", "import sys, venv; print(sys.version.split()[0])"], python)
+        path, version = vumi_python.find(salt, cfg, None, code)
     except CommandExecutionError as exc:
-        return _item(False, f"{python} cannot make virtualenvs as {cfg['user']}: {exc}")
-    return _item(True, f"{python} (Python {found}) runs as {cfg['user']}")
+        return _item(False, str(exc))
+    return _item(True, f"{path} (Python {version}) runs as {cfg['user']}")
 
 
 def _shared(cfg, paths):
@@ -150,29 +148,48 @@ def locks(cfg, paths):
 
 def _requirements(salt, cfg, paths, sha):
     """
-    The requirements file is in commit ``sha``: looked up in the cached clone when it
-    has the commit, else asked upstream (a first deploy, or a push not fetched yet).
+    What the deploy would install is in commit ``sha`` (``requirements``, else the first of
+    the install sources found): looked up in the cached clone when it has the commit, else
+    asked upstream (a first deploy, or a push not fetched yet).
     """
     runas = vumi_files.runas_user(cfg)
+    names = [cfg["requirements"]] if cfg["requirements"] else list(vumi_settings.INSTALL_SOURCES)
+    looked = cfg["requirements"] or " or ".join(names)
 
-    def has(obj):
+    def found(present, where=""):
         try:
-            vumi_git.git(salt, ["cat-file", "-e", obj], "git cat-file", cwd=paths.repo, runas=runas)
-            return True
+            kind, rel = vumi_virtualenv.source(cfg, f"commit {sha[:12]}", lambda r: r in present)
         except CommandExecutionError:
-            return False
+            return _item(False, f"none of {looked} is in {sha[:12]}{where}")
+        if rel not in present:
+            return _item(False, f"{rel} is not in {sha[:12]}{where}")
+        if cfg["requirements"]:
+            return _item(True, f"{rel} is in {sha[:12]}{where}")
+        return _item(True, f"found {rel} in {sha[:12]}{where}: installed {INSTALLS[kind]}")
 
-    if os.path.isdir(os.path.join(paths.repo, ".git")) and has(f"{sha}^{{commit}}"):
-        there = has(f"{sha}:{cfg['requirements']}")
-        return _item(there, f"{cfg['requirements']} is {'' if there else 'not '}in {sha[:12]}")
+    if os.path.isdir(os.path.join(paths.repo, ".git")):
+        try:
+            vumi_git.git(salt, ["cat-file", "-e", f"{sha}^{{commit}}"], "git cat-file", cwd=paths.repo, runas=runas)
+            return found(vumi_git.files_in(salt, paths.repo, sha, names, runas))
+        except CommandExecutionError:
+            pass  # not fetched yet
     ref = cfg["revision"] or cfg["branch"]
     if vumi_settings.SHA_RE.match(ref):
-        return _item(True, f"{sha[:12]} is not fetched yet: the deploy checks {cfg['requirements']}")
+        return _item(True, f"{sha[:12]} is not fetched yet: the deploy checks {looked}")
     try:
-        there = vumi_git.has_file_upstream(salt, cfg, ref, cfg["requirements"])
+        present = vumi_git.files_upstream(salt, cfg, ref, names)
     except CommandExecutionError as exc:
-        return _item(False, f"{cfg['requirements']} cannot be looked for in {ref}: {exc}")
-    return _item(there, f"{cfg['requirements']} is {'' if there else 'not '}in {sha[:12]} ({ref})")
+        return _item(False, f"{looked} cannot be looked for in {ref}: {exc}")
+    return found(present, f" ({ref})")
+
+
+#: how each install source is installed, as the check says it
+INSTALLS = {
+    "uv": "as locked (uv sync --locked)",
+    "poetry": "as locked (poetry export)",
+    "requirements": "as a requirements file",
+    "pyproject": "as pyproject.toml's dependencies, resolved at the deploy",
+}
 
 
 def cron(cfg):

@@ -58,6 +58,8 @@ class Deploy:
         self.settings_hash = None
         self.events = None  # decided at the first stage: is anyone listening?
         self.venv_built = None
+        self.python = None  # (path, version) of the virtualenv's interpreter
+        self.install_source = None  # what the virtualenv got: requirements.txt, uv.lock...
         self.previous = None
         self.health = None
         self.timings = {}
@@ -141,6 +143,8 @@ def summary(d, action):
         "current": d.paths.current,
         "requirements_hash": d.req_hash,
         "virtualenv_built": d.venv_built,
+        "install_source": d.install_source,
+        "python": d.python[1] if d.python else None,
         "installer": vumi_virtualenv.built_with(d.paths.venv(d.release)) if d.release else None,
         "health": d.health,
         "timings": d.timings,
@@ -248,4 +252,6 @@ def update(d):
         "changed": True,
         "requirements_changed": d.req_hash != manifest.get("requirements_hash"),
         "virtualenv_built": d.venv_built,
+        "install_source": d.install_source,
+        "python": d.python[1] if d.python else None,
     }

@@ -14,6 +14,7 @@ import vumi_git
 import vumi_history
 import vumi_lock
 import vumi_manifest
+import vumi_python
 import vumi_settings
 import vumi_settings_file
 import vumi_virtualenv
@@ -50,6 +51,8 @@ def write_release_manifest(d):
         "settings_hash": d.settings_hash,
         "virtualenv": os.path.realpath(d.paths.venv(d.release)),
         "installer": vumi_virtualenv.built_with(d.paths.venv(d.release)),
+        "install_source": d.install_source,
+        "python": d.python[1] if d.python else None,
         "deployed_at": vumi_files.now().isoformat(timespec="seconds"),
         "deployed_by": d.who.get("user"),
         **vumi_git.commit_info(d.salt, d.paths.checkout(d.release), d.sha, d.runas),
@@ -187,15 +190,16 @@ def list_releases(paths):
     return [release_info(paths, name, current_name) for name in vumi_manifest.release_names(paths)]
 
 
-def describe_current(cfg, paths):
-    """The current release's manifest and what a redeploy would change, or None."""
+def describe_current(salt, cfg, paths):
+    """The current release's manifest and what a redeploy would change, or None (run as the deploy user)."""
     name = vumi_manifest.current_release(paths)
     if name is None:
         return None
     manifest = vumi_manifest.read_manifest(paths, name) or {}
     code = paths.code(name)
     try:
-        requirements_changed = vumi_virtualenv.requirements_hash(cfg, code) != manifest.get("requirements_hash")
+        python = vumi_python.find(salt, cfg, None, code)
+        requirements_changed = vumi_virtualenv.requirements_hash(cfg, code, python) != manifest.get("requirements_hash")
     except CommandExecutionError:
         requirements_changed = True
     return dict(

@@ -28,7 +28,9 @@ DEFAULTS = {
     "repo_url": "http://github.com/praekelt/vumi.git",
     "branch": None,  # the environment's name
     "revision": None,  # optional pin: commit, tag
-    "requirements": "config/requirements.pip",
+    # what to install, a path in the code; None: found (uv.lock, poetry.lock, requirements.txt,
+    # config/requirements.pip, pyproject.toml: the first there, see INSTALL_SOURCES)
+    "requirements": None,
     "repo_tree": None,  # a subfolder of the repository that is the app (Capistrano's repo_tree)
     "git_depth": None,  # fetch only this many commits of history (a shallow cache)
     "user": "root",
@@ -37,7 +39,9 @@ DEFAULTS = {
     "remove_rolled_back": False,  # a rollback removes the release it left (Ansistrano's default)
     "ports": [8000],
     "host": "127.0.0.1",
-    "python": None,  # interpreter for virtualenvs; None: the one running Salt
+    # interpreter for virtualenvs: a path, or a version ("3.12") found on the host; None: the
+    # repository's .python-version, else Salt's own when the deploy user can run it, else python3
+    "python": None,
     "reuse_virtualenvs": True,
     "cache_dir": None,  # pip's and uv's caches (pip/, uv/ in it); None: shared/tmp/cache of the environment
     "installer": "uv",  # uv where the deploy user can run it, else pip; "pip": always pip
@@ -63,6 +67,7 @@ DEFAULTS = {
     "env": {},  # environment variables for the webapp, execute, managepy, hooks and the health check
     "secret_env": [],  # names in env and settings vumi.settings masks, besides those that look secret
     "pip_packages": [],  # requirement specifiers installed with the requirements (part of the virtualenv's key)
+    "install": {},  # extras and dependency groups of a pyproject/lockfile, the installers' env: INSTALL_DEFAULTS
     # shell lines run in the new release as user: before_publish after its virtualenv and before
     # the health check and the switch, after_publish after the switch; {run: ..., once: true}
     # runs on one host of a fleet deploy
@@ -90,6 +95,19 @@ SUPERVISOR_DEFAULTS = {
     "log_backups": 10,  # ...keeping this many old ones
     "start_retries": 3,  # supervisor's startretries: then FATAL
 }
+
+
+INSTALL_DEFAULTS = {
+    "extras": [],  # the project's optional dependencies installed too (uv.lock, poetry.lock, pyproject.toml)
+    "groups": [],  # its dependency groups installed too (uv.lock: [dependency-groups]; poetry.lock: groups)
+    # environment of the installers, for an index of your own: UV_INDEX_URL, UV_FIND_LINKS,
+    # PIP_INDEX_URL, PIP_FIND_LINKS, UV_OFFLINE, PIP_NO_INDEX...
+    "env": {},
+}
+
+#: what is installed when ``requirements`` is unset: the first of these in the code folder
+#: (a uv.lock counts beside a pyproject.toml only)
+INSTALL_SOURCES = ("uv.lock", "poetry.lock", "requirements.txt", "config/requirements.pip", "pyproject.toml")
 
 
 DATABASE_DEFAULTS = {
@@ -145,7 +163,7 @@ GLOBAL_ONLY = ("environments", "deploy", "manage_user", "apps")
 HOST_KEYS = ("base_dir", "supervisor", "python", "cache_dir", "installer", "events", "lock_timeout", "host")
 #: the mappings whose keys are the bundle's (``env`` and ``settings`` hold the user's own names)
 NESTED = {"supervisor": SUPERVISOR_DEFAULTS, "database": DATABASE_DEFAULTS, "hooks": ("before_publish", "after_publish"),
-          "sls": SLS_KEYS, "nginx": NGINX_KEYS}  # fmt: skip
+          "sls": SLS_KEYS, "nginx": NGINX_KEYS, "install": INSTALL_DEFAULTS}  # fmt: skip
 #: the mappings of the user's names whose entries hold the bundle's keys (checked in ``processes``, ``cron``)
 PROCESS_KEYS = ("command", "numprocs", "stop_signal", "stop_timeout")
 CRON_KEYS = ("schedule", "command")
@@ -352,7 +370,10 @@ def validate(cfg):
             raise SaltInvocationError(f"invalid {key} {cfg[key]!r}: must be true or false (not a string)")
     if not isinstance(cfg["repo_url"], str) or not cfg["repo_url"] or cfg["repo_url"].startswith("-"):
         raise SaltInvocationError(f"invalid repo_url {cfg['repo_url']!r}")
-    relpath(cfg["requirements"], "requirements")
+    if cfg["requirements"] is not None:
+        relpath(cfg["requirements"], "requirements")
+    cfg["python"] = python(cfg["python"])
+    cfg["install"] = install(cfg["install"])
     cache = cfg["cache_dir"]
     if cache is not None and (not isinstance(cache, str) or not os.path.isabs(cache) or "\0" in cache):
         raise SaltInvocationError(f"invalid cache_dir {cache!r}: an absolute path, or null for the environment's own")
@@ -421,9 +442,10 @@ def validate(cfg):
     cfg["supervisor"] = supervisor(cfg["supervisor"])
     cfg["database"] = database(cfg["database"], cfg)
     wsgi = cfg["wsgi_module"]
-    if wsgi is not None and (not isinstance(wsgi, str) or not re.match(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$", wsgi)):
+    if wsgi is not None and (not isinstance(wsgi, str) or not WSGI_RE.match(wsgi)):
         raise SaltInvocationError(
-            f"invalid wsgi_module {wsgi!r}: a module name like mysite.wsgi (or mysite.wsgi:application)"
+            f"invalid wsgi_module {wsgi!r}: a module name like mysite.wsgi, mysite.wsgi:application, "
+            "or an app factory's call, flaskr:create_app()"
         )
     if not isinstance(cfg["webapp_command"], str) or not cfg["webapp_command"].strip():
         raise SaltInvocationError(f"invalid webapp_command {cfg['webapp_command']!r}: must be a command line")
@@ -534,6 +556,49 @@ def secret_names(value):
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and ENV_NAME_RE.match(v) for v in value):
         raise SaltInvocationError(f"invalid secret_env {value!r}: must be a list of names (letters, digits, _)")
     return list(value)
+
+
+#: gunicorn's app: a module, ``module:attr``, or ``module:factory()`` / with literal arguments
+WSGI_RE = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*(\([\w'\",.=-]*\))?)?$")
+PYTHON_VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
+
+
+def python(value):
+    """Pillar ``python``: None, an absolute path, or a version ``"3.N"`` (3.8 or newer)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise SaltInvocationError(
+            f'invalid python {value!r}: quote the version (python: "{value}"); YAML reads 3.10 as the number 3.1'
+        )
+    if isinstance(value, str) and os.path.isabs(value) and "\0" not in value:
+        return value
+    match = PYTHON_VERSION_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise SaltInvocationError(
+            f'invalid python {value!r}: a version such as "3.12", or the absolute path of an interpreter'
+        )
+    if (int(match.group(1)), int(match.group(2))) < (3, 8):
+        raise SaltInvocationError(f"invalid python {value!r}: virtualenvs are made with Python 3.8 or newer")
+    return value
+
+
+def install(value):
+    """Pillar ``install``: ``extras`` and ``groups`` (lists of names), ``env`` (the installers' variables)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise SaltInvocationError(f"invalid install {value!r}: a mapping of {', '.join(INSTALL_DEFAULTS)}")
+    merged = {**copy.deepcopy(INSTALL_DEFAULTS), **value}
+    for key in ("extras", "groups"):
+        names = merged[key]
+        if not isinstance(names, (list, tuple)) or not all(
+            isinstance(n, str) and re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", n) for n in names
+        ):
+            raise SaltInvocationError(f"invalid install:{key} {names!r}: a list of names like [postgres, prod]")
+        merged[key] = list(names)
+    merged["env"] = environment(merged["env"])
+    return merged
 
 
 def pip_packages(value):
@@ -656,6 +721,10 @@ def cron(value):
 HOOK_STAGES = ("before_publish", "after_publish")
 
 
+#: the keys of a hook entry: Salt's own guards (``creates``, ``unless``) skip the line when met
+HOOK_KEYS = ("run", "once", "timeout", "creates", "unless")
+
+
 def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
     """Pillar ``hooks``: per stage a list of {run, once, timeout}, from shell lines or such mappings."""
     if value is None:
@@ -674,20 +743,28 @@ def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
         for entry in entries:
             if isinstance(entry, str):
                 entry = {"run": entry, "once": False}
+            shape = "{run: <line>, once: true|false, timeout: <seconds>, creates: <path>, unless: <line>}"
+            if isinstance(entry, dict) and set(entry) - set(HOOK_KEYS):
+                key = sorted(set(entry) - set(HOOK_KEYS), key=str)[0]
+                raise SaltInvocationError(_unknown(key, HOOK_KEYS, f"key {key!r} in hooks:{stage} entry {entry!r}"))
             if (
                 not isinstance(entry, dict)
-                or set(entry) - {"run", "once", "timeout"}
                 or not isinstance(entry.get("run"), str)
                 or not entry["run"].strip()
                 or "\0" in entry["run"]
                 or not isinstance(entry.get("once", False), bool)
             ):
+                raise SaltInvocationError(f"invalid hooks:{stage} entry {entry!r}: must be a shell line or {shape}")
+            creates, unless = entry.get("creates"), entry.get("unless")
+            if creates is not None and (not isinstance(creates, str) or not creates.strip() or "\0" in creates):
                 raise SaltInvocationError(
-                    f"invalid hooks:{stage} entry {entry!r}: must be a shell line or "
-                    "{run: <line>, once: true|false, timeout: <seconds>}"
+                    f"invalid hooks:{stage} creates {creates!r}: a path (in the release, or absolute) the line makes"
                 )
+            if unless is not None and (not isinstance(unless, str) or not unless.strip() or "\0" in unless):
+                raise SaltInvocationError(f"invalid hooks:{stage} unless {unless!r}: a shell line")
             result[stage].append({"run": entry["run"], "once": entry.get("once", False),
-                                  "timeout": seconds(entry.get("timeout", default_timeout), f"hooks:{stage} timeout")})  # fmt: skip
+                                  "timeout": seconds(entry.get("timeout", default_timeout), f"hooks:{stage} timeout"),
+                                  "creates": creates, "unless": unless})  # fmt: skip
     return result
 
 

@@ -18,6 +18,8 @@ import vumi_files
 import vumi_git
 import vumi_lock
 import vumi_manifest
+import vumi_python
+import vumi_settings
 
 log = logging.getLogger(__name__)
 
@@ -172,51 +174,149 @@ def walk_requirements(code, top, visit):
     read(os.path.join(code, top))
 
 
-def requirements_hash(cfg, code):
+def source(cfg, code, exists=None):
     """
-    What a virtualenv is built from: the requirements file, the files it
-    includes with -r/-c, the local paths it installs from (what the commit holds
-    of those in the checkout, as git says; the files of the others), the
-    interpreter. The same before and after an install that builds in the tree.
+    What is installed into the virtualenv, as (kind, path in the code): ``requirements``
+    (a requirements file), ``uv`` (a uv.lock), ``poetry`` (a poetry.lock) or ``pyproject``
+    (a pyproject.toml alone: the project's dependencies). ``requirements`` set: that file, its
+    kind by its name; unset: the first of ``INSTALL_SOURCES`` the code folder has
+    (``exists(rel)`` says whether it has one; default: a file in ``code``).
+    """
+    if cfg["requirements"] is not None:
+        name = os.path.basename(cfg["requirements"])
+        kind = {"uv.lock": "uv", "poetry.lock": "poetry", "pyproject.toml": "pyproject"}.get(name, "requirements")
+        return kind, cfg["requirements"]
+    exists = exists or (lambda rel: os.path.isfile(os.path.join(code, rel)))
+    for rel in vumi_settings.INSTALL_SOURCES:
+        if not exists(rel):
+            continue
+        if rel.endswith(".lock"):
+            if exists("pyproject.toml"):
+                return rel.split(".")[0], rel
+            continue
+        return ("pyproject" if rel == "pyproject.toml" else "requirements"), rel
+    raise CommandExecutionError(
+        f"nothing to install in {code}: none of {', '.join(vumi_settings.INSTALL_SOURCES)} is there "
+        "(a lockfile counts beside a pyproject.toml); set requirements"
+    )
+
+
+def _toml(path, shown):
+    try:
+        import tomllib  # pylint: disable=import-outside-toplevel
+    except ImportError:  # Python < 3.11 (Salt 3006's onedir)
+        try:
+            import tomli as tomllib  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            return None
+    try:
+        data = vumi_files.read_bounded(path, REQUIREMENTS_LIMIT, follow=True)
+    except (OSError, vumi_files.NotRegular) as exc:
+        raise CommandExecutionError(f"{shown}: {exc}") from None
+    if data is None:
+        raise CommandExecutionError(f"{shown} not found")
+    try:
+        return tomllib.loads(data.decode("utf-8", "replace"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CommandExecutionError(f"{shown} is not valid TOML: {exc}") from None
+
+
+def project_dependencies(path, shown):
+    """
+    What of a pyproject.toml decides the dependencies (never its version, description or
+    code): ``requires-python``, ``dependencies``, optional ones and groups, uv's and Poetry's
+    tables. None where no TOML reader is at hand (the file's bytes key it then).
+    """
+    data = _toml(path, shown)
+    if data is None:
+        return None
+    project = data.get("project") or {}
+    tool = data.get("tool") or {}
+    poetry = tool.get("poetry") or {}
+    return {
+        "requires-python": project.get("requires-python"),
+        "dependencies": project.get("dependencies") or [],
+        "optional-dependencies": project.get("optional-dependencies") or {},
+        "dependency-groups": data.get("dependency-groups") or {},
+        "uv": tool.get("uv") or {},
+        "poetry": {k: poetry.get(k) for k in ("dependencies", "group", "source", "extras")},
+    }
+
+
+def requirements_hash(cfg, code, python):
+    """
+    What a virtualenv is built from: the interpreter (``python``: its path and version), and
+    by ``source``: a requirements file, the files it includes with -r/-c, the local paths
+    it installs from (what the commit holds of those in the checkout, as git says; the files
+    of the others); a lockfile's bytes and what of pyproject.toml decides the dependencies;
+    the extras and groups installed. The same before and after an install that builds in the
+    tree, and the same after a commit that changes only the code.
     """
     # the interpreter itself, not the name it was reached by: salt-call (python3) and
     # the minion (python) must key one interpreter's virtualenvs alike
-    digest = hashlib.sha256(os.path.realpath(interpreter(cfg)).encode() + sys.version.encode())
-    budget = _Budget()
+    digest = hashlib.sha256(os.path.realpath(python[0]).encode() + b"\0" + python[1].encode())
+    kind, rel = source(cfg, code)
+    digest.update(kind.encode() + b"\0" + rel.encode() + b"\0")
+    if kind == "requirements":
+        budget = _Budget()
 
-    def visit(path, text, refs):
-        digest.update(text.encode())
-        for _, _, opt, target in refs:
-            if opt in ("-f", "--find-links") and os.path.isdir(target):
-                hash_listing(digest, target, budget)
-            elif opt not in INCLUDE_OPTS:
-                files = tracked(code, target)
-                if files is None:
-                    hash_path(digest, target, budget)
-                else:
-                    digest.update(b"git\0" + files)
+        def visit(path, text, refs):
+            digest.update(text.encode())
+            for _, _, opt, target in refs:
+                if opt in ("-f", "--find-links") and os.path.isdir(target):
+                    hash_listing(digest, target, budget)
+                elif opt not in INCLUDE_OPTS:
+                    files = tracked(code, target)
+                    if files is None:
+                        hash_path(digest, target, budget)
+                    else:
+                        digest.update(b"git\0" + files)
 
-    walk_requirements(code, cfg["requirements"], visit)
+        walk_requirements(code, rel, visit)
+    else:
+        project = os.path.join(code, os.path.dirname(rel), "pyproject.toml")
+        if kind != "pyproject":
+            vumi_files.hash_file(digest, os.path.join(code, rel), LOCAL_BYTES_MAX, follow=True)
+        wanted = project_dependencies(project, os.path.relpath(project, code))
+        if wanted is None:
+            vumi_files.hash_file(digest, project, REQUIREMENTS_LIMIT, follow=True)
+        else:
+            digest.update(json.dumps(wanted, sort_keys=True, default=str).encode())
+        digest.update(json.dumps([cfg["install"]["extras"], cfg["install"]["groups"]]).encode())
     if cfg["pip_packages"]:  # declared extras: part of what the virtualenv is
         digest.update(json.dumps(cfg["pip_packages"]).encode())
     return digest.hexdigest()[:16]
 
 
-def interpreter(cfg):
-    return cfg["python"] or sys.executable
-
-
-def uv_binary(salt, cfg, runas):
-    """uv, when ``installer: uv`` and the deploy user can run it (beside the interpreter, or on PATH); else None."""
+def uv_binary(salt, cfg, python, runas):
+    """uv, when ``installer: uv`` and the deploy user can run it (beside the interpreter or Salt's, or on PATH); else None."""
     if cfg["installer"] != "uv":
         return None
-    for candidate in (os.path.join(os.path.dirname(interpreter(cfg)), "uv"), shutil.which("uv")):
-        if candidate and os.access(candidate, os.X_OK):
-            res = salt["cmd.run_all"]([candidate, "--version"], runas=runas, python_shell=False,
-                                      output_loglevel="quiet", ignore_retcode=True)  # fmt: skip
-            if res["retcode"] == 0:
+    return _tool(salt, "uv", python, runas, ["--version"])
+
+
+def _tool(salt, name, python, runas, args):
+    """A tool beside the interpreter or Salt's, or on PATH, that the deploy user can run (``args`` succeed); else None."""
+    for candidate in dict.fromkeys((os.path.join(os.path.dirname(python), name), os.path.join(os.path.dirname(sys.executable), name),
+                                    shutil.which(name, path=vumi_settings.PLAIN_PATH))):  # fmt: skip
+        if candidate and os.path.isfile(candidate):
+            try:
+                vumi_git.run(salt, [candidate, *args], f"{name} {' '.join(args)}", runas=runas)
                 return candidate
+            except CommandExecutionError:
+                continue
     return None
+
+
+def poetry_binary(salt, python, runas):
+    """Poetry with its export plugin that the deploy user can run."""
+    found = _tool(salt, "poetry", python, runas, ["export", "--help"])
+    if found is None:
+        raise CommandExecutionError(
+            "the app has a poetry.lock, but there is no Poetry with its export plugin that the deploy user can run "
+            "(pip install poetry poetry-plugin-export, beside Salt or on PATH); or set requirements"
+        )
+    return found
 
 
 def uv_requirements(code, top, dest):
@@ -249,80 +349,146 @@ def uv_requirements(code, top, dest):
     return copy_of(os.path.join(code, top))
 
 
-def build_venv(salt, cfg, paths, venv, code, runas):
+def build_venv(salt, cfg, paths, venv, code, runas, python):
     """
-    Create a virtualenv at ``venv`` and install the requirements, with uv where
-    it can run, else pip; mark it complete last. Returns the installer used.
+    Create a virtualenv at ``venv`` with interpreter ``python`` (path, version) and install
+    what ``source`` finds, with uv where it can run, else pip; mark it complete last.
+    Returns the installer used.
     """
     if os.path.lexists(venv):
         shutil.rmtree(venv)  # half-built by an earlier, interrupted deploy
     for cache in (paths.pip_cache, paths.uv_cache):  # a cache_dir of the user's: made by the user
         vumi_files.makedirs(cache, runas)
-    uv = uv_binary(salt, cfg, runas)
+    kind, rel = source(cfg, code)
+    uv = uv_binary(salt, cfg, python[0], runas)
+    if kind == "uv" and uv is None:
+        raise CommandExecutionError(
+            f"{rel} is installed with uv, which the deploy user cannot run here (installer: {cfg['installer']}): "
+            "install uv beside Salt or on PATH, or set requirements"
+        )
+    # uv keeps its own settings out: no Python downloads, no progress bars in the log
+    env = {**cfg["install"]["env"], "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "UV_CACHE_DIR": paths.uv_cache,
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CACHE_DIR": paths.pip_cache}  # fmt: skip
+    build = Build(salt, cfg, venv, code, runas, env, uv)
     if uv is not None:
-        _build_with_uv(salt, cfg, paths, venv, code, runas, uv)
+        build.run([uv, "venv", "--quiet", "--python", python[0], venv], f"creating the virtualenv {venv} with uv")
     else:
-        _build_with_pip(salt, cfg, paths, venv, code, runas)
+        build.run([python[0], "-m", "venv", venv], f"creating the virtualenv {venv}")
+    if kind == "uv":
+        build.uv_sync(rel)
+    elif kind == "poetry":
+        build.requirements(build.poetry_export(rel, python[0]), f"the export of {rel}")
+    elif kind == "pyproject":
+        build.pyproject(rel)
+    else:
+        build.requirements(rel, rel)
     installer = "uv" if uv else "pip"
     vumi_files.write_atomic(os.path.join(venv, VENV_MARKER), f"{vumi_files.now().isoformat()} {installer}\n", runas)
     return installer
 
 
-def _build_with_pip(salt, cfg, paths, venv, code, runas):
-    made = salt["virtualenv.create"](venv, venv_bin=interpreter(cfg), user=runas)
-    if isinstance(made, dict) and made.get("retcode"):  # it returns a failure instead of raising
-        raise CommandExecutionError(f"creating the virtualenv {venv} failed: {vumi_files.output_tail(made)}")
-    res = salt["pip.install"](
-        pkgs=cfg["pip_packages"] or None,
-        requirements=os.path.join(code, cfg["requirements"]),
-        bin_env=venv,
-        cwd=code,
-        cache_dir=paths.pip_cache,
-        user=runas,
-        env_vars={"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-    )
-    if not isinstance(res, dict) or res.get("retcode") != 0:
-        raise CommandExecutionError(f"pip install -r {cfg['requirements']} failed: {vumi_files.output_tail(res)}")
+class Build:
+    """The commands that fill one virtualenv, as the deploy user, in the code folder, with the installers' env."""
 
+    def __init__(self, salt, cfg, venv, code, runas, env, uv):
+        self.salt, self.cfg, self.venv, self.code, self.runas, self.env, self.uv = salt, cfg, venv, code, runas, env, uv
+        self.python = os.path.join(venv, "bin", "python")
+        self.extras = [f"--extra={e}" for e in cfg["install"]["extras"]]
 
-def _build_with_uv(salt, cfg, paths, venv, code, runas, uv):
-    # uv keeps its own settings out: no Python downloads, no progress bars in the log
-    env = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "UV_CACHE_DIR": paths.uv_cache}
-    vumi_git.run(salt, [uv, "venv", "--quiet", "--python", interpreter(cfg), venv],
-                 f"creating the virtualenv {venv} with uv", cwd=code, runas=runas, env=env)  # fmt: skip
-    requirements = uv_requirements(code, cfg["requirements"], os.path.join(venv, ".vumi-requirements"))
-    for path in (os.path.dirname(requirements), *glob.glob(os.path.join(os.path.dirname(requirements), "*"))):
-        vumi_files.chown(path, runas)
-    # compiled as pip compiles: the webapp's first start (and a health check) need not compile it
-    vumi_git.run(salt, [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", os.path.join(venv, "bin", "python"),
-                        "--requirement", requirements, *cfg["pip_packages"]],
-                 f"uv pip install -r {cfg['requirements']}", cwd=code, runas=runas, env=env)  # fmt: skip
+    def run(self, cmd, what, cwd=None):
+        return vumi_git.run(self.salt, cmd, what, cwd=cwd or self.code, runas=self.runas, env=self.env)
+
+    def install(self, args, what):
+        """Install with uv (compiled as pip compiles: the first start need not) or pip, plus ``pip_packages``."""
+        if self.uv is not None:
+            cmd = [self.uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", self.python]
+        else:
+            cmd = [self.python, "-m", "pip", "install", "--quiet"]
+        self.run([*cmd, *args, *self.cfg["pip_packages"]], what)
+
+    def own_folder(self):
+        folder = os.path.join(self.venv, ".vumi-requirements")
+        vumi_files.makedirs(folder, self.runas)
+        return folder
+
+    def requirements(self, rel, what):
+        """A requirements file (relative to the code, or absolute); for uv, its local paths made absolute."""
+        if self.uv is not None and not os.path.isabs(rel):
+            copy = uv_requirements(self.code, rel, self.own_folder())
+            for path in (os.path.dirname(copy), *glob.glob(os.path.join(os.path.dirname(copy), "*"))):
+                vumi_files.chown(path, self.runas)
+            rel = copy
+        self.install(["--requirement", rel], f"{'uv ' if self.uv else ''}pip install -r {what}")
+
+    def uv_sync(self, rel):
+        """The locked set of a uv.lock (refused when out of date with pyproject.toml): no dev group, not the project."""
+        groups = [f"--group={g}" for g in self.cfg["install"]["groups"]]
+        self.env["UV_PROJECT_ENVIRONMENT"] = self.venv
+        self.run([self.uv, "sync", "--locked", "--no-dev", "--no-install-project", "--compile-bytecode", "--quiet",
+                  "--python", self.python, *self.extras, *groups], f"uv sync --locked ({rel})",
+                 cwd=os.path.join(self.code, os.path.dirname(rel)))  # fmt: skip
+        if self.cfg["pip_packages"]:
+            self.install([], "uv pip install of pip_packages")
+
+    def poetry_export(self, rel, python):
+        """The locked set of a poetry.lock (refused when out of date), as a requirements file with hashes."""
+        poetry = poetry_binary(self.salt, python, self.runas)
+        project = os.path.join(self.code, os.path.dirname(rel))
+        self.env.update(POETRY_CACHE_DIR=os.path.join(os.path.dirname(self.env["PIP_CACHE_DIR"]), "poetry"),
+                        POETRY_VIRTUALENVS_CREATE="false", POETRY_NO_INTERACTION="1")  # fmt: skip
+        self.run([poetry, "check", "--lock"], f"poetry check --lock ({rel})", cwd=project)
+        out = os.path.join(self.own_folder(), "poetry-export.txt")
+        extras = [f"--extras={e}" for e in self.cfg["install"]["extras"]]
+        groups = [f"--with={g}" for g in self.cfg["install"]["groups"]]
+        self.run([poetry, "export", "--format=requirements.txt", f"--output={out}", *extras, *groups],
+                 f"poetry export ({rel})", cwd=project)  # fmt: skip
+        return out
+
+    def pyproject(self, rel):
+        """A pyproject.toml alone: its dependencies (and the extras asked for), resolved now; not the project."""
+        path = os.path.join(self.code, rel)
+        if self.uv is not None:
+            self.install(["--requirement", path, *self.extras], f"uv pip install -r {rel}")
+            return
+        wanted = project_dependencies(path, rel)
+        if wanted is None:
+            raise CommandExecutionError(f"{rel} alone is installed with uv, or read with Python 3.11+: install uv")
+        lines = list(wanted["dependencies"])
+        for extra in self.cfg["install"]["extras"]:
+            if extra not in wanted["optional-dependencies"]:
+                raise CommandExecutionError(f"install:extras names {extra!r}, which {rel} does not declare")
+            lines += wanted["optional-dependencies"][extra]
+        out = os.path.join(self.own_folder(), "pyproject.txt")
+        vumi_files.write_atomic(out, "".join(f"{line}\n" for line in lines), self.runas)
+        self.install(["--requirement", out], f"pip install of {rel}'s dependencies")
 
 
 def ensure_venv(salt, cfg, paths, name, runas):
-    """Give release ``name`` an intact virtualenv; return (requirements hash, built?)."""
+    """Give release ``name`` an intact virtualenv; return (requirements hash, built?, interpreter (path, version))."""
     code = paths.code(name)
-    req_hash = requirements_hash(cfg, code)
+    python = vumi_python.find(salt, cfg, runas, code)
+    req_hash = requirements_hash(cfg, code, python)
     link = paths.venv(name)
     if not cfg["reuse_virtualenvs"]:
         built = not venv_ok(link) or os.path.islink(link)
         if built:
             if os.path.islink(link):
                 os.remove(link)
-            build_venv(salt, cfg, paths, link, code, runas)
-        return req_hash, built
+            build_venv(salt, cfg, paths, link, code, runas, python)
+        return req_hash, built, python
     shared = os.path.join(paths.virtualenvs, req_hash)
     built = not venv_ok(shared)
     if built:
-        build_venv(salt, cfg, paths, shared, code, runas)
+        build_venv(salt, cfg, paths, shared, code, runas, python)
     if os.path.isdir(link) and not os.path.islink(link):
         shutil.rmtree(link)
     vumi_files.symlink_atomic(shared, link)
-    return req_hash, built
+    return req_hash, built, python
 
 
 def virtualenv(d):
-    d.req_hash, d.venv_built = ensure_venv(d.salt, d.cfg, d.paths, d.release, d.runas)
+    d.req_hash, d.venv_built, d.python = ensure_venv(d.salt, d.cfg, d.paths, d.release, d.runas)
+    d.install_source = source(d.cfg, d.paths.code(d.release))[1]
 
 
 def rebuild(salt, cfg, paths, release=None):
@@ -332,7 +498,7 @@ def rebuild(salt, cfg, paths, release=None):
         paths.release(release)  # a bad name fails before anything else
     with vumi_lock.deploy_lock(cfg, paths):
         name = vumi_manifest.resolve_release(paths, release)
-        req_hash, built = ensure_venv(salt, cfg, paths, name, runas)
+        req_hash, built, _ = ensure_venv(salt, cfg, paths, name, runas)
         manifest = vumi_manifest.read_manifest(paths, name)
         if manifest is not None:
             manifest.update(requirements_hash=req_hash, virtualenv=os.path.realpath(paths.venv(name)))

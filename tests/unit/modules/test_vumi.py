@@ -107,7 +107,7 @@ def test_defaults_opts_pillar_environment_kwargs_precedence(vumi, unit_root):
     assert cfg["app"] == "myapp"  # from opts, pillar is silent
     assert cfg["keep_failed"] == 7
     assert cfg["keep_releases"] == 3
-    assert cfg["requirements"] == "config/requirements.pip"  # built-in default
+    assert cfg["requirements"] is None  # built-in default: found in the code
     assert cfg["ports"] == [8000]
     assert cfg["revision"] is None
 

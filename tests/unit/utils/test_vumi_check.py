@@ -22,7 +22,9 @@ def test_a_new_environment_checks_clean_and_nothing_is_made(salt_functions, git_
     # no cache yet: the requirements file is asked upstream, in the branch's commit
     assert set(found["checks"]) == {"shared", "lock", "repository", "requirements", "interpreter", "disk"}
     tip = found["checks"]["repository"]["detail"].rsplit(" ", 1)[-1]
-    assert found["checks"]["requirements"]["detail"] == f"{git_cfg['requirements']} is in {tip[:12]} (staging)"
+    assert found["checks"]["requirements"]["detail"] == (
+        f"found config/requirements.pip in {tip[:12]} (staging): installed as a requirements file"
+    )
     missing = vumi_check.check(salt_functions, dict(git_cfg, requirements="requirements.txt"), paths)
     assert missing["ok"] is False
     assert missing["checks"]["requirements"] == {
@@ -69,7 +71,7 @@ def test_an_interpreter_the_user_cannot_run_and_a_supervisord_away_are_named(sal
     # one that runs but is no Python that makes virtualenvs
     found = vumi_check.check(salt_functions, dict(git_cfg, python="/bin/false"), paths)
     assert found["checks"]["interpreter"]["detail"].startswith(
-        f"/bin/false cannot make virtualenvs as {git_cfg['user']}"
+        f"/bin/false cannot make virtualenvs for {git_cfg['user']}"
     )
     conf = tmp_path / "supervisord.conf"
     conf.write_text(f"[unix_http_server]\nfile={tmp_path}/gone.sock\n")

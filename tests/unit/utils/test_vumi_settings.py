@@ -43,7 +43,8 @@ def test_secrets_are_masked_and_settings_are_not():
 
 def test_hooks_are_normalised_and_bad_ones_named():
     assert vumi_settings.hooks({"before_publish": ["a", {"run": "b", "once": True, "timeout": 5}]}, 60) == {
-        "before_publish": [{"run": "a", "once": False, "timeout": 60.0}, {"run": "b", "once": True, "timeout": 5.0}],
+        "before_publish": [{"run": "a", "once": False, "timeout": 60.0, "creates": None, "unless": None},
+                           {"run": "b", "once": True, "timeout": 5.0, "creates": None, "unless": None}],
         "after_publish": []}  # fmt: skip
     with pytest.raises(SaltInvocationError, match="hooks:after_publish entry"):
         vumi_settings.hooks({"after_publish": [{"run": "x", "when": "always"}]})
