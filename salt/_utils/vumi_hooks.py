@@ -11,6 +11,7 @@ Each line has ``hook_timeout`` seconds (its own ``timeout``); then it is killed 
 its whole process group, and the deploy fails at its stage.
 """
 
+import os
 import time
 
 from salt.exceptions import CommandExecutionError
@@ -29,9 +30,12 @@ def run(d, stage):
         if hook["once"] and not d.run_once:
             d.hooks_skipped.append(label)  # once, and another host of the fleet runs it
             continue
+        env = vumi_environment.for_release(d.cfg, d.paths, d.release)
+        if guarded(hook, code, d.runas, env):
+            d.hooks_skipped.append(label)  # creates: made already, or unless: true
+            continue
         started = time.monotonic()
-        res = vumi_commands.run_shell(hook["run"], code, d.runas, vumi_environment.for_release(d.cfg, d.paths, d.release),
-                                      timeout=hook["timeout"])  # fmt: skip
+        res = vumi_commands.run_shell(hook["run"], code, d.runas, env, timeout=hook["timeout"])
         d.timings[label] = round(time.monotonic() - started, 3)
         outcome = "done" if res["retcode"] == 0 and not res["timed_out"] else "failed"
         vumi_events.event(d, "hooks", started, outcome, hook=hook["run"], hook_stage=stage, index=index)
@@ -44,6 +48,19 @@ def run(d, stage):
             raise CommandExecutionError(
                 f"{stage} hook {hook['run']!r} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}"
             )
+
+
+def guarded(hook, code, runas, env):
+    """
+    Whether a guard of the hook is met, as Salt's states have it: ``creates`` exists (in the
+    release, through its shared folders), or ``unless`` exits 0 (run as the hook would be).
+    """
+    if hook["creates"] and os.path.lexists(os.path.join(code, hook["creates"])):
+        return True
+    if hook["unless"]:
+        res = vumi_commands.run_shell(hook["unless"], code, runas, env, timeout=hook["timeout"])
+        return res["retcode"] == 0 and not res["timed_out"]
+    return False
 
 
 def before_publish(d):

@@ -36,7 +36,13 @@ def write_settings(d):
     if relpath is None:
         return
     path = os.path.join(d.paths.code(d.release), relpath)
-    if os.path.islink(path) or os.path.islink(os.path.dirname(path)):
+    folder = os.path.dirname(path)
+    shared = os.path.realpath(d.paths.shared) + os.sep
+    # a folder of shared_dirs (instance/ of a Flask app) is the environment's: written through its link
+    into_shared = os.path.islink(folder) and os.path.realpath(folder).startswith(shared)
+    if os.path.islink(path) or (os.path.islink(folder) and not into_shared):
         raise CommandExecutionError(f"{path} is a symlink; refusing to write settings through it")
+    if into_shared:
+        path = os.path.join(os.path.realpath(folder), os.path.basename(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     vumi_files.write_atomic(path, text, d.runas, mode=0o640)
