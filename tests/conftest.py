@@ -140,6 +140,13 @@ def deploy_user(request):
         (top / "bin").mkdir()
         (top / "bin" / "python3").symlink_to(users.PYTHON)
         (top / "bin" / "uv").symlink_to(REPO / ".venv" / "bin" / "uv")
+        # and Poetry (with its export plugin), from .venv's packages on the system's Python
+        site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+        (top / "bin" / "poetry").write_text(
+            f"#!{users.PYTHON}\nimport sys\nsys.path.append({str(site)!r})\n"
+            "from poetry.console.application import main\nsys.exit(main())\n"
+        )
+        (top / "bin" / "poetry").chmod(0o755)
         yield types.SimpleNamespace(pw_name=user.pw_name, pw_uid=user.pw_uid, pw_gid=user.pw_gid,
                                     pw_dir=user.pw_dir, python=str(top / "bin" / "python3"))  # fmt: skip
 
