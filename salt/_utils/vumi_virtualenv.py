@@ -394,16 +394,17 @@ class Build:
         self.salt, self.cfg, self.venv, self.code, self.runas, self.env, self.uv = salt, cfg, venv, code, runas, env, uv
         self.python = os.path.join(venv, "bin", "python")
         self.extras = [f"--extra={e}" for e in cfg["install"]["extras"]]
+        self.compile = ["--compile-bytecode"] if cfg["install"]["compile_bytecode"] else []
 
     def run(self, cmd, what, cwd=None):
         return vumi_git.run(self.salt, cmd, what, cwd=cwd or self.code, runas=self.runas, env=self.env)
 
     def install(self, args, what):
-        """Install with uv (compiled as pip compiles: the first start need not) or pip, plus ``pip_packages``."""
+        """Install with uv or pip, plus ``pip_packages``; compiled only with ``install:compile_bytecode``."""
         if self.uv is not None:
-            cmd = [self.uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", self.python]
+            cmd = [self.uv, "pip", "install", "--quiet", *self.compile, "--python", self.python]
         else:
-            cmd = [self.python, "-m", "pip", "install", "--quiet"]
+            cmd = [self.python, "-m", "pip", "install", "--quiet", *([] if self.compile else ["--no-compile"])]
         self.run([*cmd, *args, *self.cfg["pip_packages"]], what)
 
     def own_folder(self):
@@ -424,7 +425,7 @@ class Build:
         """The locked set of a uv.lock (refused when out of date with pyproject.toml): no dev group, not the project."""
         groups = [f"--group={g}" for g in self.cfg["install"]["groups"]]
         self.env["UV_PROJECT_ENVIRONMENT"] = self.venv
-        self.run([self.uv, "sync", "--locked", "--no-dev", "--no-install-project", "--compile-bytecode", "--quiet",
+        self.run([self.uv, "sync", "--locked", "--no-dev", "--no-install-project", *self.compile, "--quiet",
                   "--python", self.python, *self.extras, *groups], f"uv sync --locked ({rel})",
                  cwd=os.path.join(self.code, os.path.dirname(rel)))  # fmt: skip
         if self.cfg["pip_packages"]:
