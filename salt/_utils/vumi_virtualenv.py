@@ -174,6 +174,36 @@ def walk_requirements(code, top, visit):
     read(os.path.join(code, top))
 
 
+def self_reference(code, opt, target):
+    """
+    The extras of a requirements line that installs the app itself (``.``, ``.[pg]``,
+    ``-e .``), or None for any other line: such a line means the app's dependencies, which
+    are installed in its stead (the app's code runs from each release, not from the
+    virtualenv), so that a commit of code alone keeps the virtualenv.
+    """
+    if opt not in (None, "-e", "--editable"):
+        return None
+    base, bracket, extras = target.partition("[")
+    if os.path.realpath(base) != os.path.realpath(code) or not os.path.isfile(os.path.join(code, "pyproject.toml")):
+        return None
+    return [e.strip() for e in extras.rstrip("]").split(",") if e.strip()] if bracket else []
+
+
+def project_requirements(code, extras):
+    """The requirement lines of the app's own pyproject.toml: its dependencies and those of ``extras``."""
+    wanted = project_dependencies(os.path.join(code, "pyproject.toml"), "pyproject.toml")
+    if wanted is None:
+        raise CommandExecutionError(
+            "the requirements install the app itself (.): reading its pyproject.toml needs Python 3.11+"
+        )
+    lines = list(wanted["dependencies"])
+    for extra in extras:
+        if extra not in wanted["optional-dependencies"]:
+            raise CommandExecutionError(f"the requirements ask for .[{extra}], which pyproject.toml does not declare")
+        lines += wanted["optional-dependencies"][extra]
+    return lines
+
+
 def source(cfg, code, exists=None):
     """
     What is installed into the virtualenv, as (kind, path in the code): ``requirements``
@@ -263,7 +293,10 @@ def requirements_hash(cfg, code, python):
         def visit(path, text, refs):
             digest.update(text.encode())
             for _, _, opt, target in refs:
-                if opt in ("-f", "--find-links") and os.path.isdir(target):
+                extras = self_reference(code, opt, target)
+                if extras is not None:  # the app itself: what it depends on, not its code
+                    digest.update(b"self\0" + json.dumps(project_requirements(code, extras)).encode())
+                elif opt in ("-f", "--find-links") and os.path.isdir(target):
                     hash_listing(digest, target, budget)
                 elif opt not in INCLUDE_OPTS:
                     files = tracked(code, target)
@@ -321,15 +354,20 @@ def poetry_binary(salt, python, runas):
 
 def uv_requirements(code, top, dest):
     """
-    The requirements for uv, which takes no relative local paths in a file: a
-    copy of each file under ``dest`` with every local path made absolute as pip
-    would resolve it, includes pointing at their copies. Returns the top copy.
+    The requirements as installed: a copy of each file under ``dest`` with every
+    local path made absolute as pip would resolve it (uv takes no relative ones in
+    a file), includes pointing at their copies, a line that installs the app itself
+    replaced by its dependencies (``self_reference``). Returns the top copy.
     """
     copies = {}
 
     def visit(path, text, refs):
         lines = text.splitlines()
         for number, i, opt, target in refs:
+            extras = self_reference(code, opt, target)
+            if extras is not None:
+                lines[number] = "\n".join(project_requirements(code, extras))
+                continue
             words = lines[number].split("#", 1)[0].split()
             absolute = os.path.abspath(target)
             if opt in INCLUDE_OPTS:
@@ -413,8 +451,8 @@ class Build:
         return folder
 
     def requirements(self, rel, what):
-        """A requirements file (relative to the code, or absolute); for uv, its local paths made absolute."""
-        if self.uv is not None and not os.path.isabs(rel):
+        """A requirements file (relative to the code, or absolute), installed as ``uv_requirements`` copies it."""
+        if not os.path.isabs(rel):
             copy = uv_requirements(self.code, rel, self.own_folder())
             for path in (os.path.dirname(copy), *glob.glob(os.path.join(os.path.dirname(copy), "*"))):
                 vumi_files.chown(path, self.runas)

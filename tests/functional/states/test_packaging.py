@@ -135,6 +135,23 @@ def test_an_app_deploys_with_what_it_has_and_a_second_apply_changes_nothing(depl
     assert http_get(port)[0] == 200
 
 
+def test_an_app_that_installs_itself_keeps_its_virtualenv_and_runs_each_releases_code(deploy, make, base_dir):
+    """``.`` in requirements.txt (the app as a package): its dependencies key the virtualenv, not its code."""
+    repo = make("flask_pyproject")
+    sample.commit_file(repo, apps.BRANCH, "requirements.txt", "-e .\n", "install the app itself")
+    changed, port = deploy(repo, wsgi_module="hello:create_app()")
+    assert f"vumi-{ENV}-deployed" in changed and http_get(port)[1] == {"app": "hello", "version": 1}
+    (first,) = release_dirs(base_dir)
+    assert "flask" in installed(venv_of(base_dir, first))
+    assert deploy(repo, wsgi_module="hello:create_app()")[0] == {}
+    code = (repo / "hello" / "__init__.py").read_text().replace("VERSION = 1", "VERSION = 2")
+    sample.commit_file(repo, apps.BRANCH, "hello/__init__.py", code, "version 2 of the code")
+    deploy(repo, wsgi_module="hello:create_app()")
+    second = release_dirs(base_dir)[-1]
+    assert second != first and venv_of(base_dir, second) == venv_of(base_dir, first)
+    assert http_get(port)[1] == {"app": "hello", "version": 2}  # the new release's own code
+
+
 def post(port, path, fields):
     """POST a form; (status, Location) without following the redirect."""
 

@@ -153,3 +153,16 @@ def test_a_pyproject_that_is_not_toml_is_named(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[project\nname = 'app'\n")
     with pytest.raises(CommandExecutionError, match=r"^pyproject.toml is not valid TOML: "):
         vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON)
+
+
+def test_a_line_that_installs_the_app_itself_is_keyed_and_installed_as_its_dependencies(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    (tmp_path / "requirements.txt").write_text("gunicorn\n-e .[pg]\n")
+    (tmp_path / "app.py").write_text("v1\n")
+    first = vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON)
+    (tmp_path / "app.py").write_text("v2\n")
+    assert vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON) == first
+    copy = vumi_virtualenv.uv_requirements(str(tmp_path), "requirements.txt", str(tmp_path / "copies"))
+    assert pathlib.Path(copy).read_text() == "gunicorn\nflask>=3\npsycopg\n"
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT.replace('pg = ["psycopg"]', 'pg = ["psycopg[binary]"]'))
+    assert vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON) != first
