@@ -11,6 +11,7 @@ real gunicorn under the session's supervisord.
 """
 
 import functools
+import json
 import logging
 import os
 import pathlib
@@ -69,8 +70,6 @@ def installed(venv):
     out = subprocess.run([f"{venv}/bin/python", "-c", "import importlib.metadata as m, json; print(json.dumps("
                           "{d.metadata['Name'].lower(): d.version for d in m.distributions()}))"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
-    import json  # pylint: disable=import-outside-toplevel
-
     return json.loads(out)
 
 
@@ -213,6 +212,13 @@ def test_a_python_version_is_found_or_named(loaders, deploy, make, base_dir):
                      r"/usr/local/bin/python3\.19, /usr/bin/python3\.19, /bin/python3\.19, ~/\.pyenv/versions\); "
                      rf"found: .*{re.escape(have)} \(", message), message  # fmt: skip
     assert release_dirs(base_dir) == [release]
+    # unset, the repository's .python-version decides
+    sample.commit_file(repo, apps.BRANCH, ".python-version", f"{have}\n", "pin the interpreter")
+    deploy(repo, python=None, wsgi_module="hello:create_app()")
+    newest = release_dirs(base_dir)[-1]
+    assert newest != release and json.loads(
+        (env_root(base_dir, ENV) / "releases" / newest / "release.json").read_text()
+    )["python"].startswith(f"{have}.")
 
 
 def test_salts_own_interpreter_is_not_asked_of_a_user_who_cannot_run_it(deploy, make, base_dir, deploy_user):
