@@ -56,7 +56,7 @@ def _candidates(salt, want, runas):
     uv = shutil.which("uv", path=os.pathsep.join((os.path.dirname(sys.executable), vumi_settings.PLAIN_PATH)))
     if uv:
         try:
-            found = vumi_git.run(salt, [uv, "python", "find", "--no-python-downloads", "--system", f"{want[0]}.{want[1]}"],
+            found = vumi_git.run(salt, [uv, "python", "find", "--no-cache", "--no-python-downloads", "--system", f"{want[0]}.{want[1]}"],
                                  "uv python find", runas=runas, env={"UV_PYTHON_DOWNLOADS": "never"})  # fmt: skip
             if found:
                 yield found.splitlines()[-1].strip()

@@ -420,9 +420,28 @@ def build_venv(salt, cfg, paths, venv, code, runas, python):
         build.pyproject(rel)
     else:
         build.requirements(rel, rel)
+    if uv is not None:
+        for folder in (venv, paths.uv_cache):
+            close_locks(folder)
     installer = "uv" if uv else "pip"
     vumi_files.write_atomic(os.path.join(venv, VENV_MARKER), f"{vumi_files.now().isoformat()} {installer}\n", runas)
     return installer
+
+
+def close_locks(folder):
+    """
+    uv makes its lock files writable by every user (0666, whatever the umask: a cache shared
+    between users); in the environment's tree nothing is, so each build's are made 0644 (the
+    deploy user, who owns them, still takes them).
+    """
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
+        for name in files:
+            if name.endswith(".lock"):
+                path = os.path.join(top, name)
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode) and info.st_mode & stat.S_IWOTH:
+                    os.chmod(path, 0o644)
 
 
 class Build:
