@@ -4,7 +4,8 @@ vumi:
   base_dir: /var/praekelt
   app: vumi
   repo_url: http://github.com/praekelt/vumi.git
-  requirements: config/requirements.pip
+  # requirements: unset, what to install is found in the code (uv.lock, poetry.lock,
+  # requirements.txt, config/requirements.pip, pyproject.toml: docs/settings-reference.md)
   user: root
   keep_releases: 5
   ports: [8000]
