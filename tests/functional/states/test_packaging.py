@@ -134,6 +134,18 @@ def test_an_app_deploys_with_what_it_has_and_a_second_apply_changes_nothing(depl
     assert http_get(port)[0] == 200
 
 
+def test_pip_installs_a_pyproject_alone_too(deploy, make, base_dir):
+    """``installer: pip``: the dependencies pyproject.toml declares, read by the bundle, installed by pip."""
+    repo = make("flask_pyproject")
+    changed, port = deploy(repo, installer="pip", wsgi_module="hello:create_app()")
+    assert f"vumi-{ENV}-deployed" in changed and http_get(port)[1] == {"app": "hello", "version": 1}
+    (release,) = release_dirs(base_dir)
+    venv = venv_of(base_dir, release)
+    assert installed(venv)["flask"] == apps.wheel_version("flask") and "hello" not in installed(venv)
+    assert pathlib.Path(venv, ".vumi-complete").read_text().split()[1] == "pip"
+    assert deploy(repo, installer="pip", wsgi_module="hello:create_app()")[0] == {}
+
+
 def test_an_app_that_installs_itself_keeps_its_virtualenv_and_runs_each_releases_code(deploy, make, base_dir):
     """``.`` in requirements.txt (the app as a package): its dependencies key the virtualenv, not its code."""
     repo = make("flask_pyproject")
