@@ -122,12 +122,19 @@ def test_nothing_to_install_names_what_was_looked_for(tmp_path):
     )
 
 
-def test_a_lockfile_keys_the_virtualenv_and_the_code_does_not(tmp_path):
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
-    (tmp_path / "uv.lock").write_text("version = 1\n")
+def keyed_by_dependencies(tmp_path, **files):
+    """The key of a code folder of ``files`` and an app.py, which a change of app.py alone keeps."""
+    for name, text in files.items():
+        (tmp_path / name.replace("_", ".")).write_text(text)
     (tmp_path / "app.py").write_text("print('v1')\n")
     first = vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON)
     (tmp_path / "app.py").write_text("print('v2')\n")
+    assert vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON) == first
+    return first
+
+
+def test_a_lockfile_keys_the_virtualenv_and_the_code_does_not(tmp_path):
+    first = keyed_by_dependencies(tmp_path, pyproject_toml=PYPROJECT, uv_lock="version = 1\n")
     (tmp_path / "pyproject.toml").write_text(PYPROJECT.replace('version = "1.0"', 'version = "1.1"')
                                              .replace("an app", "the app"))  # fmt: skip
     assert vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON) == first  # code, version, description
@@ -156,12 +163,7 @@ def test_a_pyproject_that_is_not_toml_is_named(tmp_path):
 
 
 def test_a_line_that_installs_the_app_itself_is_keyed_and_installed_as_its_dependencies(tmp_path):
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
-    (tmp_path / "requirements.txt").write_text("gunicorn\n-e .[pg]\n")
-    (tmp_path / "app.py").write_text("v1\n")
-    first = vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON)
-    (tmp_path / "app.py").write_text("v2\n")
-    assert vumi_virtualenv.requirements_hash(CFG, str(tmp_path), PYTHON) == first
+    first = keyed_by_dependencies(tmp_path, pyproject_toml=PYPROJECT, requirements_txt="gunicorn\n-e .[pg]\n")
     copy = vumi_virtualenv.uv_requirements(str(tmp_path), "requirements.txt", str(tmp_path / "copies"))
     assert pathlib.Path(copy).read_text() == "gunicorn\nflask>=3\npsycopg\n"
     (tmp_path / "pyproject.toml").write_text(PYPROJECT.replace('pg = ["psycopg"]', 'pg = ["psycopg[binary]"]'))
