@@ -106,10 +106,10 @@ def disk(paths):
     return _item(free >= MIN_FREE, detail if free >= MIN_FREE else f"only {detail}: a deploy needs room for a release")
 
 
-def _interpreter(salt, cfg, code=None):
+def _interpreter(salt, cfg):
     """The interpreter the virtualenvs are made with, run as the deploy user (this runs in their process)."""
     try:
-        path, version = vumi_python.find(salt, cfg, None, code)
+        path, version = vumi_python.find(salt, cfg, None)
     except CommandExecutionError as exc:
         return _item(False, str(exc))
     return _item(True, f"{path} (Python {version}) runs as {cfg['user']}")

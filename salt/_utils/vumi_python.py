@@ -23,8 +23,6 @@ import vumi_settings
 VERSION_RE = re.compile(r"^(?:cpython-|python)?(3)\.(\d{1,2})(?:\.\d+)?$")
 #: what a candidate prints: its version, and whether it can make a virtualenv
 PROBE = "import sys, venv; print('%d.%d.%d' % sys.version_info[:3])"
-#: the oldest Python a virtualenv is made with
-OLDEST = (3, 8)
 
 
 def version_of(spec):

@@ -189,19 +189,27 @@ def self_reference(code, opt, target):
     return [e.strip() for e in extras.rstrip("]").split(",") if e.strip()] if bracket else []
 
 
-def project_requirements(code, extras):
-    """The requirement lines of the app's own pyproject.toml: its dependencies and those of ``extras``."""
-    wanted = project_dependencies(os.path.join(code, "pyproject.toml"), "pyproject.toml")
+def project_requirements(path, shown, extras, asker):
+    """
+    The requirement lines of the pyproject.toml at ``path``: its dependencies and those of
+    ``extras`` (which ``asker`` names, for the error when one is not declared).
+    """
+    wanted = project_dependencies(path, shown)
     if wanted is None:
-        raise CommandExecutionError(
-            "the requirements install the app itself (.): reading its pyproject.toml needs Python 3.11+"
-        )
+        raise CommandExecutionError(f"reading {shown} needs Python 3.11+ (or install uv)")
     lines = list(wanted["dependencies"])
     for extra in extras:
         if extra not in wanted["optional-dependencies"]:
-            raise CommandExecutionError(f"the requirements ask for .[{extra}], which pyproject.toml does not declare")
+            raise CommandExecutionError(f"{asker} {extra!r}, which {shown} does not declare")
         lines += wanted["optional-dependencies"][extra]
     return lines
+
+
+def self_requirements(code, extras):
+    """What a requirements line that installs the app itself stands for: its pyproject.toml's dependencies."""
+    return project_requirements(
+        os.path.join(code, "pyproject.toml"), "pyproject.toml", extras, "the requirements ask for the extra"
+    )
 
 
 def source(cfg, code, exists=None):
@@ -295,7 +303,7 @@ def requirements_hash(cfg, code, python):
             for _, _, opt, target in refs:
                 extras = self_reference(code, opt, target)
                 if extras is not None:  # the app itself: what it depends on, not its code
-                    digest.update(b"self\0" + json.dumps(project_requirements(code, extras)).encode())
+                    digest.update(b"self\0" + json.dumps(self_requirements(code, extras)).encode())
                 elif opt in ("-f", "--find-links") and os.path.isdir(target):
                     hash_listing(digest, target, budget)
                 elif opt not in INCLUDE_OPTS:
@@ -366,7 +374,7 @@ def uv_requirements(code, top, dest):
         for number, i, opt, target in refs:
             extras = self_reference(code, opt, target)
             if extras is not None:
-                lines[number] = "\n".join(project_requirements(code, extras))
+                lines[number] = "\n".join(self_requirements(code, extras))
                 continue
             words = lines[number].split("#", 1)[0].split()
             absolute = os.path.abspath(target)
@@ -508,14 +516,7 @@ class Build:
         if self.uv is not None:
             self.install(["--requirement", path, *self.extras], f"uv pip install -r {rel}")
             return
-        wanted = project_dependencies(path, rel)
-        if wanted is None:
-            raise CommandExecutionError(f"{rel} alone is installed with uv, or read with Python 3.11+: install uv")
-        lines = list(wanted["dependencies"])
-        for extra in self.cfg["install"]["extras"]:
-            if extra not in wanted["optional-dependencies"]:
-                raise CommandExecutionError(f"install:extras names {extra!r}, which {rel} does not declare")
-            lines += wanted["optional-dependencies"][extra]
+        lines = project_requirements(path, rel, self.cfg["install"]["extras"], "install:extras names")
         out = os.path.join(self.own_folder(), "pyproject.txt")
         vumi_files.write_atomic(out, "".join(f"{line}\n" for line in lines), self.runas)
         self.install(["--requirement", out], f"pip install of {rel}'s dependencies")
