@@ -261,9 +261,11 @@ def _deployed(cfg, release, revision):
         __salt__["saltutil.refresh_grains"]()  # the pillar refresh brings the grains to the master
 
 
-def _deploy(environment, kwargs, revision=None, release=None, run_once=True, hold=None):
+def _deploy(environment, kwargs, revision=None, release=None, run_once=True, hold=None, run=None):
     cfg, found = _context(environment, kwargs)
     who = vumi_history.who(__opts__, kwargs)
+    if run is not None:
+        who["run"] = _run_id(run)
     return vumi_pipeline.Deploy(__salt__, __opts__, cfg, found, revision, release, run_once, who, hold)
 
 
@@ -325,7 +327,13 @@ def remote_revision(environment, revision=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def prepare(environment, revision=None, release=None, run_once=True, hold=None, once_on=None, **kwargs):
+def _run_id(run):
+    if not isinstance(run, str) or not run.replace("_", "").isalnum() or len(run) > 64:
+        raise SaltInvocationError(f"invalid run {run!r}: the id of a fleet run (salt-run vumi.deploy)")
+    return run
+
+
+def prepare(environment, revision=None, release=None, run_once=True, hold=None, once_on=None, run=None, **kwargs):
     """
     Build a complete release without making it current: layout, fetch, cut
     release, link shared folders, settings, virtualenv, ``before_publish``
@@ -351,6 +359,10 @@ def prepare(environment, revision=None, release=None, run_once=True, hold=None, 
         deploy's (``prepare``/``publish`` of ``release`` with ``hold``) is refused,
         naming it, until ``vumi.unhold`` or the time is up (an orchestration that
         died does not hold the host for ever).
+    run
+        The id of the fleet run (``salt-run vumi.deploy``) this is part of: the
+        hold and the history name it, and its heartbeats (``vumi.renew``) extend
+        the hold.
 
     CLI Example:
 
@@ -358,7 +370,7 @@ def prepare(environment, revision=None, release=None, run_once=True, hold=None, 
 
         salt '*' vumi.prepare staging
     """
-    d = _deploy(environment, kwargs, revision, release, _runs_once(run_once, once_on), hold)
+    d = _deploy(environment, kwargs, revision, release, _runs_once(run_once, once_on), hold, run)
     if d.cfg["health_check"] is None:  # the state's default, for the fleet too
         d.cfg["health_check"] = bool(d.cfg["ports"])
     return _run_deploy(vumi_pipeline.prepare, d)
@@ -372,7 +384,7 @@ def _runs_once(run_once, once_on):
     return once_on == __opts__.get("id")
 
 
-def publish(environment, release, run_once=True, hold=None, once_on=None, **kwargs):
+def publish(environment, release, run_once=True, hold=None, once_on=None, run=None, **kwargs):
     """
     Make a prepared release current (one atomic rename of a symlink), run the
     ``after_publish`` hooks, then remove the releases beyond ``keep_releases``.
@@ -391,7 +403,7 @@ def publish(environment, release, run_once=True, hold=None, once_on=None, **kwar
 
         salt '*' vumi.publish staging 20261126_153000
     """
-    d = _deploy(environment, kwargs, release=release, run_once=_runs_once(run_once, once_on), hold=hold)
+    d = _deploy(environment, kwargs, release=release, run_once=_runs_once(run_once, once_on), hold=hold, run=run)
     return _run_deploy(vumi_pipeline.publish, d)
 
 
@@ -417,7 +429,19 @@ def revert(environment, release, **kwargs):
 
 
 #: what the fleet runner calls through :py:func:`fleet_step`
-FLEET_STEPS = ("remote_revision", "current", "prepare", "publish", "revert", "discard", "unhold")
+FLEET_STEPS = (
+    "remote_revision",
+    "current",
+    "prepare",
+    "publish",
+    "revert",
+    "discard",
+    "unhold",
+    "renew",
+    "serving",
+    "settle",
+    "check",
+)
 
 
 def fleet_step(step, environment, *args, **kwargs):
@@ -474,6 +498,93 @@ def unhold(environment, release=None, **kwargs):
     if release is not None:
         found.release(release)  # a bad name fails before anything else
     return {"was": _as_user(cfg, found, vumi_freeze.unhold, cfg, found, release)}
+
+
+def renew(environment, run, hold, **kwargs):
+    """
+    The heartbeat of fleet run ``run``: the hold it has here lasts ``hold``
+    seconds from now. Nothing changes when another run (or none) holds the
+    environment. Returns the hold renewed, or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.renew staging 20261206115011_123456 60
+    """
+    cfg, found = _context(environment, kwargs)
+    if not os.path.isdir(found.root):
+        return None
+    return _as_user(cfg, found, vumi_freeze.renew, cfg, found, _run_id(run), hold)
+
+
+def serving(environment, **kwargs):
+    """
+    What this host serves, as ``salt-run vumi.status`` and ``vumi.recover``
+    see it: the current release, per port and per process the release its
+    running process has (from its working directory, not where ``current``
+    points), its pid and whether it answers, and the fleet run holding the
+    environment, if any.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.serving staging
+    """
+    cfg, found = _context(environment, kwargs)
+    if not os.path.isdir(found.root):
+        return {"environment": environment, "current": None, "revisions": {}, "ports": {}, "processes": {},
+                "held": None}  # fmt: skip
+    return dict(_serving(cfg, found), environment=environment, held=_read_as_user(cfg, vumi_freeze.held, found))
+
+
+def _serving(cfg, found):
+    """The current release, and per running port and process its release and pid, with each release's revision."""
+    ports = vumi_webapp.status(cfg, found) if cfg["ports"] else {}
+    procs = vumi_processes.status(cfg, found) if cfg["processes"] else {}
+    now = vumi_manifest.current_release_safe(found)
+    named = sorted({now} | {row["release"] for row in [*ports.values(), *procs.values()]} - {None})
+    return {
+        "current": now,
+        "revisions": _read_as_user(cfg, _revisions, found, named),
+        "ports": {p: {k: row[k] for k in ("state", "release", "pid", "answers", "configured")}
+                  for p, row in ports.items()},
+        "processes": {n: {k: row[k] for k in ("state", "release", "pid")} for n, row in procs.items()},
+    }  # fmt: skip
+
+
+def _revisions(found, names):
+    """As the deploy user: the revision of each release named (None: no manifest)."""
+    return {name: (vumi_manifest.read_manifest(found, name) or {}).get("revision") for name in names}
+
+
+def settle(environment, release, **kwargs):
+    """
+    Bring this host back onto ``release`` after a fleet run died (``salt-run
+    vumi.recover``): the hold of any run ends, ``current`` is ``release``
+    (a named rollback when it was another), and every running port and
+    process that runs another release is restarted onto it. Says what it did.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.settle staging 20261126_153000
+    """
+    cfg, found = _context(environment, kwargs)
+    found.release(release)  # a bad name fails before anything else
+    res = {"release": release, "unheld": unhold(environment, **kwargs)["was"]}
+    res["was"] = vumi_manifest.current_release_safe(found)
+    if res["was"] != release:
+        res["restarted"] = rollback(environment, release=release, **kwargs)["restarted"]
+        return res
+    stale = [p for p, row in (vumi_webapp.status(cfg, found) if cfg["ports"] else {}).items()
+             if row["running"] and row["configured"] and not row["current"]]  # fmt: skip
+    if stale:
+        vumi_webapp.cluster(vumi_webapp.restart, cfg, found, stale)  # one port at a time, as a rollback does
+    res["restarted"] = stale + (vumi_processes.restart(cfg, found, only_stale=True) if cfg["processes"] else [])
+    return res
 
 
 def deploy(environment, revision=None, run_once=True, **kwargs):
@@ -874,28 +985,36 @@ def summary(**kwargs):
 def _summary(env, kwargs):
     cfg, found = _context(env, kwargs)
     try:
-        now, revision, tip = _read_as_user(cfg, _summary_row, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
+        now, revision, tip, holder = _read_as_user(cfg, _summary_row, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
     except (SaltInvocationError, CommandExecutionError) as exc:
         log.warning("vumi.summary: %s: %s", env, exc)
-        now, revision, tip = vumi_manifest.current_release_safe(found), None, None
+        now, revision, tip, holder = vumi_manifest.current_release_safe(found), None, None, None
     behind = None if tip is None or revision is None else tip != revision
     ports = vumi_webapp.status(cfg, found)
+    procs = vumi_processes.status(cfg, found) if cfg["processes"] else {}
     return {
         "environment": env, "release": now, "revision": revision, "behind": behind, "ports": cfg["ports"],
         "running": sorted(p for p, s in ports.items() if s["running"]),
         "answering": sorted(p for p, s in ports.items() if s["answers"]),
+        # what the running processes run (from their working directory), not where current points
+        "releases": {p: s["release"] for p, s in ports.items()},
+        "processes": {n: s["release"] for n, s in procs.items()},
+        "held": holder,
     }  # fmt: skip
 
 
 def _summary_row(functions, cfg, found):
-    """As the deploy user: the current release, its revision, and the branch's (or pin's) tip (None: unknown)."""
+    """
+    As the deploy user: the current release, its revision, the branch's (or pin's)
+    tip (None: unknown), and the fleet run holding the environment (None: none).
+    """
     now = vumi_manifest.current_release_safe(found)
     revision = (vumi_manifest.read_manifest(found, now) or {}).get("revision") if now else None
     try:
         tip = vumi_git.remote_revision(functions, cfg, found, cfg["revision"])
     except (SaltInvocationError, CommandExecutionError):
         tip = None  # the repository does not answer: unknown
-    return now, revision, tip
+    return now, revision, tip, vumi_freeze.held(found)
 
 
 def check(environment, **kwargs):

@@ -91,11 +91,29 @@ def hold(cfg, paths, release, seconds, who):
     now = vumi_files.now()
     entry = {
         "release": release,
+        "run": who.get("run"),  # the fleet run (salt-run vumi.deploy) that holds it: its runner beats
         "user": who.get("user"),
         "jid": who.get("jid"),
         "since": now.isoformat(timespec="seconds"),
         "until": (now + datetime.timedelta(seconds=seconds)).isoformat(timespec="seconds"),
     }
+    vumi_files.write_atomic(paths.held, json.dumps(entry) + "\n", vumi_files.runas_user(cfg))
+    return entry
+
+
+def renew(cfg, paths, run, seconds):
+    """
+    The heartbeat of fleet run ``run``: its hold (if it is still this run's) lasts
+    ``seconds`` from now. Returns the hold, or None when this run holds nothing here.
+    """
+    found = held(paths)
+    if not found or not run or found.get("run") != run:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 86400:
+        raise SaltInvocationError(f"invalid hold {seconds!r}: seconds, more than 0 and at most 86400")
+    vumi_files.refuse_links(paths)
+    until = vumi_files.now() + datetime.timedelta(seconds=seconds)
+    entry = dict(found, until=until.isoformat(timespec="seconds"))
     vumi_files.write_atomic(paths.held, json.dumps(entry) + "\n", vumi_files.runas_user(cfg))
     return entry
 
@@ -130,10 +148,10 @@ def refuse(cfg, paths, release=None):
         )  # fmt: skip
     fleet = held(paths)
     if fleet is not None and fleet.get("release") != release:
-        job = f", job {fleet['jid']}" if fleet.get("jid") else ""
+        job = f", run {fleet['run']}" if fleet.get("run") else (f", job {fleet['jid']}" if fleet.get("jid") else "")
         raise vumi_errors.Held(
             f"{env} is held by the fleet deploy of release {fleet.get('release')} (by {fleet.get('user')}{job}, "
             f"since {fleet.get('since')}); other deploys are refused until it ends or until {fleet.get('until')} "
             f"(vumi.unhold {env} lifts it)",
-            **{k: fleet.get(k) for k in ("release", "user", "jid", "since", "until")},
+            **{k: fleet.get(k) for k in ("release", "run", "user", "jid", "since", "until")},
         )

@@ -172,6 +172,8 @@ def prepare(d):
     with vumi_lock.deploy_lock(d.cfg, d.paths):
         refuse(d)  # again: a deploy we waited for may have been a fleet deploy's
         take_hold(d)
+        if d.hold is not None:  # this fleet run holds the host: an earlier run's prepared release is never published
+            vumi_releases.drop_unpublished(d.paths, keep=d.release)
         run_steps(d, PREPARE)
         vumi_history.record(d.paths, "prepare", release=d.release, revision=d.sha, timings=d.timings, **d.who)
     return summary(d, "prepare")

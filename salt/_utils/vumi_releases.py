@@ -129,18 +129,27 @@ def unpublished_releases(paths):
     return prepared - published
 
 
+def drop_unpublished(paths, keep=None):
+    """
+    Remove the releases prepared and never published (but ``keep``): an earlier
+    fleet run's, which it can no longer publish. Under the deploy lock.
+    """
+    current_name = vumi_manifest.current_release(paths)
+    removed = []
+    for name in sorted((unpublished_releases(paths) & set(vumi_manifest.release_names(paths))) - {current_name, keep}):
+        vumi_files.remove_tree(paths.release(name))
+        removed.append(name)
+    return removed
+
+
 def prune(cfg, paths, limit, unpublished=False):
     """
     Remove all but the newest ``limit`` complete releases (never current), then
     orphans. With ``unpublished``, first the releases prepared but never published
     (not in a deploy's own prune: a fleet deploy may be about to publish them).
     """
+    removed = drop_unpublished(paths) if unpublished else []
     current_name = vumi_manifest.current_release(paths)
-    removed = []
-    if unpublished:
-        for name in sorted((unpublished_releases(paths) & set(vumi_manifest.release_names(paths))) - {current_name}):
-            vumi_files.remove_tree(paths.release(name))
-            removed.append(name)
     complete = [n for n in vumi_manifest.release_names(paths) if vumi_manifest.read_manifest(paths, n)]
     # the newest on the rollback stack first (what rollback would go back to, not a release
     # rolled back from), then by name; prepared, unpublished ones are a fleet deploy's to publish
