@@ -22,7 +22,8 @@ def __virtual__():
     return __virtualname__
 
 
-def deployed(name, tgt, tgt_type="glob", revision=None, release=None, batch=None, hold=1800, timeout=900):
+def deployed(name, tgt, tgt_type="glob", revision=None, release=None, batch=None, hold=90, timeout=120,
+             canary=None, canary_wait=30, force=False):  # fmt: skip
     """
     Environment ``name`` deployed to every host ``tgt`` matches, all or none (see
     the ``vumi.deploy`` runner).
@@ -37,6 +38,20 @@ def deployed(name, tgt, tgt_type="glob", revision=None, release=None, batch=None
         The release name for every host (default: the time now, in UTC).
     batch
         The restart phase's hosts at a time (``2``, ``25%``; default all).
+    timeout
+        Seconds each phase waits for every host (default 120); a host silent
+        that long fails the run, named.
+    hold
+        Seconds a host stays held after the run's last heartbeat (default 90).
+    canary, canary_wait
+        Hosts (``1``, ``10%``) published, restarted and watched for
+        ``canary_wait`` seconds before the others (see ``vumi.deploy``).
+    force
+        First bring back onto one release a fleet that a dead run left split
+        or held (``vumi.recover``).
+
+    With ``test=True`` every host runs ``vumi.check``: the state predicts a
+    failure, naming the host and why, or what would be deployed where.
     """
     res = __salt__["saltutil.runner"](
         "vumi.deploy",
@@ -49,12 +64,20 @@ def deployed(name, tgt, tgt_type="glob", revision=None, release=None, batch=None
             "batch": batch,
             "hold": hold,
             "timeout": timeout,
+            "canary": canary,
+            "canary_wait": canary_wait,
+            "force": force,
             "test": bool(__opts__["test"]),
         },  # fmt: skip
     )
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
-    if not isinstance(res, dict) or "result" not in res:  # the runner is missing or broke
-        ret["comment"] = f"the vumi.deploy runner did not run (salt-run saltutil.sync_all?): {res}"
+    if not isinstance(res, dict) or "result" not in res:
+        if "is not available" in str(res):  # the runner is not on the master
+            ret["comment"] = f"the vumi.deploy runner is not on this master (salt-run saltutil.sync_all): {res}"
+        else:  # it ended without a report: interrupted, or it broke
+            ret["comment"] = (
+                f"the vumi.deploy runner ended without its report (salt-run vumi.status tells where the fleet is): {res}"
+            )
         return ret
     ret["result"] = res["result"]
     ret["comment"] = res["comment"]

@@ -13,9 +13,11 @@
     revision and the release, and changes nothing.
 
     pillar: branch, target, tgt_type (default glob), revision, release, batch,
-    hold (seconds a host stays held should the run die; default 1800), timeout
-    (seconds each phase waits for the hosts' answers; a host silent that long has
-    failed; default 900).                                                        -#}
+    timeout (seconds each phase waits for every host; a host silent that long fails
+    the run, named; default 120), hold (seconds a host stays held after the run's
+    last heartbeat, should it die; default 90), canary (hosts, "1" or "10%", that go
+    first and are watched for canary_wait seconds, default 30), force (recover a
+    fleet a dead run left split or held first).                                  -#}
 {%- set branch = pillar.get("branch") %}
 {%- set target = pillar.get("target") %}
 {%- if not branch or not target %}
@@ -33,7 +35,7 @@ vumi-fleet-deploy:
     - name: {{ branch | json }}
     - tgt: {{ target | json }}
     - tgt_type: {{ pillar.get("tgt_type", "glob") | json }}
-{%-   for key in ("revision", "release", "batch", "hold", "timeout") if pillar.get(key) is not none %}
-    - {{ key }}: {{ pillar[key] | int if key in ("hold", "timeout") else pillar[key] | string | json }}
+{%-   for key in ("revision", "release", "batch", "hold", "timeout", "canary", "canary_wait", "force") if pillar.get(key) is not none %}
+    - {{ key }}: {{ pillar[key] | json if key in ("hold", "timeout", "canary_wait", "force") else pillar[key] | string | json }}
 {%-   endfor %}
 {%- endif %}
