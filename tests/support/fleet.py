@@ -85,16 +85,14 @@ def write_pillar(pillar_dir, hosts):
 @contextlib.contextmanager
 def started_master(salt_factories, pillar_dir, id_prefix):
     """
-    A real salt-master serving this repo's ``salt/`` and the pillar tree ``pillar_dir``
-    (its ``.pillar_dir``), with a state top file giving every minion ``vumi`` (highstate).
+    A real salt-master serving this repo's ``salt/`` (with its state top, ``salt/top.sls``:
+    highstate deploys what a host's ``vumi:deploy`` lists) and the pillar tree ``pillar_dir``
+    (its ``.pillar_dir``).
     """
-    tops = pathlib.Path(pillar_dir).parent / f"{pathlib.Path(pillar_dir).name}-states"
-    tops.mkdir(exist_ok=True)
-    (tops / "top.sls").write_text("base:\n  '*':\n    - vumi\n")
     factory = salt_factories.salt_master_daemon(
         random_string(id_prefix),
         overrides={
-            "file_roots": {"base": [str(REPO / "salt"), str(tops)]},
+            "file_roots": {"base": [str(REPO / "salt")]},
             "pillar_roots": {"base": [str(pillar_dir)]},
         },
     )
