@@ -16,3 +16,18 @@ if _fail_on.is_file() and os.environ.get("VUMI_PORT", "") in _fail_on.read_text(
     raise RuntimeError(f"this release does not start on port {os.environ['VUMI_PORT']} ({_fail_on})")
 
 application = get_wsgi_application()
+
+# A commit can also start well and fail later (a leak, a pool that runs dry): on the
+# ports a ``FAIL_LATER_ON_PORTS`` file lists, every request from 5 s after the start
+# on is answered 500. The fleet tests' canary watches for it.
+_fail_later = pathlib.Path(__file__).resolve().parents[1] / "FAIL_LATER_ON_PORTS"
+if _fail_later.is_file() and os.environ.get("VUMI_PORT", "") in _fail_later.read_text().split():
+    import time
+
+    _started, _serve = time.monotonic(), application
+
+    def application(environ, start_response):
+        if time.monotonic() - _started < 5:
+            return _serve(environ, start_response)
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"failing later on purpose\n"]

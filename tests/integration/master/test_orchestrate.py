@@ -19,6 +19,8 @@ that fails on one host, a restart that fails on the second host of ``batch: 1``.
 import contextlib
 import fcntl
 import json
+import signal
+import subprocess
 import threading
 import time
 
@@ -258,6 +260,8 @@ def test_a_commit_that_cannot_start_switches_no_host(orch_fleet, live, upstream,
     first = state["comment"].splitlines()[0]
     assert first.startswith(f"{min(orch_fleet)} failed at prepare: "), first
     assert "stage 'health'" in first and "Worker failed to boot" in state["comment"], state["comment"]
+    lines = state["comment"].splitlines()
+    assert [line.split(" ", 1)[0] for line in lines[:3]] == sorted(orch_fleet), "one line per host that failed"
     assert "nothing was published" in state["comment"]
     assert_fleet_serves(orch_fleet.values(), live)
     for host in orch_fleet.values():
@@ -401,10 +405,234 @@ def test_a_host_that_does_not_answer_fails_the_run_before_anything_is_prepared(
     print(f"\na host that does not answer ({elapsed:.1f}s):\n" + readable(ret, orch_master.config))
     assert ret.returncode != 0 and state["result"] is False, state
     lines = state["comment"].splitlines()
-    assert lines[0] == f"{last.id} failed at version: did not answer vumi.version within 15s", lines[0]
+    assert lines[0] == f"{last.id} did not answer within 15 s at version; it is unreachable or busy", lines[0]
     assert not any(h.id in state["comment"] for h in (first, middle)), state["comment"]
     assert_fleet_serves(orch_fleet.values(), steady)
     assert {host.id: host.releases(ENV) for host in orch_hosts} == before, "nothing was prepared"
+
+
+# --------------------------------------------------------------------------
+# Fleet faults: a host that stops, a run that dies, exit codes, dry runs, canaries
+# --------------------------------------------------------------------------
+
+
+def deploy(salt_run, *args, **kwargs):
+    """``salt-run vumi.deploy staging <args> <kwargs>``: (the CLI result, its report, its wall time)."""
+    started = time.monotonic()
+    ret = salt_run.run("vumi.deploy", ENV, *args, **kwargs)
+    return ret, ret.data, time.monotonic() - started
+
+
+def wait_for(what, check, limit=120):
+    deadline = time.monotonic() + limit
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"waited {limit}s for {what}"
+        time.sleep(0.3)
+    return found
+
+
+def held(host):
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((host.env_root(ENV) / "HELD").read_text())
+    return None
+
+
+def status_rows(salt_run):
+    ret = salt_run.run("vumi.status", TARGET)
+    assert ret.returncode == 0, ret
+    return {row["host"]: row for row in ret.data if row.get("environment") == ENV}
+
+
+def test_exit_codes_an_empty_target_and_a_failure(orch_fleet, orch_hosts, steady, salt_run, orch_master, salt_cli):
+    ret, report, _ = deploy(salt_run, "nomatch*")
+    assert ret.returncode == 1, ret
+    assert report["comment"] == "no minion matches 'nomatch*' (glob): nothing was deployed", report
+    with pillar_override(orch_master, salt_cli, orch_hosts, orch_hosts[1], hooks={"before_publish": ["exit 3"]}):
+        ret, report, elapsed = deploy(salt_run, TARGET)
+    print(f"\na failed run ({elapsed:.1f}s), exit {ret.returncode}:\n{report['comment']}")
+    assert ret.returncode == 1, ret
+    assert report["comment"].startswith(f"{orch_hosts[1].id} failed at prepare: "), report["comment"]
+    assert "Traceback" not in report["comment"]
+    assert_fleet_serves(orch_fleet.values(), steady)
+
+
+def test_a_host_that_stops_during_prepare_fails_the_run_in_time_and_the_others_are_unheld(
+    orch_fleet, orch_hosts, steady, upstream, orch_master, salt_cli, salt_run
+):
+    """
+    The third host's prepare is slow (a hook sleeps) and its minion is stopped while
+    it runs: the run fails at prepare within ``timeout`` (+30 s), naming it; the
+    others are unheld at once, on the release they had. Back, the host is held by a
+    run that is gone: a deploy says so, and ``force=True`` recovers it and deploys.
+    """
+    first, middle, last = orch_hosts
+    sample.commit_file(upstream, ENV, "CHANGES", "a host stops\n", "A host stops")
+    outcome = {}
+    with pillar_override(orch_master, salt_cli, orch_hosts, last, hooks={"before_publish": ["sleep 40"]}):
+        run = threading.Thread(target=lambda: outcome.update(res=deploy(salt_run, TARGET, timeout=20)))
+        run.start()
+        wait_for("the third host's hold", lambda: held(last))
+        time.sleep(1)
+        last.minion.terminate()
+        try:
+            run.join(120)
+            ret, report, elapsed = outcome["res"]
+        finally:
+            last.minion.start()
+        wait_for("the host back", lambda: salt_cli.run("test.ping", minion_tgt=last.id).data is True, limit=90)
+    print(f"\na host stopped during prepare ({elapsed:.1f}s), exit {ret.returncode}:\n{report['comment']}")
+    assert ret.returncode == 1, ret
+    assert elapsed < 20 + 30, elapsed
+    lines = report["comment"].splitlines()
+    assert lines[0] == f"{last.id} did not answer within 20 s at prepare; it is unreachable or busy", lines
+    assert held(first) is None and held(middle) is None, "the others are unheld at once"
+    assert_fleet_serves([first, middle], steady)
+    gone = held(last)
+    assert gone and gone["run"] == report["run"], gone
+    # back: a deploy is refused, naming the run that is gone; force=True recovers, then deploys
+    ret, report, _ = deploy(salt_run, TARGET)
+    print("\nthe next deploy:\n" + report["comment"])
+    assert ret.returncode == 1
+    assert f"run {gone['run']} is gone (its runner stopped)" in report["comment"], report["comment"]
+    ret, report, elapsed = deploy(salt_run, TARGET, force=True)
+    print(f"\nforce=True ({elapsed:.1f}s): {report['comment']}")
+    assert ret.returncode == 0, report["comment"]
+    revision = sample.git(upstream, "rev-parse", f"refs/heads/{ENV}")
+    assert_fleet_serves(orch_fleet.values(), {h: (report["release"], revision) for h in orch_fleet})
+    assert gone["release"] not in last.releases(ENV), "the dead run's prepared release is dropped"
+
+
+def test_a_run_that_dies_during_publish_is_told_truthfully_and_recovered(
+    orch_fleet, orch_hosts, steady, upstream, orch_master, salt_cli, salt_run
+):
+    """
+    The master stops (and ``salt-run`` with it) while the last host runs its
+    ``after_publish`` hook: every host's ``current`` is the new release while every
+    port serves the old one. ``vumi.status`` says so; ``vumi.recover`` puts every
+    host back on the release they serve, unheld; ``vumi.status`` says that too.
+    """
+    last = orch_hosts[-1]
+    sample.commit_file(upstream, ENV, "CHANGES", "the run dies\n", "The run dies")
+    with pillar_override(orch_master, salt_cli, orch_hosts, last, hooks={"after_publish": ["sleep 30"]}):
+        proc = subprocess.Popen(salt_run.cmdline("vumi.deploy", ENV, TARGET), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            new = wait_for("every host published", lambda: len({current(h) for h in orch_hosts}) == 1
+                           and current(last) != steady[last.id][0] and current(last))  # fmt: skip
+            with orch_master.stopped():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        for host in orch_hosts:  # a minion may take minutes to notice its master is back: restarted, as an init would
+            host.minion.terminate()
+            host.minion.start()
+            wait_for(f"{host.id} back", lambda h=host: salt_cli.run("test.ping", minion_tgt=h.id).data is True, 90)
+    before = status_rows(salt_run)
+    table = salt_run.run("vumi.status", TARGET, "table=True").stdout
+    print(f"\nafter the run died:\n{table}")
+    for host in orch_hosts:
+        row = before[host.id]
+        assert row["release"] == new, row  # current points at the new release...
+        assert set(row["releases"].values()) == {steady[host.id][0]}, row  # ...the ports serve the old one
+        assert row["held"] and row["held"]["runner"] == "gone", row
+    assert "(not restarted)" in table and "runner gone" in table
+    ret = salt_run.run("vumi.recover", ENV, TARGET)
+    print(f"\nvumi.recover, exit {ret.returncode}:\n{ret.data['comment']}")
+    assert ret.returncode == 0, ret
+    assert_fleet_serves(orch_fleet.values(), steady)
+    after = status_rows(salt_run)
+    for host in orch_hosts:
+        row = after[host.id]
+        assert row["release"] == steady[host.id][0] and row["held"] is None, row
+        assert set(row["releases"].values()) == {steady[host.id][0]}, row
+    print(salt_run.run("vumi.status", TARGET, "table=True").stdout)
+
+
+def test_an_undoing_that_fails_exits_2_and_recover_mends_it(
+    orch_fleet, orch_hosts, steady, upstream, orch_master, salt_cli, salt_run
+):
+    """The publish fails on the second host; the first host's deploy lock is taken meanwhile, so its revert fails."""
+    first, broken, _ = orch_hosts
+    sample.commit_file(upstream, ENV, "CHANGES", "an undo that fails\n", "Undo fails")
+    outcome = {}
+    with (
+        pillar_override(orch_master, salt_cli, orch_hosts, broken, hooks={"after_publish": ["sleep 4; exit 7"]}),
+        pillar_override(orch_master, salt_cli, orch_hosts, first, lock_timeout=2),
+    ):
+        run = threading.Thread(target=lambda: outcome.update(res=deploy(salt_run, TARGET)))
+        run.start()
+        wait_for("the first host published", lambda: current(first) != steady[first.id][0])
+        with open(first.env_root(ENV) / ".deploy.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            run.join(120)
+    ret, report, _ = outcome["res"]
+    print(f"\nan undo that fails, exit {ret.returncode}:\n{report['comment']}")
+    assert ret.returncode == 2, ret
+    assert report["comment"].startswith(f"{broken.id} failed at publish: "), report["comment"]
+    assert "THE UNDOING FAILED TOO" in report["comment"] and f"  {first.id}: " in report["comment"]
+    ret = salt_run.run("vumi.recover", ENV, TARGET)
+    assert ret.returncode == 0, ret
+    assert_fleet_serves(orch_fleet.values(), steady)
+
+
+def test_a_dry_run_checks_every_host_and_predicts_a_failure(
+    orch_fleet, orch_hosts, steady, orch_master, salt_cli, salt_run
+):
+    broken = orch_hosts[2]
+    with pillar_override(orch_master, salt_cli, orch_hosts, broken, requirements="config/missing.txt"):
+        ret, report, elapsed = deploy(salt_run, TARGET, test=True)
+    print(f"\na dry run ({elapsed:.1f}s), exit {ret.returncode}:\n{report['comment']}")
+    assert ret.returncode == 1 and report["result"] is False, report
+    assert report["comment"].startswith(f"would fail on {broken.id} of 3 hosts:"), report["comment"]
+    assert "config/missing.txt" in report["comment"]
+    ret, report, _ = deploy(salt_run, TARGET, test=True)
+    assert ret.returncode == 0 and report["result"] is None, report
+    assert "vumi.check passed on each" in report["comment"]
+    assert_fleet_serves(orch_fleet.values(), steady)
+
+
+def test_a_canary_that_fails_goes_back_and_the_others_never_switch(
+    orch_fleet, orch_hosts, steady, upstream, salt_run, orch_master, event_listener
+):
+    """The release answers 500 on the canary's first port 5 s after it starts (``FAIL_LATER_ON_PORTS``)."""
+    canary, *others = orch_hosts
+    untouched = {h.id: pids(h) for h in others}
+    sample.commit_file(upstream, ENV, "FAIL_LATER_ON_PORTS", f"{canary.ports[ENV][0]}\n", "Fails later on one port")
+    started = time.time()
+    try:
+        ret, report, elapsed = deploy(salt_run, TARGET, canary=1, canary_wait=20)
+    finally:
+        sample.commit_file(upstream, ENV, "FAIL_LATER_ON_PORTS", "\n", "Mends it")
+    print(f"\na canary that fails ({elapsed:.1f}s), exit {ret.returncode}:\n{report['comment']}")
+    assert ret.returncode == 1, ret
+    first = report["comment"].splitlines()[0]
+    assert first == f"{canary.id} failed at canary: port {canary.ports[ENV][0]} does not answer HTTP below 500", first
+    assert f"restarted back onto it: {canary.id}" in report["comment"]
+    assert_fleet_serves(orch_fleet.values(), steady)
+    assert {h.id: pids(h) for h in others} == untouched, "the others were never restarted"
+    for host in others:
+        assert history(host)[-1]["action"] == "discard", "never switched"
+
+    def phases():
+        events = event_listener.get_events([(orch_master.id, f"vumi/fleet/{ENV}/*")], after_time=started)
+        return [e.tag.rsplit("/", 1)[1] for e in sorted(events, key=lambda e: e.stamp)]
+
+    wait_for("the run's last event", lambda: "end" in phases(), limit=30)
+    phases = phases()
+    print("fleet events:", phases)
+    assert phases == ["start", "prepare", "publish", "restart", "failed", "undone", "end"], phases
+
+
+def test_a_canary_that_holds_lets_the_others_follow(orch_fleet, orch_hosts, steady, upstream, salt_run):
+    sample.commit_file(upstream, ENV, "CHANGES", "a canary that holds\n", "Canary holds")
+    ret, report, elapsed = deploy(salt_run, TARGET, canary=1, canary_wait=6)
+    print(f"\na canary that holds ({elapsed:.1f}s): {report['comment']}")
+    assert ret.returncode == 0, report["comment"]
+    revision = sample.git(upstream, "rev-parse", f"refs/heads/{ENV}")
+    assert_fleet_serves(orch_fleet.values(), {h: (report["release"], revision) for h in orch_fleet})
+    assert report["timings"]["canary"] >= 6, report["timings"]
 
 
 def test_cleanup_removes_a_release_prepared_but_never_published(orch_fleet, live, salt_cli):

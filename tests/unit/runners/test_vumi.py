@@ -85,49 +85,196 @@ def test_bad_arguments_fail_the_run_before_any_minion_is_asked(runner, kwargs, s
 
 
 class Minions:
-    """A LocalClient stand-in: each host's return for each ``vumi.fleet_step`` step, from ``answer(step, host)``."""
+    """
+    A LocalClient stand-in: each host's return for each ``vumi.fleet_step`` step (or
+    function), from ``answer(step, host)``; None: the host does not answer.
+    """
 
     def __init__(self, answer):
         self.answer, self.asked = answer, []
 
-    def cmd(self, hosts, fun, arg=(), **_):
+    def cmd_iter_no_block(self, hosts, fun, arg=(), **_):
         step = arg[0] if fun == "vumi.fleet_step" else fun
         self.asked.append((step, tuple(hosts)))
-        rets = {host: self.answer(step, host) for host in hosts}
-        return {host: ret for host, ret in rets.items() if ret is not None}  # None: no answer
+        for host in hosts:
+            ret = self.answer(step, host)
+            yield None if ret is None else {host: ret}
 
 
-def _deploy(runner, answer):
+class Run:
+    """The run's heartbeat and events, recorded instead of sent."""
+
+    id, hold, beating = "20261201000000000000", 60, False
+
+    def __init__(self):
+        self.lost, self.events = set(), []
+
+    def beat(self, phase):
+        pass
+
+    def event(self, phase, **data):
+        self.events.append(phase)
+
+
+def _deploy(runner, answer, canary=None, canary_wait=0.1, batch=None):
     minions = Minions(answer)
-    fleet = runner.Fleet(minions, ["web-1", "web-2"], 5)
+    fleet = runner.Fleet(minions, ["web-1", "web-2"], 5, Run())
     report = {"branch": "staging", "hosts": fleet.hosts, "revision": "a" * 40, "release": "20261201_000000",
               "result": False}  # fmt: skip
-    return runner._run(fleet, report, "staging", "a" * 40, "20261201_000000", [fleet.hosts], 60, {}), minions
+    res = runner._run(fleet, report, "staging", "a" * 40, "20261201_000000", batch, canary, canary_wait, False, {})
+    return res, minions
 
 
-def test_an_undoing_that_fails_is_named_with_its_host(runner):
+OK = {"ret": {}, "retcode": 0}
+
+
+def test_an_undoing_that_fails_is_named_with_its_host_and_exits_2(runner):
     def answer(step, host):
         if step == "prepare" and host == "web-1":
             return {"ret": {"error": {"kind": "StageFailed", "message": "boom", "stage": "fetch"}}, "retcode": 1}
         if step == "discard" and host == "web-2":
-            return None
-        return {"ret": {}, "retcode": 0}
+            return {"ret": "ERROR: the disk is full", "retcode": 1}
+        return OK
 
     res, _ = _deploy(runner, answer)
     assert res["comment"].startswith("web-1 failed at prepare: boom\nnothing was published"), res["comment"]
     assert "THE UNDOING FAILED TOO" in res["comment"]
-    assert "web-2: did not answer vumi.fleet_step within 5s" in res["comment"]
+    assert "web-2: the disk is full" in res["comment"]
     assert res["failed"]["kind"] == {"kind": "StageFailed", "message": "boom", "stage": "fetch"}
-    assert runner.__context__["retcode"] == 1
+    assert res["retcode"] == runner.__context__["retcode"] == 2
+
+
+def test_a_host_that_does_not_answer_is_named_and_not_asked_again(runner):
+    def answer(step, host):
+        return None if host == "web-2" and step == "prepare" else OK
+
+    res, minions = _deploy(runner, answer)
+    assert res["comment"].splitlines()[0] == "web-2 did not answer within 5 s at prepare; it is unreachable or busy"
+    assert res["failures"] == [{"host": "web-2", "error": "did not answer vumi.fleet_step within 5 s", "lost": True}]
+    assert ("discard", ("web-1",)) in minions.asked and ("unhold", ("web-1",)) in minions.asked, minions.asked
+    assert "THE UNDOING FAILED TOO" not in res["comment"], "nothing was published: its hold lapses by itself"
+    assert "web-2 did not answer: its hold lapses by itself" in res["comment"]
+    assert res["retcode"] == 1
+
+
+def test_every_host_that_failed_has_its_line(runner):
+    def answer(step, host):
+        if step == "prepare":
+            said = "The minion function caused an exception: Traceback (most recent call last):\n  x\nOSError: no space"
+            return {"ret": said, "retcode": 1}
+        if step == "discard":
+            return {"ret": "ERROR: stage 'health' failed: the log ends:\nTraceback (most recent call last):\n  y\nE: z"}
+        return OK
+
+    res, _ = _deploy(runner, answer)
+    lines = res["comment"].splitlines()
+    assert lines[:2] == [f"web-{i} failed at prepare: OSError: no space (the minion's log has the traceback)"
+                         for i in (1, 2)], lines  # fmt: skip
+    assert not any(line == "  x" for line in lines), "never a traceback of the minion's"
+
+
+def test_a_log_tail_in_an_error_is_kept(runner):
+    said = "deploy of staging failed at stage 'health': the log ends:\nTraceback (most recent call last):\n  y\nE: z"
+    assert runner._short(said) == said
+    failed = runner.Failed("prepare", [("web-1", said, None)])
+    assert str(failed) == "web-1 failed at prepare: deploy of staging failed at stage 'health': the log ends: … E: z"
 
 
 def test_a_host_that_refused_is_not_asked_to_undo(runner):
     def answer(step, host):
         if step == "prepare" and host == "web-2":
             return {"ret": {"error": {"kind": "Held", "message": "staging is held", "release": "x"}}, "retcode": 1}
-        return {"ret": {}, "retcode": 0}
+        return OK
 
     res, minions = _deploy(runner, answer)
     assert ("discard", ("web-1",)) in minions.asked, minions.asked  # web-2 did nothing of this run
     assert "(web-2 refused the deploy before doing anything)" in res["comment"], res["comment"]
     assert ("unhold", ("web-1", "web-2")) in minions.asked  # only this run's hold is ended (by release)
+
+
+def serving(release, answers=True, pid=10):
+    return {"ret": {"current": release, "held": None, "processes": {},
+                    "ports": {8001: {"state": "RUNNING", "release": release, "pid": pid, "answers": answers,
+                                     "configured": True}}}, "retcode": 0}  # fmt: skip
+
+
+def test_a_canary_that_fails_is_put_back_and_the_others_never_switch(runner):
+    def answer(step, host):
+        if step == "serving":
+            return serving("20261201_000000", answers=False)
+        return OK
+
+    res, minions = _deploy(runner, answer, canary=1)
+    assert res["comment"].splitlines()[0] == "web-1 failed at canary: port 8001 does not answer HTTP below 500"
+    published = [hosts for step, hosts in minions.asked if step == "publish"]
+    assert published == [("web-1",)], minions.asked
+    assert ("revert", ("web-1",)) in minions.asked and ("discard", ("web-2",)) in minions.asked
+    assert "restarted back onto it: web-1" in res["comment"] and "never switched: web-2" in res["comment"]
+    assert res["retcode"] == 1
+
+
+def test_a_canary_restarted_meanwhile_fails(runner):
+    pids = iter(range(100, 200))
+
+    def answer(step, host):
+        return serving("20261201_000000", pid=next(pids)) if step == "serving" else OK
+
+    res, _ = _deploy(runner, answer, canary="50%", canary_wait=2.5)
+    assert "web-1 failed at canary: port 8001 was restarted (pid 100, now 101)" in res["comment"], res["comment"]
+
+
+def test_a_canary_that_holds_lets_the_others_follow(runner):
+    def answer(step, host):
+        return serving("20261201_000000") if step == "serving" else OK
+
+    res, minions = _deploy(runner, answer, canary=1, canary_wait=0.5)
+    assert res["result"] is True, res["comment"]
+    steps = [(step, hosts) for step, hosts in minions.asked if step in ("publish", "state.sls", "serving")]
+    assert steps[:3] == [("publish", ("web-1",)), ("state.sls", ("web-1",)), ("serving", ("web-1",))], steps
+    assert steps[-2:] == [("publish", ("web-2",)), ("state.sls", ("web-2",))], steps
+    assert "retcode" not in res
+
+
+@pytest.mark.parametrize(("canary", "size"), [(None, 0), (1, 1), ("2", 2), ("10%", 1), ("50%", 2)])
+def test_canary_sizes(runner, canary, size):
+    assert runner._canary(["a", "b", "c", "d"], canary) == ["a", "b", "c", "d"][:size]
+
+
+@pytest.mark.parametrize("canary", ["x", -1, "y%", True])
+def test_a_bad_canary_is_refused_naming_it(runner, canary):
+    with pytest.raises(ValueError, match=f"invalid canary {canary!r}"):
+        runner._canary(["a"], canary)
+
+
+def test_the_release_most_hosts_serve_is_recovered_to(runner):
+    old, new = "20261201_000000", "20261202_000000"
+
+    def host(current, *running):
+        ports = {8000 + i: {"release": r, "configured": True} for i, r in enumerate(running)}
+        return {"current": current, "ports": ports, "processes": {}}
+
+    seen = {"a": host(new, old, old), "b": host(new, old), "c": host(new, new), "d": host(old, new, old)}
+    assert runner._most_served(seen) == old  # d runs both: it serves neither
+    assert runner._most_served({"a": host(new, new), "b": host(new, old)}) == old  # a tie: the older
+    assert runner._most_served({"a": host(new, None), "b": host(new)}) == new  # nothing runs: the current
+    assert runner._most_served({"a": host(None)}) is None
+
+
+def test_the_status_table_says_what_serves_in_one_line_per_host(runner):
+    rows = [
+        {"host": "web-1", "environment": "staging", "release": "20261201_000000", "revision": "a" * 40,
+         "behind": False, "ports": [8001, 8002], "answering": [8001, 8002],
+         "releases": {8001: "20261201_000000", 8002: "20261201_000000"}, "held": None},
+        {"host": "web-2", "environment": "staging", "release": "20261201_000000", "revision": "a" * 40,
+         "behind": True, "ports": [8001, 8002], "answering": [8001],
+         "releases": {8001: "20261130_000000", 8002: None},
+         "held": {"run": "2026", "release": "20261201_000000", "runner": "gone"}},
+        {"host": "web-3", "error": "Minion did not return. [No response]\nmore"},
+    ]  # fmt: skip
+    lines = runner.status_table(rows).splitlines()
+    assert lines[0].split() == ["HOST", "ENV", "CURRENT", "REVISION", "SERVING", "HELD", "BEHIND"]
+    assert lines[1].split() == ["web-1", "staging", "20261201_000000", "aaaaaaaaaa", "8001", "8002", "ok", "-", "no"]
+    assert "8001 runs 20261130_000000 (not restarted), 8002 down" in lines[2], lines[2]
+    assert "run 2026 (20261201_000000, runner gone)" in lines[2] and lines[2].endswith("yes"), lines[2]
+    assert lines[3].split()[:3] == ["web-3", "-", "ERROR"] and "more" not in lines[3]
+    assert len(lines) == 4
