@@ -847,6 +847,28 @@ def _restart_rolled_back(cfg, found, res):
         ) from None
 
 
+def history(environment, limit=10, **kwargs):
+    """
+    The environment's last ``limit`` deploys, updates, rollbacks, failures,
+    discards and locks (default 10, at most 1000), newest first: time, who
+    (user, minion, Salt job, fleet run), release, commit and its subject,
+    outcome and duration in seconds. Read from ``history.log`` as the deploy user.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.history staging 5
+        salt-run vumi.history staging 'web*'       # the fleet's, as a table
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= 1000:
+        raise SaltInvocationError(f"invalid limit {limit!r}: a number of entries, 1 to 1000")
+    cfg, found = _context(environment, kwargs)
+    if not os.path.isdir(found.root):
+        return []
+    return _read_as_user(cfg, vumi_releases.history_rows, found, limit)
+
+
 def cleanup(environment, limit=None, **kwargs):
     """
     Remove all but the newest ``limit`` releases (default ``keep_releases``);

@@ -117,6 +117,53 @@ def status_table(rows):
         lines.append((row["host"], row.get("environment") or "-", row.get("release") or "-",
                       (row.get("revision") or "-")[:10], _serving(row), _held(row.get("held")),
                       {True: "yes", False: "no"}.get(row.get("behind"), "?")))  # fmt: skip
+    return _table(head, lines)
+
+
+def history(branch=None, tgt="*", tgt_type="glob", limit=10, timeout=30, table=None):
+    """
+    The last ``limit`` deploys, updates, rollbacks, failures, discards and locks
+    of environment ``branch`` on each host ``tgt`` matches (``vumi.history``),
+    newest first: one line per entry and host, or with ``--out=json`` (or
+    ``table=False``) ``{host: rows}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vumi.history staging 'web*' limit=5
+    """
+    if not branch or not isinstance(branch, str):
+        return {"result": False, "retcode": FAILED, "comment": "name the environment: salt-run vumi.history staging"}
+    client = salt.client.get_local_client(__opts__["conf_file"])
+    returns = client.cmd(tgt, "vumi.history", [branch], kwarg={"limit": limit}, tgt_type=tgt_type,
+                         timeout=timeout, full_return=True)  # fmt: skip
+    found = {}
+    for host in sorted(returns):
+        ret = returns[host].get("ret") if isinstance(returns[host], dict) else returns[host]
+        failed = not isinstance(ret, list) or (isinstance(returns[host], dict) and returns[host].get("retcode"))
+        found[host] = {"error": _short(str(ret))} if failed else ret
+    if table is None:
+        table = not __opts__.get("output")
+    return history_table(found) if table else found
+
+
+def history_table(found):
+    """``history``'s rows as text: one line per host and entry, the newest first."""
+    head = ("HOST", "TIME", "ACTION", "RELEASE", "REVISION", "SUBJECT", "USER", "OUTCOME", "SECONDS")
+    lines = []
+    for host, rows in found.items():
+        if isinstance(rows, dict):
+            lines.append((host, "-", "ERROR", "", "", "", "", rows["error"].splitlines()[0][:120], ""))
+            continue
+        for row in rows:
+            lines.append((host, row.get("time") or "-", row.get("action"), row.get("release") or "-",
+                          (row.get("revision") or "-")[:10], (row.get("subject") or "-")[:40], row.get("user") or "-",
+                          (row.get("outcome") or "")[:80], "" if row.get("duration") is None else f"{row['duration']:g}"))  # fmt: skip
+    return _table(head, lines)
+
+
+def _table(head, lines):
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *lines])
 

@@ -323,3 +323,50 @@ def revert(cfg, paths, release, who=None):
         return {"reverted": False, "release": now, "comment": f"release {release} is not current here ({now})"}
     res = rollback(cfg, paths, None, who=who)
     return dict(res, reverted=True, comment=f"release {res['release']} is current again (was {release})")
+
+
+#: the history's entries an operator reads back (vumi.history): what changed what serves, or tried to
+SHOWN = ("deploy", "update", "rollback", "failed", "discard", "lock", "unlock")
+
+
+def history_rows(paths, limit):
+    """
+    The last ``limit`` deploys, updates, rollbacks, failures, discards and locks,
+    newest first: time, who (user, minion, Salt job, fleet run), release, commit and
+    its subject, outcome, duration (seconds, when its stages were timed).
+    """
+    entries = [e for e in vumi_history.read_history(paths) if e.get("action") in SHOWN][-limit:]
+    subjects = {}
+    rows = []
+    for entry in reversed(entries):
+        release = entry.get("release")
+        if release and release not in subjects:
+            try:
+                subjects[release] = (vumi_manifest.read_manifest(paths, release) or {}).get("commit_subject")
+            except (SaltInvocationError, CommandExecutionError):
+                subjects[release] = None  # a name this tree no longer takes: no subject
+        timings = entry.get("timings") if isinstance(entry.get("timings"), dict) else {}
+        seconds = [v for v in timings.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        rows.append({
+            "time": entry.get("time"), "action": entry["action"], "user": entry.get("user"),
+            "minion": entry.get("minion"), "jid": entry.get("jid"), "run": entry.get("run"),
+            "release": release, "revision": entry.get("revision"), "subject": subjects.get(release),
+            "outcome": _outcome(entry), "duration": round(sum(seconds), 2) if seconds else None,
+        })  # fmt: skip
+    return rows
+
+
+def _outcome(entry):
+    """What an entry of the history did, in a few words."""
+    action, previous = entry["action"], entry.get("previous")
+    if action == "failed":
+        reason = str(entry.get("reason") or "").strip().splitlines()
+        return f"failed at {entry.get('stage')}: {reason[0][:200] if reason else 'no reason recorded'}"
+    if action == "lock":
+        return f"locked: {entry.get('reason')}"
+    if action == "unlock":
+        return "unlocked"
+    if action == "discard":
+        return "discarded (never published)"
+    verb = {"deploy": "deployed", "update": "updated", "rollback": "rolled back"}[action]
+    return f"{verb} (was {previous})" if previous else verb

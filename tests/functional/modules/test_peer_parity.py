@@ -11,7 +11,7 @@ import pathlib
 import subprocess
 
 import pytest
-from salt.exceptions import CommandExecutionError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import make_repo as sample  # tests/conftest.py puts sample/ on sys.path
 from support import tree, users
@@ -386,3 +386,28 @@ def test_credentials_in_repo_url_reach_no_output_or_file_others_can_read(vumi, b
     assert vumi.settings(ENV, repo_url=url, show_secrets=True)["repo_url"] == url
     checked = vumi.check(ENV, repo_url=url)
     assert "hunter2" not in json.dumps(checked) and not checked["checks"]["repository"]["ok"]
+
+
+def test_dokku_releases_capistrano_revisions_log_read_back(vumi, repo, base_dir, minion_opts):
+    """``vumi.history staging 5`` after two deploys, a failure, a rollback and a lock: five rows, newest first."""
+    first = vumi.deploy(ENV)
+    sample.commit_file(repo, ENV, "CHANGES", "second\n", "The second deploy")
+    second = vumi.deploy(ENV)
+    with pytest.raises(CommandExecutionError):
+        vumi.deploy(ENV, hooks={"before_publish": ["echo nope; exit 3"]})
+    vumi.rollback(ENV, restart=False)
+    vumi.lock(ENV, reason="incident 7")
+    rows = vumi.history(ENV, 5)
+    assert [r["action"] for r in rows] == ["lock", "rollback", "failed", "deploy", "deploy"], rows
+    lock, rollback, failed, deployed, earlier = rows
+    assert lock["outcome"] == "locked: incident 7"
+    assert (rollback["release"], rollback["outcome"]) == (first["release"], f"rolled back (was {second['release']})")
+    assert failed["outcome"].startswith("failed at hooks: before_publish hook 'echo nope; exit 3' failed"), failed
+    assert (deployed["release"], deployed["subject"]) == (second["release"], "The second deploy")
+    assert deployed["revision"] == sample.git(repo, "rev-parse", f"refs/heads/{ENV}")
+    assert deployed["duration"] > 0 and deployed["user"] and deployed["minion"] == minion_opts["id"]
+    assert earlier["release"] == first["release"] and earlier["outcome"] == "deployed"
+    assert [r["action"] for r in vumi.history(ENV)][-1] == "deploy" and len(vumi.history(ENV, 2)) == 2
+    for bad in (0, -1, "5", True, 1001):
+        with pytest.raises(SaltInvocationError, match=f"invalid limit {bad!r}"):
+            vumi.history(ENV, bad)

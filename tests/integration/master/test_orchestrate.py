@@ -502,6 +502,31 @@ def test_a_host_that_stops_during_prepare_fails_the_run_in_time_and_the_others_a
     assert gone["release"] not in last.releases(ENV), "the dead run's prepared release is dropped"
 
 
+def test_sigterm_stops_a_run_which_undoes_and_reports(orch_fleet, orch_hosts, steady, upstream, orch_master,
+                                                      salt_cli, salt_run):  # fmt: skip
+    """``salt-run vumi.deploy`` told to stop (SIGTERM) during prepare: it undoes, unholds, reports, exits 1."""
+    last = orch_hosts[-1]
+    sample.commit_file(upstream, ENV, "CHANGES", "a run told to stop\n", "Told to stop")
+    with pillar_override(orch_master, salt_cli, orch_hosts, last, hooks={"before_publish": ["sleep 15"]}):
+        proc = subprocess.Popen(salt_run.cmdline("vumi.deploy", ENV, TARGET), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        try:
+            wait_for("the third host's hold", lambda: held(last))
+            stopped = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    report = json.loads(out)
+    print(f"\nSIGTERM ({time.monotonic() - stopped:.1f}s to stop), exit {proc.returncode}:\n{report['comment']}")
+    assert proc.returncode == 1, out
+    assert report["comment"].startswith("the run failed at prepare: stopped by SIGTERM"), report["comment"]
+    assert "nothing was published" in report["comment"] and "FAILED TOO" not in report["comment"]
+    assert not any(held(h) for h in orch_hosts), "every host unheld"
+    assert_fleet_serves(orch_fleet.values(), steady)
+
+
 def test_a_run_that_dies_during_publish_is_told_truthfully_and_recovered(
     orch_fleet, orch_hosts, steady, upstream, orch_master, salt_cli, salt_run
 ):
@@ -633,6 +658,13 @@ def test_a_canary_that_holds_lets_the_others_follow(orch_fleet, orch_hosts, stea
     revision = sample.git(upstream, "rev-parse", f"refs/heads/{ENV}")
     assert_fleet_serves(orch_fleet.values(), {h: (report["release"], revision) for h in orch_fleet})
     assert report["timings"]["canary"] >= 6, report["timings"]
+    # the fleet's history: each host's last entry is this run's deploy, naming the run
+    ret = salt_run.run("vumi.history", ENV, TARGET, limit=2)
+    assert ret.returncode == 0 and set(ret.data) == set(orch_fleet), ret
+    for host, rows in ret.data.items():
+        assert (rows[0]["action"], rows[0]["release"], rows[0]["run"]) == ("deploy", report["release"], report["run"])
+        assert rows[0]["subject"] == "Canary holds" and len(rows) == 2, rows
+    print(salt_run.run("vumi.history", ENV, TARGET, limit=2, table=True).stdout)
 
 
 def test_cleanup_removes_a_release_prepared_but_never_published(orch_fleet, live, salt_cli):

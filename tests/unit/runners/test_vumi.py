@@ -278,3 +278,37 @@ def test_the_status_table_says_what_serves_in_one_line_per_host(runner):
     assert "run 2026 (20261201_000000, runner gone)" in lines[2] and lines[2].endswith("yes"), lines[2]
     assert lines[3].split()[:3] == ["web-3", "-", "ERROR"] and "more" not in lines[3]
     assert len(lines) == 4
+
+
+def test_the_history_table_has_a_line_per_entry_and_host(runner):
+    found = {
+        "web-1": [
+            {"time": "2026-12-06T12:00:00+00:00", "action": "rollback", "release": "20261201_000000",
+             "revision": "b" * 40, "subject": "Fix the login", "user": "ada", "outcome": "rolled back (was x)",
+             "duration": None},
+            {"time": "2026-12-06T11:00:00+00:00", "action": "deploy", "release": "20261202_000000",
+             "revision": "c" * 40, "subject": None, "user": "ada", "outcome": "deployed", "duration": 12.5},
+        ],
+        "web-2": {"error": "Minion did not return. [No response]"},
+    }  # fmt: skip
+    lines = runner.history_table(found).splitlines()
+    assert lines[0].split() == [
+        "HOST",
+        "TIME",
+        "ACTION",
+        "RELEASE",
+        "REVISION",
+        "SUBJECT",
+        "USER",
+        "OUTCOME",
+        "SECONDS",
+    ]
+    assert lines[1].split()[:6] == ["web-1", "2026-12-06T12:00:00+00:00", "rollback", "20261201_000000", "b" * 10,
+                                    "Fix"]  # fmt: skip
+    assert lines[2].split()[-1] == "12.5" and "deployed" in lines[2]
+    assert lines[3].split()[:3] == ["web-2", "-", "ERROR"] and len(lines) == 4
+
+
+def test_history_without_an_environment_says_what_to_type(runner):
+    res = runner.history()
+    assert res["retcode"] == 1 and "salt-run vumi.history staging" in res["comment"]
