@@ -661,7 +661,7 @@ def test_a_canary_that_holds_lets_the_others_follow(orch_fleet, orch_hosts, stea
     # the fleet's history: each host's last entry is this run's deploy, naming the run
     ret = salt_run.run("vumi.history", ENV, TARGET, limit=2)
     assert ret.returncode == 0 and set(ret.data) == set(orch_fleet), ret
-    for host, rows in ret.data.items():
+    for rows in ret.data.values():
         assert (rows[0]["action"], rows[0]["release"], rows[0]["run"]) == ("deploy", report["release"], report["run"])
         assert rows[0]["subject"] == "Canary holds" and len(rows) == 2, rows
     print(salt_run.run("vumi.history", ENV, TARGET, limit=2, table=True).stdout)
