@@ -49,6 +49,7 @@ try:
     import vumi_history
     import vumi_layout
     import vumi_manifest
+    import vumi_notify
     import vumi_paths
     import vumi_pipeline
     import vumi_privileges
@@ -830,7 +831,15 @@ def rollback(environment, release=None, restart=True, **kwargs):
     _deployed(cfg, res["release"], res["revision"])
     if restart:
         res["restarted"] = _restart_rolled_back(cfg, found, res)
+    _notify_rollback(cfg, res, who)
     return res
+
+
+def _notify_rollback(cfg, res, who):
+    vumi_notify.send(__salt__["http.query"], cfg["notify"], "rollback", {
+        "environment": cfg["environment"], "host": __opts__.get("id"), "release": res["release"],
+        "revision": res["revision"], "user": who.get("user"), "outcome": f"rolled back (was {res['previous']})",
+    })  # fmt: skip
 
 
 def _restart_rolled_back(cfg, found, res):

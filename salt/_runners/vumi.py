@@ -40,16 +40,20 @@ import signal
 import time
 
 import salt.client
+import salt.exceptions
 import salt.utils.event
 import salt.utils.files
+import salt.utils.http
 import salt.utils.jid
 import salt.utils.minions
 
-# the bundle's version on the master: installed beside Salt, or synced to its extmods/utils
+# the bundle's helpers on the master: installed beside Salt, or synced to its extmods/utils
 try:
+    import vumi_notify
+    import vumi_settings
     from vumi_version import VERSION
 except ImportError:
-    VERSION = None
+    VERSION = vumi_notify = vumi_settings = None
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +249,9 @@ class Run:
     (pid, phase, last beat), the heartbeat that renews its hosts' holds, and its events.
     """
 
-    def __init__(self, opts, client, branch, hosts, hold):
+    def __init__(self, opts, client, branch, hosts, hold, notify=()):
         self.opts, self.client, self.branch, self.hosts, self.hold = opts, client, branch, hosts, hold
+        self.notify = notify
         self.id = salt.utils.jid.gen_jid(opts)
         self.path = os.path.join(_runs_dir(opts), f"{self.id}.json")
         self.record = {"run": self.id, "branch": branch, "hosts": hosts, "pid": os.getpid(),
@@ -293,6 +298,17 @@ class Run:
                 bus.fire_event(dict(data, run=self.id, branch=self.branch, phase=phase), tag)
         except Exception as exc:  # pylint: disable=broad-except
             log.warning("vumi fleet run %s: could not fire %s: %s", self.id, tag, exc)
+        if self.notify:
+            timings = [v for v in (data.get("timings") or {}).values() if isinstance(v, (int, float))]
+            fields = {"environment": self.branch, "host": self.opts.get("id"), "run": self.id,
+                      "hosts": ", ".join(data.get("hosts") or self.hosts), "release": data.get("release"),
+                      "revision": data.get("revision"), "error": data.get("error"),
+                      "outcome": {True: "deployed", False: "failed"}.get(data.get("result"), data.get("at") or phase),
+                      "duration": round(sum(timings), 2) if timings else None}  # fmt: skip
+            vumi_notify.send(self._query, self.notify, f"fleet/{phase}", fields)
+
+    def _query(self, url, opts=None, **kwargs):
+        return salt.utils.http.query(url, opts=dict(self.opts, **(opts or {})), **kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -487,7 +503,7 @@ def _hosts(tgt, tgt_type, what):
 
 
 def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, batch=None, hold=HOLD,
-           timeout=TIMEOUT, test=False, canary=None, canary_wait=30, force=False, **kwargs):  # fmt: skip
+           timeout=TIMEOUT, test=False, canary=None, canary_wait=30, force=False, notify=None, **kwargs):  # fmt: skip
     """
     Deploy environment ``branch`` to the hosts ``tgt`` matches, all or none:
     one commit (``revision``, else the branch tip, asked once of the first
@@ -519,6 +535,10 @@ def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, 
     test
         Change nothing: run ``vumi.check`` on every host and say which hosts,
         revision and release it would deploy, or which hosts would fail and why.
+    notify
+        Webhooks for the run's phases, as pillar ``notify`` (``fleet/start``,
+        ``fleet/end``, ``fleet/failed``...), POSTed from the master; default:
+        the master's own config ``vumi: {notify: [...]}``.
 
     CLI Example:
 
@@ -538,10 +558,11 @@ def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, 
             _seconds("timeout", timeout)
             _seconds("hold", hold)
             _seconds("canary_wait", canary_wait, 3600)
+            hooks = _notify_hooks(notify)
             hosts = report["hosts"] = _hosts(tgt, tgt_type, "nothing was deployed")
             client = salt.client.get_local_client(__opts__["conf_file"])
             if not test:
-                run = Run(__opts__, client, branch, hosts, hold)
+                run = Run(__opts__, client, branch, hosts, hold, hooks)
                 report["run"] = run.id
                 run.event("start", hosts=hosts, release=release, revision=revision)
             fleet = Fleet(client, hosts, timeout, run)
@@ -564,6 +585,21 @@ def deploy(branch=None, tgt=None, tgt_type="glob", revision=None, release=None, 
     finally:
         if run is not None:
             run.end()
+
+
+def _notify_hooks(given):
+    """The fleet run's webhooks: ``notify``, else the master's config ``vumi:notify``; ValueError names a typo."""
+    hooks = given if given is not None else (__opts__.get("vumi") or {}).get("notify")
+    if not hooks:
+        return []
+    if vumi_settings is None:
+        log.warning("vumi fleet run: the bundle's helpers are not on this master (salt-run saltutil.sync_all): "
+                    "no notifications")  # fmt: skip
+        return []
+    try:
+        return vumi_settings.notify(hooks)
+    except salt.exceptions.SaltInvocationError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _dry_run(fleet, report, branch, sha, release):

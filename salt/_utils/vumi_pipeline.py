@@ -23,6 +23,7 @@ import vumi_hooks
 import vumi_layout
 import vumi_lock
 import vumi_manifest
+import vumi_notify
 import vumi_releases
 import vumi_settings
 import vumi_settings_file
@@ -102,6 +103,18 @@ def run_steps(d, steps):
         vumi_events.event(d, stage, started, "done")
 
 
+def notify(d, event, **fields):
+    """Pillar ``notify``'s webhooks for ``event``; a fleet run's are the master's to send."""
+    if not d.cfg["notify"] or d.who.get("run"):
+        return
+    timings = [v for v in d.timings.values() if isinstance(v, (int, float))]
+    subject = (vumi_manifest.read_manifest(d.paths, d.release) or {}).get("commit_subject") if d.cut else None
+    vumi_notify.send(d.salt["http.query"], d.cfg["notify"], event, dict({
+        "environment": d.cfg["environment"], "host": d.opts.get("id"), "release": d.release, "revision": d.sha,
+        "subject": subject, "user": d.who.get("user"), "duration": round(sum(timings), 2) if timings else None,
+    }, **fields))  # fmt: skip
+
+
 def fail(d, stage, exc):
     """Move a half-built release aside, record why, and raise."""
     moved = None
@@ -127,6 +140,7 @@ def fail(d, stage, exc):
     message = vumi_settings.mask_credentials(
         f"deploy of {d.cfg['environment']} failed at stage {stage!r}: {exc}{where}"
     )
+    notify(d, "deploy/failure", outcome=f"failed at {stage}", error=message)
     if isinstance(exc, SaltInvocationError):  # the operator's input: said as such, not as a failed deploy
         raise SaltInvocationError(message) from exc
     kind = type(exc) if isinstance(exc, vumi_errors.StageFailed) else vumi_errors.StageFailed
@@ -208,9 +222,11 @@ def deploy(d):
     vumi_files.makedirs(d.paths.root, d.runas)  # the tree's owner owns its root too
     with vumi_lock.deploy_lock(d.cfg, d.paths):
         refuse(d)
+        notify(d, "deploy/start", outcome="started")
         run_steps(d, PREPARE + PUBLISH)
         vumi_history.record(d.paths, "deploy", release=d.release, revision=d.sha, previous=d.previous,
                             timings=d.timings, **d.who)  # fmt: skip
+    notify(d, "deploy/success", outcome=f"deployed (was {d.previous})" if d.previous else "deployed")
     return summary(d, "deploy")
 
 

@@ -6,6 +6,7 @@ Read in one place: ``merge`` is what ``vumi.settings`` returns.
 
 import copy
 import difflib
+import fnmatch
 import logging
 import os
 import re
@@ -78,6 +79,9 @@ DEFAULTS = {
     "settings_path": "environments/{env}.py",  # where, in the code folder
     "settings_extends": None,  # a module the rendered file imports first, e.g. environments.default
     "events": True,  # fire a Salt event per deploy stage: vumi/deploy/<env>/<stage>
+    # webhooks: [{url, events, body, headers, timeout}], POSTed on deploy start, success, failure
+    # and rollback (a fleet run's from the master: its runner's notify); see NOTIFY_DEFAULTS
+    "notify": [],
     # long-running programs beside the webapp, under supervisord: {name: {command, numprocs,
     # stop_signal, stop_timeout}}; restarted onto each release that goes live, after the webapps
     "processes": {},
@@ -456,6 +460,7 @@ def validate(cfg):
     command_fields(cfg["webapp_command"], "webapp_command", WEBAPP_FIELDS)
     cfg["processes"] = processes(cfg["processes"], cfg)
     cfg["cron"] = cron(cfg["cron"])
+    cfg["notify"] = notify(cfg["notify"])
     return cfg
 
 
@@ -630,6 +635,11 @@ def command_fields(template, what, fields):
     """The ``{field}`` names of a command line, each one of ``fields``; a typo is named before anything runs."""
     if not isinstance(template, str) or not template.strip() or CONTROL_RE.search(template):
         raise SaltInvocationError(f"invalid {what} {template!r}: must be a command line (one line)")
+    return template_fields(template, what, fields)
+
+
+def template_fields(template, what, fields):
+    """The ``{field}`` names of ``template``, each one of ``fields``; a typo is named."""
     try:
         used = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
@@ -774,6 +784,60 @@ def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
     return result
 
 
+NOTIFY_EVENTS = ("deploy/start", "deploy/success", "deploy/failure", "rollback", "fleet/start", "fleet/prepare",
+                 "fleet/publish", "fleet/restart", "fleet/canary", "fleet/failed", "fleet/undone", "fleet/end")  # fmt: skip
+NOTIFY_DEFAULTS = {
+    "events": ["deploy/*", "rollback", "fleet/start", "fleet/end"],
+    "body": None,  # every field, as JSON; a template ("{host} deployed {release}"), or a mapping of them (JSON)
+    "headers": {},
+    "timeout": 5,
+}
+NOTIFY_FIELDS = ("event", "environment", "host", "hosts", "release", "revision", "subject", "user", "outcome",
+                 "error", "run", "duration")  # fmt: skip
+
+
+def notify(value):
+    """Pillar ``notify``: a list of webhooks, each {url, events, body, headers, timeout}; a typo is named."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SaltInvocationError(f"invalid notify {value!r}: a list of webhooks, each {{url, events, body}}")
+    webhooks = []
+    for index, hook in enumerate(value):
+        where = f"notify:{index}"
+        if isinstance(hook, str):
+            hook = {"url": hook}
+        if not isinstance(hook, dict):
+            raise SaltInvocationError(f"invalid {where} {hook!r}: a URL or {{url, events, body, headers, timeout}}")
+        for key in hook:
+            if key not in ("url", *NOTIFY_DEFAULTS):
+                raise SaltInvocationError(_unknown(key, ("url", *NOTIFY_DEFAULTS), f"key {where}:{key}"))
+        hook = dict(NOTIFY_DEFAULTS, **hook)
+        url = hook.get("url")
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/]+\S*", url) or CONTROL_RE.search(url):
+            raise SaltInvocationError(f"invalid {where}:url {mask_credentials(str(url))!r}: an http:// or https:// URL")
+        events = hook["events"]
+        if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+            raise SaltInvocationError(f"invalid {where}:events {events!r}: a list of {', '.join(NOTIFY_EVENTS)}")
+        for event in events:
+            if not fnmatch.filter(NOTIFY_EVENTS, event):
+                close = difflib.get_close_matches(event, NOTIFY_EVENTS, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise SaltInvocationError(f"invalid {where}:events {event!r}: no such event; {hint}"
+                                          f"events: {', '.join(NOTIFY_EVENTS)} (globs allowed: deploy/*)")  # fmt: skip
+        body = hook["body"]
+        for template in body.values() if isinstance(body, dict) else [body] if body is not None else []:
+            if not isinstance(template, str):
+                raise SaltInvocationError(f"invalid {where}:body {body!r}: a template, or a mapping of templates")
+            template_fields(template, f"{where}:body", NOTIFY_FIELDS)
+        headers = hook["headers"]
+        if not isinstance(headers, dict) or not all(isinstance(v, str) and not CONTROL_RE.search(v)
+                                                    for v in headers.values()):  # fmt: skip
+            raise SaltInvocationError(f"invalid {where}:headers: a mapping of header names to one-line values")
+        webhooks.append(dict(hook, timeout=seconds(hook["timeout"], f"{where}:timeout")))
+    return webhooks
+
+
 def seconds(value, what):
     """A positive, finite number of seconds (a float), or a clear error naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
@@ -859,7 +923,16 @@ def masked(cfg):
         for key in ("password", "admin_password"):
             if shown["database"][key]:
                 shown["database"][key] = MASK
+    # a webhook's path or query is often its secret (Slack's, Teams'): only the site is shown
+    shown["notify"] = [dict(h, url=_site(h["url"]), headers={k: MASK for k in h["headers"]})
+                       for h in cfg.get("notify") or []]  # fmt: skip
     return shown
+
+
+def _site(url):
+    """A webhook's URL as shown: its site, the rest masked (a path or query is often its secret)."""
+    site = re.match(r"https?://[^/?#]+", url).group(0)
+    return mask_credentials(site) + (f"/{MASK}" if len(site) < len(url) else "")
 
 
 #: the user-info part of a URL: ``https://user:password@host`` or ``https://token@host``

@@ -31,6 +31,7 @@ import make_repo as sample
 from support import tree
 from support.fleet import kill_leftover_webapps, make_hosts, pillar_override, started_master
 from support.helpers import http_get
+from support.webhooks import receiver
 
 pytestmark = pytest.mark.slow
 
@@ -651,9 +652,19 @@ def test_a_canary_that_fails_goes_back_and_the_others_never_switch(
 
 
 def test_a_canary_that_holds_lets_the_others_follow(orch_fleet, orch_hosts, steady, upstream, salt_run):
+    """And the master POSTs each phase of the run to a webhook (``notify``)."""
     sample.commit_file(upstream, ENV, "CHANGES", "a canary that holds\n", "Canary holds")
-    ret, report, elapsed = deploy(salt_run, TARGET, canary=1, canary_wait=6)
+    with receiver() as hook:
+        notify = json.dumps([{"url": f"{hook.url}/fleet", "events": ["fleet/*"]}])
+        ret, report, elapsed = deploy(salt_run, TARGET, canary=1, canary_wait=6, notify=notify)
     print(f"\na canary that holds ({elapsed:.1f}s): {report['comment']}")
+    events = [g["body"]["event"] for g in hook.got]
+    print("webhook:", events)
+    assert events == ["fleet/start", "fleet/prepare", "fleet/publish", "fleet/restart", "fleet/canary",
+                      "fleet/publish", "fleet/restart", "fleet/end"], events  # fmt: skip
+    end = hook.got[-1]["body"]
+    assert (end["outcome"], end["release"], end["run"]) == ("deployed", report["release"], report["run"]), end
+    assert end["hosts"] == ", ".join(sorted(orch_fleet)) and end["duration"] > 0, end
     assert ret.returncode == 0, report["comment"]
     revision = sample.git(upstream, "rev-parse", f"refs/heads/{ENV}")
     assert_fleet_serves(orch_fleet.values(), {h: (report["release"], revision) for h in orch_fleet})

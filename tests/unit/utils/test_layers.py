@@ -1,7 +1,7 @@
 """
 The helpers in ``salt/_utils`` sit in layers that only import downward: the bottom
 (errors, version, settings, paths, files, commands, probes, manifest, settings files, shared files), the
-middle (history, lock, events, naming, freeze, environment, git, python, virtualenv, hooks,
+middle (history, lock, events, naming, notify, freeze, environment, git, python, virtualenv, hooks,
 supervisor, privileges), the top (releases, layout, health, webapp, processes, cron, remove), then the pipeline and the
 check. Parsed from the sources, so an upward or circular import fails here, not at
 some call's run time.
@@ -27,6 +27,7 @@ LAYERS = [
         "supervisor",
         "privileges",
         "python",
+        "notify",
     },
     {"releases", "layout", "health", "webapp", "processes", "cron", "remove"},
     {"pipeline", "check"},
