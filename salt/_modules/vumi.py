@@ -796,7 +796,7 @@ def managepy(environment, command, release=None, timeout=None, **kwargs):
 # --------------------------------------------------------------------------
 
 
-def rollback(environment, release=None, restart=True, **kwargs):
+def rollback(environment, release=None, restart=True, force=False, dry_run=False, **kwargs):
     """
     Point ``current`` back at the release that was current before it (from the
     history log, not by time), or at a named release, then restart the running
@@ -808,6 +808,12 @@ def rollback(environment, release=None, restart=True, **kwargs):
         A release to go back to, instead of the previous one.
     restart
         False: only switch ``current``; the webapps keep running what they run.
+    force
+        Roll back across releases whose hooks migrated the database (refused
+        otherwise, naming the migrations: the schema stays migrated).
+    dry_run
+        Change nothing: the release it would go back to, and the migrating
+        releases it would cross.
 
     CLI Example:
 
@@ -818,21 +824,32 @@ def rollback(environment, release=None, restart=True, **kwargs):
         salt '*' vumi.rollback staging restart=False
     """
     cfg, found = _context(environment, kwargs)
-    if not isinstance(restart, bool):
-        raise SaltInvocationError(f"invalid restart {restart!r}: must be true or false")
+    _booleans(restart=restart, force=force, dry_run=dry_run)
+    if dry_run:
+        return _read_as_user(cfg, vumi_releases.rollback_preview, cfg, found, release)
     who = vumi_history.who(__opts__, kwargs)
-    if restart and (
-        cfg["ports"] or cfg["processes"]
-    ):  # the operator's mistakes first, then supervisord, then the switch
-        _read_as_user(cfg, vumi_releases.rollback_plan, cfg, found, release)
-        vumi_webapp.can_restart(cfg)
+    if restart:
+        _can_roll_back(cfg, found, release)
     # the switch as the user; the restart through supervisor, root's part
-    res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, who)
+    res = _as_user(cfg, found, vumi_releases.rollback, cfg, found, release, who, force)
     _deployed(cfg, res["release"], res["revision"])
     if restart:
         res["restarted"] = _restart_rolled_back(cfg, found, res)
     _notify_rollback(cfg, res, who)
     return res
+
+
+def _can_roll_back(cfg, found, release):
+    """Before a rollback that restarts: the operator's mistakes first, then supervisord, then the switch."""
+    if cfg["ports"] or cfg["processes"]:
+        _read_as_user(cfg, vumi_releases.rollback_plan, cfg, found, release)
+        vumi_webapp.can_restart(cfg)
+
+
+def _booleans(**values):
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise SaltInvocationError(f"invalid {name} {value!r}: must be true or false")
 
 
 def _notify_rollback(cfg, res, who):
@@ -1299,8 +1316,7 @@ def restart_processes(environment, stale=False, **kwargs):
 
         salt '*' vumi.restart_processes staging
     """
-    if not isinstance(stale, bool):
-        raise SaltInvocationError(f"invalid stale {stale!r}: must be true or false")
+    _booleans(stale=stale)
     cfg, found = _context(environment, kwargs)
     return vumi_processes.restart(cfg, found, only_stale=stale)
 

@@ -8,7 +8,9 @@ deploy, and ``current`` and the running webapps are untouched. ``after_publish``
 runs once the release is current. An entry marked ``once`` runs on one host of
 a fleet deploy (the orchestration passes ``run_once=False`` to the others).
 Each line has ``hook_timeout`` seconds (its own ``timeout``); then it is killed with
-its whole process group, and the deploy fails at its stage.
+its whole process group, and the deploy fails at its stage. A ``before_publish`` line
+that migrates (``migrates: true``, or a ``manage.py migrate`` line) marks the release as
+migrating; for Django, ``showmigrations --plan`` before and after it names what it applied.
 """
 
 import os
@@ -35,7 +37,13 @@ def run(d, stage):
             d.hooks_skipped.append(label)  # creates: made already, or unless: true
             continue
         started = time.monotonic()
+        migrating = hook["migrates"] and stage == "before_publish"
+        before = applied(code, d.runas, env) if migrating else None
         res = vumi_commands.run_shell(hook["run"], code, d.runas, env, timeout=hook["timeout"])
+        if migrating:  # recorded in the manifest: a rollback past this release names what it applied
+            d.migrates = True
+            after = applied(code, d.runas, env) if before is not None else None
+            d.migrations = sorted(set(d.migrations or []) | (after - before)) if after is not None else d.migrations
         d.timings[label] = round(time.monotonic() - started, 3)
         outcome = "done" if res["retcode"] == 0 and not res["timed_out"] else "failed"
         vumi_events.event(d, "hooks", started, outcome, hook=hook["run"], hook_stage=stage, index=index)
@@ -48,6 +56,21 @@ def run(d, stage):
             raise CommandExecutionError(
                 f"{stage} hook {hook['run']!r} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}"
             )
+
+
+#: ``showmigrations --plan``'s answer: Django is slow to start, but not this slow
+SHOWMIGRATIONS_TIMEOUT = 120
+
+
+def applied(code, runas, env):
+    """The Django migrations applied (``app.0002_name``), from ``manage.py showmigrations --plan``; None: not Django."""
+    if not os.path.isfile(os.path.join(code, "manage.py")):
+        return None
+    res = vumi_commands.run_shell("python manage.py showmigrations --plan", code, runas, env,
+                                  timeout=SHOWMIGRATIONS_TIMEOUT)  # fmt: skip
+    if res["retcode"] != 0 or res["timed_out"]:
+        return None
+    return {line[4:].strip() for line in res["stdout"].splitlines() if line.startswith("[X] ")}
 
 
 def guarded(hook, code, runas, env):

@@ -15,7 +15,7 @@ import vumi_settings
 #: a manifest is a few hundred bytes; a larger one is not ours
 MANIFEST_LIMIT = 64 << 10
 #: what a manifest's values may be: short text, numbers, flags, nothing nested
-_TEXT_LIMIT = 4096
+TEXT_LIMIT = 4096
 
 
 def read_manifest(paths, name):
@@ -38,7 +38,7 @@ def clean_manifest(found, name):
         if (
             value is None
             or isinstance(value, (bool, int, float))
-            or (isinstance(value, str) and len(value) <= _TEXT_LIMIT)
+            or (isinstance(value, str) and len(value) <= TEXT_LIMIT)
         ):
             clean[key] = value
     if not (isinstance(clean.get("revision"), str) and vumi_settings.SHA_RE.match(clean["revision"])):

@@ -52,6 +52,8 @@ class Deploy:
             raise SaltInvocationError("a hold is for the fleet deploy of one release: name the release")
         self.hold = hold  # seconds: a fleet deploy of this release holds the environment that long
         self.hooks_skipped = []
+        self.migrates = False  # a before_publish hook migrated the database (vumi_hooks)
+        self.migrations = None  # what it applied, when it could tell (Django)
         self.cut = False  # whether this deploy made the release folder (a refused name leaves all alone)
         self.who = dict(who or {}, branch=cfg["branch"])  # for the history: who, which job, which branch
         self.sha = None

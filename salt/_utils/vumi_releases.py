@@ -55,6 +55,9 @@ def write_release_manifest(d):
         "python": d.python[1] if d.python else None,
         "deployed_at": vumi_files.now().isoformat(timespec="seconds"),
         "deployed_by": d.who.get("user"),
+        "migrates": d.migrates,
+        # a manifest holds scalars: the migrations applied, space-separated ("" none; None: unknown)
+        "migrations": None if d.migrations is None else " ".join(d.migrations)[: vumi_manifest.TEXT_LIMIT],
         **vumi_git.commit_info(d.salt, d.paths.checkout(d.release), d.sha, d.runas),
     })  # fmt: skip
 
@@ -239,7 +242,44 @@ def rollback_plan(cfg, paths, release=None):
     return target
 
 
-def rollback(cfg, paths, release=None, who=None):
+def migrated_since(paths, target):
+    """
+    The releases a rollback to ``target`` goes back across (after it, up to the current
+    one) whose hooks migrated the database: [{"release", "migrations"}], oldest first.
+    """
+    current_name = vumi_manifest.current_release(paths)
+    crossed = [n for n in vumi_manifest.release_names(paths) if target < n <= (current_name or "")]
+    found = []
+    for name in crossed:
+        manifest = vumi_manifest.read_manifest(paths, name) or {}
+        applied = manifest.get("migrations")
+        applied = applied.split() if isinstance(applied, str) else None
+        # migrations it applied; or, when it could not tell (not Django), that a hook migrated
+        if applied or (manifest.get("migrates") and applied is None):
+            found.append({"release": name, "migrations": applied})
+    return found
+
+
+def migration_problem(cfg, paths, target):
+    """Why a rollback to ``target`` would leave the code older than the schema, or None."""
+    crossed = migrated_since(paths, target)
+    if not crossed:
+        return None
+    said = "; ".join(f"release {c['release']} applied {', '.join(c['migrations'] or []) or 'migrations'}"
+                     for c in crossed)  # fmt: skip
+    return (f"rolling {cfg['environment']} back to release {target} goes back across database migrations: {said}. "
+            "The schema stays migrated; the older code may not run on it. force=True rolls back all the same "
+            "(reverse the migrations first: ./manage.py migrate <app> <migration>)")  # fmt: skip
+
+
+def rollback_preview(cfg, paths, release=None):
+    """What ``vumi.rollback`` would do, changing nothing: the release it goes to and the migrations it crosses."""
+    target = rollback_plan(cfg, paths, release)
+    return {"release": target, "previous": vumi_manifest.current_release(paths),
+            "migrated": migrated_since(paths, target), "refused": migration_problem(cfg, paths, target)}  # fmt: skip
+
+
+def rollback(cfg, paths, release=None, who=None, force=False):
     """
     Make the previous (or the named) release current again, as the deploy user (the
     restart of the webapps onto it is root's: ``vumi_webapp.restart_running``); see
@@ -250,6 +290,9 @@ def rollback(cfg, paths, release=None, who=None):
     with vumi_lock.deploy_lock(cfg, paths):
         previous = vumi_manifest.current_release(paths)
         target = rollback_plan(cfg, paths, release)
+        problem = migration_problem(cfg, paths, target)
+        if problem and not force:
+            raise CommandExecutionError(problem)
         publish(paths, target)
         manifest = vumi_manifest.read_manifest(paths, target) or {}
         # the revision rolled back from: vumi.deployed holds off it until the branch moves on

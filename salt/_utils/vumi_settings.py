@@ -738,7 +738,9 @@ HOOK_STAGES = ("before_publish", "after_publish")
 
 
 #: the keys of a hook entry: Salt's own guards (``creates``, ``unless``) skip the line when met
-HOOK_KEYS = ("run", "once", "timeout", "creates", "unless")
+HOOK_KEYS = ("run", "once", "timeout", "creates", "unless", "migrates")
+#: a hook line that migrates a Django database unless it says otherwise (``migrates: false``)
+MIGRATE_RE = re.compile(r"\bmanage\.py\s+migrate\b")
 
 
 def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
@@ -759,7 +761,8 @@ def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
         for entry in entries:
             if isinstance(entry, str):
                 entry = {"run": entry, "once": False}
-            shape = "{run: <line>, once: true|false, timeout: <seconds>, creates: <path>, unless: <line>}"
+            shape = ("{run: <line>, once: true|false, timeout: <seconds>, creates: <path>, unless: <line>, "
+                     "migrates: true|false}")  # fmt: skip
             if isinstance(entry, dict) and set(entry) - set(HOOK_KEYS):
                 key = sorted(set(entry) - set(HOOK_KEYS), key=str)[0]
                 raise SaltInvocationError(_unknown(key, HOOK_KEYS, f"key {key!r} in hooks:{stage} entry {entry!r}"))
@@ -769,6 +772,7 @@ def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
                 or not entry["run"].strip()
                 or "\0" in entry["run"]
                 or not isinstance(entry.get("once", False), bool)
+                or not isinstance(entry.get("migrates", False), bool)
             ):
                 raise SaltInvocationError(f"invalid hooks:{stage} entry {entry!r}: must be a shell line or {shape}")
             creates, unless = entry.get("creates"), entry.get("unless")
@@ -780,7 +784,8 @@ def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
                 raise SaltInvocationError(f"invalid hooks:{stage} unless {unless!r}: a shell line")
             result[stage].append({"run": entry["run"], "once": entry.get("once", False),
                                   "timeout": seconds(entry.get("timeout", default_timeout), f"hooks:{stage} timeout"),
-                                  "creates": creates, "unless": unless})  # fmt: skip
+                                  "creates": creates, "unless": unless,
+                                  "migrates": entry.get("migrates", bool(MIGRATE_RE.search(entry["run"])))})  # fmt: skip
     return result
 
 

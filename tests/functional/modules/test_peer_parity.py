@@ -411,3 +411,39 @@ def test_dokku_releases_capistrano_revisions_log_read_back(vumi, repo, base_dir,
     for bad in (0, -1, "5", True, 1001):
         with pytest.raises(SaltInvocationError, match=f"invalid limit {bad!r}"):
             vumi.history(ENV, bad)
+
+
+NOTE_MIGRATION = """from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "0001_initial")]
+
+    operations = [
+        migrations.CreateModel(
+            name="Note",
+            fields=[("id", models.BigAutoField(auto_created=True, primary_key=True)), ("text", models.TextField())],
+        ),
+    ]
+"""
+
+
+def test_capistrano_rails_110_a_rollback_across_a_migration_is_refused_naming_it(vumi, repo):
+    """Release 2 adds a migration; 3 changes code only. 3 → 1 is refused, or forced; 3 → 2 goes."""
+    hooks = {"before_publish": ["./manage.py migrate --noinput"]}
+    first = vumi.deploy(ENV, hooks=hooks)
+    sample.commit_file(repo, ENV, "pages/migrations/0002_note.py", NOTE_MIGRATION, "A table of notes")
+    second = vumi.deploy(ENV, hooks=hooks)
+    sample.commit_file(repo, ENV, "CHANGES", "code only\n", "Code only")
+    vumi.deploy(ENV, hooks=hooks)
+    preview = vumi.rollback(ENV, release=first["release"], dry_run=True, hooks=hooks)
+    assert preview["migrated"] == [{"release": second["release"], "migrations": ["pages.0002_note"]}], preview
+    with pytest.raises(CommandExecutionError) as refused:
+        vumi.rollback(ENV, release=first["release"], restart=False, hooks=hooks)
+    said = str(refused.value)
+    print("\nrefused:", said)
+    assert f"release {second['release']} applied pages.0002_note" in said and "force=True" in said
+    assert vumi.rollback(ENV, release=second["release"], restart=False, hooks=hooks)["release"] == second["release"]
+    assert vumi.rollback(ENV, release=first["release"], dry_run=True)["refused"], "2 → 1 crosses it too"
+    forced = vumi.rollback(ENV, release=first["release"], restart=False, force=True, hooks=hooks)
+    assert forced["release"] == first["release"]

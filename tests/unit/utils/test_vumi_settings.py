@@ -43,9 +43,17 @@ def test_secrets_are_masked_and_settings_are_not():
 
 def test_hooks_are_normalised_and_bad_ones_named():
     assert vumi_settings.hooks({"before_publish": ["a", {"run": "b", "once": True, "timeout": 5}]}, 60) == {
-        "before_publish": [{"run": "a", "once": False, "timeout": 60.0, "creates": None, "unless": None},
-                           {"run": "b", "once": True, "timeout": 5.0, "creates": None, "unless": None}],
+        "before_publish": [{"run": "a", "once": False, "timeout": 60.0, "creates": None, "unless": None,
+                            "migrates": False},
+                           {"run": "b", "once": True, "timeout": 5.0, "creates": None, "unless": None,
+                            "migrates": False}],
         "after_publish": []}  # fmt: skip
+    # a migrate line migrates unless it says not; any line may say it does
+    migrating = vumi_settings.hooks({"before_publish": ["./manage.py migrate --noinput", {"run": "x", "migrates": True},
+                                                        {"run": "python manage.py migrate", "migrates": False}]})  # fmt: skip
+    assert [h["migrates"] for h in migrating["before_publish"]] == [True, True, False]
+    with pytest.raises(SaltInvocationError, match="migrates: true|false"):
+        vumi_settings.hooks({"before_publish": [{"run": "x", "migrates": "yes"}]})
     with pytest.raises(SaltInvocationError, match="hooks:after_publish entry"):
         vumi_settings.hooks({"after_publish": [{"run": "x", "when": "always"}]})
     for bad in (0, -1, "10", True, float("nan"), float("inf")):
