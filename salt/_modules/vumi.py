@@ -48,6 +48,7 @@ try:
     import vumi_git
     import vumi_history
     import vumi_layout
+    import vumi_lock
     import vumi_manifest
     import vumi_notify
     import vumi_paths
@@ -1033,10 +1034,12 @@ def summary(**kwargs):
 def _summary(env, kwargs):
     cfg, found = _context(env, kwargs)
     try:
-        now, revision, tip, holder = _read_as_user(cfg, _summary_row, __salt__, cfg, found, timeout=REMOTE_TIMEOUT)
+        now, revision, tip, holder, down = _read_as_user(
+            cfg, _summary_row, __salt__, cfg, found, timeout=REMOTE_TIMEOUT
+        )
     except (SaltInvocationError, CommandExecutionError) as exc:
         log.warning("vumi.summary: %s: %s", env, exc)
-        now, revision, tip, holder = vumi_manifest.current_release_safe(found), None, None, None
+        now, revision, tip, holder, down = vumi_manifest.current_release_safe(found), None, None, None, None
     behind = None if tip is None or revision is None else tip != revision
     ports = vumi_webapp.status(cfg, found)
     procs = vumi_processes.status(cfg, found) if cfg["processes"] else {}
@@ -1048,13 +1051,15 @@ def _summary(env, kwargs):
         "releases": {p: s["release"] for p, s in ports.items()},
         "processes": {n: s["release"] for n, s in procs.items()},
         "held": holder,
+        "maintenance": down,
     }  # fmt: skip
 
 
 def _summary_row(functions, cfg, found):
     """
     As the deploy user: the current release, its revision, the branch's (or pin's)
-    tip (None: unknown), and the fleet run holding the environment (None: none).
+    tip (None: unknown), the fleet run holding the environment (None: none), and
+    whether it is in maintenance (None: not).
     """
     now = vumi_manifest.current_release_safe(found)
     revision = (vumi_manifest.read_manifest(found, now) or {}).get("revision") if now else None
@@ -1062,7 +1067,7 @@ def _summary_row(functions, cfg, found):
         tip = vumi_git.remote_revision(functions, cfg, found, cfg["revision"])
     except (SaltInvocationError, CommandExecutionError):
         tip = None  # the repository does not answer: unknown
-    return now, revision, tip, vumi_freeze.held(found)
+    return now, revision, tip, vumi_freeze.held(found), vumi_freeze.maintenance(found)
 
 
 def check(environment, **kwargs):
@@ -1118,6 +1123,36 @@ def lock(environment, reason=None, **kwargs):
     """
     cfg, found = _context(environment, kwargs)
     return _as_user(cfg, found, vumi_freeze.lock, cfg, found, reason, vumi_history.who(__opts__, kwargs))
+
+
+def maintenance(environment, state=None, message=None, **kwargs):
+    """
+    Maintenance mode: with ``on``, nginx's site answers every request 503 with
+    a page (the current release's own ``maintenance.html`` when it has one,
+    else a plain page saying ``message``) and ``Retry-After``, but the health
+    check and the addresses of ``nginx:maintenance_allow`` still reach the app;
+    ``off`` ends it. Without ``state``: whether it is on. Deploys go on (see
+    ``vumi.lock`` to stop those); a hook may ask for the page while it runs
+    (``{run: ..., maintenance: true}``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' vumi.maintenance staging on "Upgrading the database, back at 14:00"
+        salt 'web*' vumi.maintenance staging off
+    """
+    cfg, found = _context(environment, kwargs)
+    if state is None:
+        return {"maintenance": _read_as_user(cfg, vumi_freeze.maintenance, found)}
+    if state not in ("on", "off", True, False):
+        raise SaltInvocationError(f"invalid state {state!r}: on or off")
+    vumi_lock.deployed(cfg, found)
+    if state in ("on", True):
+        code = found.current_code() if vumi_manifest.current_release_safe(found) else None
+        page = _as_user(cfg, found, vumi_freeze.maintenance_on, cfg, found, code, message)
+        return {"maintenance": True, "page": page}
+    return {"maintenance": False, "was": _as_user(cfg, found, vumi_freeze.maintenance_off, found)}
 
 
 def unlock(environment, **kwargs):

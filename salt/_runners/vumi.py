@@ -185,9 +185,10 @@ def _serving(row):
             odd.append(f"{port} runs {runs} (not restarted)")
         elif port not in answering:
             odd.append(f"{port} not answering")
+    down = "MAINTENANCE (503 via nginx), " if row.get("maintenance") else ""
     if odd:
-        return ", ".join(odd)
-    return f"{' '.join(map(str, row.get('ports') or []))} ok".strip() if row.get("ports") else "no ports"
+        return down + ", ".join(odd)
+    return down + (f"{' '.join(map(str, row.get('ports') or []))} ok".strip() if row.get("ports") else "no ports")
 
 
 def _held(held):

@@ -8,6 +8,7 @@ which one deploy holds while it runs.
 """
 
 import datetime
+import html
 import json
 import os
 
@@ -155,3 +156,57 @@ def refuse(cfg, paths, release=None):
             f"(vumi.unhold {env} lifts it)",
             **{k: fleet.get(k) for k in ("release", "run", "user", "jid", "since", "until")},
         )
+
+
+# --------------------------------------------------------------------------
+# Maintenance: traffic kept off (nginx answers 503 with a page), not deploys
+# --------------------------------------------------------------------------
+
+#: the app's own page, in its code folder: served during maintenance when the release has one
+APP_PAGE = "maintenance.html"
+PAGE_LIMIT = 256 * 1024
+
+PLAIN_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Down for maintenance</title></head>
+<body><h1>Down for maintenance</h1><p>{message}</p></body></html>
+"""
+
+
+def maintenance(paths):
+    """Whether the environment is in maintenance, and since when (the page's time); None when it is not."""
+    try:
+        st = os.lstat(paths.maintenance)
+    except FileNotFoundError:
+        return None
+    since = datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc)
+    return {"on": True, "since": since.isoformat(timespec="seconds")}
+
+
+def maintenance_on(cfg, paths, code, message=None):
+    """
+    As the deploy user: the maintenance page in place (nginx answers 503 with it): the
+    app's own ``maintenance.html`` from ``code`` when it has one, else a plain page with
+    ``message``. Returns which.
+    """
+    if message is not None and (not isinstance(message, str) or len(message) > 2000):
+        raise SaltInvocationError(f"invalid message {message!r}: a line of text for the page")
+    vumi_files.refuse_links(paths)
+    own = None
+    if code:
+        try:
+            own = vumi_files.read_bounded(os.path.join(code, APP_PAGE), PAGE_LIMIT)
+        except (OSError, vumi_files.NotRegular):
+            own = None  # a link, a folder, too large: the plain page
+    page = own.decode("utf-8", "replace") if own else PLAIN_PAGE.format(
+        message=html.escape(message or "We will be back shortly."))  # fmt: skip
+    vumi_files.write_atomic(paths.maintenance, page, vumi_files.runas_user(cfg))  # 0644: nginx's workers read it
+    return "app" if own else "plain"
+
+
+def maintenance_off(paths):
+    """As the deploy user: the page gone, the app serving again. Returns whether it was on."""
+    if not os.path.lexists(paths.maintenance):
+        return False
+    vumi_files.refuse_links(paths)
+    os.remove(paths.maintenance)
+    return True

@@ -11,6 +11,7 @@ Each line has ``hook_timeout`` seconds (its own ``timeout``); then it is killed 
 its whole process group, and the deploy fails at its stage. A ``before_publish`` line
 that migrates (``migrates: true``, or a ``manage.py migrate`` line) marks the release as
 migrating; for Django, ``showmigrations --plan`` before and after it names what it applied.
+A line with ``maintenance: true`` runs with the maintenance page up (nginx answers 503).
 """
 
 import os
@@ -22,6 +23,7 @@ import vumi_commands
 import vumi_environment
 import vumi_events
 import vumi_files
+import vumi_freeze
 
 
 def run(d, stage):
@@ -39,7 +41,7 @@ def run(d, stage):
         started = time.monotonic()
         migrating = hook["migrates"] and stage == "before_publish"
         before = applied(code, d.runas, env) if migrating else None
-        res = vumi_commands.run_shell(hook["run"], code, d.runas, env, timeout=hook["timeout"])
+        res = with_maintenance(d, code, hook, env)
         if migrating:  # recorded in the manifest: a rollback past this release names what it applied
             d.migrates = True
             after = applied(code, d.runas, env) if before is not None else None
@@ -56,6 +58,17 @@ def run(d, stage):
             raise CommandExecutionError(
                 f"{stage} hook {hook['run']!r} failed (exit {res['retcode']}): {vumi_files.output_tail(res)}"
             )
+
+
+def with_maintenance(d, code, hook, env):
+    """The hook's line, with the maintenance page up while it runs when it asks (and it was not up already)."""
+    if not hook["maintenance"] or vumi_freeze.maintenance(d.paths):
+        return vumi_commands.run_shell(hook["run"], code, d.runas, env, timeout=hook["timeout"])
+    vumi_freeze.maintenance_on(d.cfg, d.paths, code, f"{d.cfg['environment']} is being upgraded.")
+    try:
+        return vumi_commands.run_shell(hook["run"], code, d.runas, env, timeout=hook["timeout"])
+    finally:
+        vumi_freeze.maintenance_off(d.paths)
 
 
 #: ``showmigrations --plan``'s answer: Django is slow to start, but not this slow

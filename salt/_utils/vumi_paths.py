@@ -44,6 +44,8 @@ class Paths:
         self.lock = os.path.join(self.root, ".deploy.lock")
         self.frozen = os.path.join(self.root, "LOCKED")  # an operator's freeze (vumi.lock)
         self.held = os.path.join(self.root, "HELD")  # a fleet deploy's hold (vumi.orch.deploy)
+        # while it exists nginx answers 503 with it (vumi.maintenance, a hook's maintenance: true)
+        self.maintenance = os.path.join(self.root, "MAINTENANCE.html")
         # a few bytes held back: on a full disk, cleanup, rollback and lock still record what they did
         self.reserve = os.path.join(self.root, ".reserve")
 

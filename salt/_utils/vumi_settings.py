@@ -141,6 +141,9 @@ NGINX_DEFAULTS = {
     "media_url": "/media/", "ssl_certificate": None, "ssl_certificate_key": None, "connect_timeout": "1s",
     "conf_dir": "/etc/nginx/sites-enabled", "package": "nginx", "service": "nginx", "test_cmd": "nginx -t -q -e stderr",
     "manage_package": True, "manage_service": True,
+    # during maintenance (vumi.maintenance): the addresses (or CIDR blocks) that still reach the
+    # app, and the Retry-After seconds of the 503 everyone else gets
+    "maintenance_allow": [], "retry_after": 120,
 }  # fmt: skip
 NGINX_KEYS = tuple(NGINX_DEFAULTS)
 
@@ -738,7 +741,7 @@ HOOK_STAGES = ("before_publish", "after_publish")
 
 
 #: the keys of a hook entry: Salt's own guards (``creates``, ``unless``) skip the line when met
-HOOK_KEYS = ("run", "once", "timeout", "creates", "unless", "migrates")
+HOOK_KEYS = ("run", "once", "timeout", "creates", "unless", "migrates", "maintenance")
 #: a hook line that migrates a Django database unless it says otherwise (``migrates: false``)
 MIGRATE_RE = re.compile(r"\bmanage\.py\s+migrate\b")
 
@@ -762,7 +765,7 @@ def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
             if isinstance(entry, str):
                 entry = {"run": entry, "once": False}
             shape = ("{run: <line>, once: true|false, timeout: <seconds>, creates: <path>, unless: <line>, "
-                     "migrates: true|false}")  # fmt: skip
+                     "migrates: true|false, maintenance: true|false}")  # fmt: skip
             if isinstance(entry, dict) and set(entry) - set(HOOK_KEYS):
                 key = sorted(set(entry) - set(HOOK_KEYS), key=str)[0]
                 raise SaltInvocationError(_unknown(key, HOOK_KEYS, f"key {key!r} in hooks:{stage} entry {entry!r}"))
@@ -773,6 +776,7 @@ def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
                 or "\0" in entry["run"]
                 or not isinstance(entry.get("once", False), bool)
                 or not isinstance(entry.get("migrates", False), bool)
+                or not isinstance(entry.get("maintenance", False), bool)
             ):
                 raise SaltInvocationError(f"invalid hooks:{stage} entry {entry!r}: must be a shell line or {shape}")
             creates, unless = entry.get("creates"), entry.get("unless")
@@ -785,7 +789,8 @@ def hooks(value, default_timeout=DEFAULTS["hook_timeout"]):
             result[stage].append({"run": entry["run"], "once": entry.get("once", False),
                                   "timeout": seconds(entry.get("timeout", default_timeout), f"hooks:{stage} timeout"),
                                   "creates": creates, "unless": unless,
-                                  "migrates": entry.get("migrates", bool(MIGRATE_RE.search(entry["run"])))})  # fmt: skip
+                                  "migrates": entry.get("migrates", bool(MIGRATE_RE.search(entry["run"]))),
+                                  "maintenance": entry.get("maintenance", False)})  # fmt: skip
     return result
 
 

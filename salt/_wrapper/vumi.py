@@ -33,7 +33,7 @@ FUNCTIONS = (
     "start_webapp_cluster", "stop_webapp_cluster", "restart_webapp_cluster", "webapp_status", "webapp_programs",
     "process_status", "restart_processes", "cron_jobs",
     "lock", "unlock", "locked", "check", "environments", "summary", "revert", "held", "unhold", "fleet_step",
-    "renew", "serving", "settle", "history",
+    "renew", "serving", "settle", "history", "maintenance",
 )  # fmt: skip
 WITH_SETTINGS = ("deploy", "prepare", "current", "settings")
 

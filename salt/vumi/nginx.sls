@@ -49,6 +49,10 @@ include:
 {%-       set refused = "nginx: ssl_certificate and ssl_certificate_key go together: set both, or neither" %}
 {%-     elif media and (".." in media.split("/") or "\\" in media) %}
 {%-       set refused = "invalid vumi:nginx:media " ~ nginx.media ~ ": must be a folder inside shared/" %}
+{%-     elif nginx.maintenance_allow is string or nginx.maintenance_allow | reject("match", "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$") | list %}
+{%-       set refused = "invalid vumi:nginx:maintenance_allow " ~ (nginx.maintenance_allow | json) ~ ": a list of addresses or CIDR blocks (10.0.0.0/8)" %}
+{%-     elif nginx.retry_after is not number or nginx.retry_after < 0 %}
+{%-       set refused = "invalid vumi:nginx:retry_after " ~ (nginx.retry_after | json) ~ ": seconds" %}
 {%-     elif static and (".." in static.split("/") or "\\" in static) %}
 {%-       set refused = "invalid vumi:nginx:static " ~ nginx.static ~ ": must be a folder inside the code" %}
 {%-     endif %}
@@ -78,6 +82,10 @@ vumi-{{ env }}-nginx-site:
         static_dir: {{ ((current ~ "/" ~ settings.app ~ "/" ~ static ~ "/") if static else none) | json }}
         media_url: {{ nginx.media_url | json }}
         media_dir: {{ ((salt["vumi.paths"](env).shared ~ "/" ~ media ~ "/") if media else none) | json }}
+        maintenance_page: {{ paths.maintenance | json }}
+        maintenance_allow: {{ nginx.maintenance_allow | json }}
+        retry_after: {{ nginx.retry_after | int }}
+        health_path: {{ settings.health_path | json }}
         ssl_certificate: {{ nginx.ssl_certificate | json }}
         ssl_certificate_key: {{ nginx.ssl_certificate_key | json }}
 {%-     if nginx.test_cmd %}

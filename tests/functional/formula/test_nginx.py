@@ -540,3 +540,83 @@ def test_no_site_for_an_environment_the_host_does_not_deploy(deployed, tmp_path)
     pillar["branch"] = ENV  # the same pillar with the environment's real name: a site, in that folder
     ret = deployed.loaders.modules.state.apply("vumi.nginx", pillar=pillar)
     assert [p.name for p in tmp_path.glob("*.conf")] == [f"vumi-{ENV}.conf"], [s.comment for s in ret]
+
+
+# --------------------------------------------------------------------------
+# Maintenance: 503 with a page through the real nginx, health and allowed addresses through
+# --------------------------------------------------------------------------
+
+
+def fetch(port, path="/", source="127.0.0.1"):
+    """GET through nginx on 127.0.0.1 from ``source`` (a loopback address): (status, body, Retry-After)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(), resp.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def maintenance_site(deployed, cluster, nginx):
+    ports = cluster(2)
+    pillar = nginx_pillar(ports, nginx.sites, nginx.port, maintenance_allow=["127.0.0.2"], retry_after=30)
+    pillar["vumi"]["health_path"] = "/health"
+    apply_sls(deployed, "vumi.nginx", pillar)
+    nginx.start()
+    assert fetch(nginx.port)[0] == 200
+
+
+def test_maintenance_answers_503_with_a_page_but_health_and_allowed_addresses_reach_the_app(
+    deployed, vumi, cluster, nginx
+):
+    maintenance_site(deployed, cluster, nginx)
+    assert vumi.maintenance(ENV, "on", "Upgrading the <database>, back at 14:00") == {"maintenance": True,
+                                                                                     "page": "plain"}  # fmt: skip
+    try:
+        status, body, retry = fetch(nginx.port, "/")
+        print(f"\nmaintenance on: {status}, Retry-After {retry}")
+        assert (status, retry) == (503, "30") and "Upgrading the &lt;database&gt;, back at 14:00" in body, body
+        status, body, _ = fetch(nginx.port, "/health")  # the app's own answer (its view asks the database)
+        assert status != 503 and "Upgrading" not in body, "the health check reaches the app"
+        assert fetch(nginx.port, "/", source="127.0.0.2")[0] == 200, "an allowed address reaches the app"
+        assert vumi.maintenance(ENV)["maintenance"]["on"] is True
+    finally:
+        assert vumi.maintenance(ENV, "off") == {"maintenance": False, "was": True}
+    assert fetch(nginx.port, "/")[0] == 200
+    assert vumi.maintenance(ENV) == {"maintenance": None}
+    with pytest.raises(SaltInvocationError, match="invalid state 'up': on or off"):
+        vumi.maintenance(ENV, "up")
+
+
+def test_a_hook_with_maintenance_shows_the_apps_page_only_while_it_runs(deployed, vumi, cluster, nginx):
+    maintenance_site(deployed, cluster, nginx)
+    sample.git(deployed.repo, "checkout", "-q", ENV)
+    sample.commit_file(deployed.repo, ENV, "maintenance.html", "<h1>Our own page: migrating</h1>\n", "A page")
+    seen, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            status, body, _ = fetch(nginx.port, "/")
+            seen.append((time.monotonic(), status, body))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        time.sleep(1)
+        vumi.deploy(ENV, hooks={"before_publish": [{"run": "sleep 5", "maintenance": True}]})
+        time.sleep(1)
+    finally:
+        done.set()
+        watcher.join(10)
+    down = [(t, body) for t, status, body in seen if status == 503]
+    assert down, "the page was up while the hook ran"
+    window = down[-1][0] - down[0][0]
+    first, last = seen.index(next(s for s in seen if s[1] == 503)), max(i for i, s in enumerate(seen) if s[1] == 503)
+    print(f"\n503 for {window:.1f}s of {seen[-1][0] - seen[0][0]:.1f}s watched")
+    assert 4 <= window <= 7, window
+    assert all(status == 200 for _, status, _ in seen[:first] + seen[last + 1 :]), "200 before and after"
+    assert all(status == 503 for _, status, _ in seen[first : last + 1]), "503 throughout the window"
+    assert all("Our own page: migrating" in body for _, body in down)
+    assert vumi.maintenance(ENV) == {"maintenance": None}

@@ -270,6 +270,9 @@ def test_the_status_table_says_what_serves_in_one_line_per_host(runner):
          "releases": {8001: "20261130_000000", 8002: None},
          "held": {"run": "2026", "release": "20261201_000000", "runner": "gone"}},
         {"host": "web-3", "error": "Minion did not return. [No response]\nmore"},
+        {"host": "web-4", "environment": "staging", "release": "20261201_000000", "revision": "a" * 40,
+         "behind": False, "ports": [8001], "answering": [8001], "releases": {8001: "20261201_000000"},
+         "held": None, "maintenance": {"on": True, "since": "2026-12-06T12:00:00+00:00"}},
     ]  # fmt: skip
     lines = runner.status_table(rows).splitlines()
     assert lines[0].split() == ["HOST", "ENV", "CURRENT", "REVISION", "SERVING", "HELD", "BEHIND"]
@@ -277,7 +280,8 @@ def test_the_status_table_says_what_serves_in_one_line_per_host(runner):
     assert "8001 runs 20261130_000000 (not restarted), 8002 down" in lines[2], lines[2]
     assert "run 2026 (20261201_000000, runner gone)" in lines[2] and lines[2].endswith("yes"), lines[2]
     assert lines[3].split()[:3] == ["web-3", "-", "ERROR"] and "more" not in lines[3]
-    assert len(lines) == 4
+    assert "MAINTENANCE (503 via nginx), 8001 ok" in lines[4]
+    assert len(lines) == 5
 
 
 def test_the_history_table_has_a_line_per_entry_and_host(runner):

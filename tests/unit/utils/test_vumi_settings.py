@@ -44,9 +44,9 @@ def test_secrets_are_masked_and_settings_are_not():
 def test_hooks_are_normalised_and_bad_ones_named():
     assert vumi_settings.hooks({"before_publish": ["a", {"run": "b", "once": True, "timeout": 5}]}, 60) == {
         "before_publish": [{"run": "a", "once": False, "timeout": 60.0, "creates": None, "unless": None,
-                            "migrates": False},
+                            "migrates": False, "maintenance": False},
                            {"run": "b", "once": True, "timeout": 5.0, "creates": None, "unless": None,
-                            "migrates": False}],
+                            "migrates": False, "maintenance": False}],
         "after_publish": []}  # fmt: skip
     # a migrate line migrates unless it says not; any line may say it does
     migrating = vumi_settings.hooks({"before_publish": ["./manage.py migrate --noinput", {"run": "x", "migrates": True},
