@@ -37,6 +37,7 @@ def vumi():
         env: {
             "release": entry["release"],
             "revision": entry.get("revision") if _SHA.match(str(entry.get("revision"))) else None,
+            **({"maintenance": True} if entry.get("maintenance") is True else {}),  # vumi.maintenance: 503s
         }
         for env, entry in found.items()
         if isinstance(env, str)

@@ -246,13 +246,18 @@ def _deployed(cfg, release, revision):
         return
     if revision is not None and not (isinstance(revision, str) and vumi_settings.SHA_RE.match(revision)):
         revision = None  # what the child read of the user's tree: a commit id, or nothing
+    _record(cfg, release=release, revision=revision)
+
+
+def _record(cfg, **fields):
+    """``fields`` into root's record of the environment, and the grains refreshed."""
     folder = os.path.join(__opts__.get("cachedir") or "", "vumi")
     path = os.path.join(folder, "deployed.json")
     try:
         os.makedirs(folder, mode=0o755, exist_ok=True)
         found = vumi_files.read_json(path, 1 << 20) or {}  # root's own file, read to a bound all the same
         found = found if isinstance(found, dict) else {}
-        found[cfg["environment"]] = {"release": release, "revision": revision}
+        found[cfg["environment"]] = dict(found.get(cfg["environment"]) or {}, **fields)
         vumi_files.write_atomic(path, json.dumps(found, sort_keys=True))
     except OSError as exc:  # the grain is a convenience; the deploy itself is done
         log.warning("could not record the deployed release for the vumi grain in %s: %s", path, exc)
@@ -1151,8 +1156,11 @@ def maintenance(environment, state=None, message=None, **kwargs):
     if state in ("on", True):
         code = found.current_code() if vumi_manifest.current_release_safe(found) else None
         page = _as_user(cfg, found, vumi_freeze.maintenance_on, cfg, found, code, message)
+        _record(cfg, maintenance=True)
         return {"maintenance": True, "page": page}
-    return {"maintenance": False, "was": _as_user(cfg, found, vumi_freeze.maintenance_off, found)}
+    was = _as_user(cfg, found, vumi_freeze.maintenance_off, found)
+    _record(cfg, maintenance=False)
+    return {"maintenance": False, "was": was}
 
 
 def unlock(environment, **kwargs):

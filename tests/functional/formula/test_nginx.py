@@ -15,6 +15,7 @@ rolling restart took. Nothing here touches /etc/nginx or the system's nginx.
 """
 
 import http.client
+import importlib.util
 import json
 import os
 import pathlib
@@ -31,6 +32,7 @@ from support.helpers import alive, http_get, module_env, sls_pillar
 from support.nginx import NGINX, Load, Nginx, port_open, report
 
 ENV = "staging"
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs Debian's nginx)")
 
@@ -558,6 +560,15 @@ def fetch(port, path="/", source="127.0.0.1"):
         conn.close()
 
 
+def grain(deployed):
+    """The ``vumi`` grain, as the minion loads salt/_grains/vumi.py, over this loader's cache."""
+    spec = importlib.util.spec_from_file_location("vumi_grain_under_test", REPO / "salt" / "_grains" / "vumi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.__opts__ = deployed.loaders.opts
+    return module.vumi()["vumi"]
+
+
 def maintenance_site(deployed, cluster, nginx):
     ports = cluster(2)
     pillar = nginx_pillar(ports, nginx.sites, nginx.port, maintenance_allow=["127.0.0.2"], retry_after=30)
@@ -581,10 +592,11 @@ def test_maintenance_answers_503_with_a_page_but_health_and_allowed_addresses_re
         assert status != 503 and "Upgrading" not in body, "the health check reaches the app"
         assert fetch(nginx.port, "/", source="127.0.0.2")[0] == 200, "an allowed address reaches the app"
         assert vumi.maintenance(ENV)["maintenance"]["on"] is True
+        assert grain(deployed)[ENV]["maintenance"] is True  # salt -G 'vumi:staging:maintenance:True'
     finally:
         assert vumi.maintenance(ENV, "off") == {"maintenance": False, "was": True}
     assert fetch(nginx.port, "/")[0] == 200
-    assert vumi.maintenance(ENV) == {"maintenance": None}
+    assert vumi.maintenance(ENV) == {"maintenance": None} and "maintenance" not in grain(deployed)[ENV]
     with pytest.raises(SaltInvocationError, match="invalid state 'up': on or off"):
         vumi.maintenance(ENV, "up")
 
