@@ -457,16 +457,24 @@ def _one_version(versions):
                                    "upgrade or sync them first (salt '*' saltutil.sync_all)")  # fmt: skip
 
 
-def _batches(hosts, batch):
-    if batch in (None, ""):
-        return [hosts]
-    text = str(batch).strip()
+def _size(hosts, value, name, example):
+    """``value`` hosts (``2``) or a share of ``hosts`` (``25%``), at least one; ValueError naming it."""
+    text = str(value).strip()
     try:
         size = max(1, int(len(hosts) * float(text[:-1]) / 100)) if text.endswith("%") else int(text)
     except ValueError:
         size = 0
-    if size < 1 or isinstance(batch, bool):
-        raise ValueError(f"invalid batch {batch!r}: a number of hosts (2) or a share of them (25%)")
+    if size < 1 or isinstance(value, bool):
+        raise ValueError(
+            f"invalid {name} {value!r}: a number of hosts ({example[0]}) or a share of them ({example[1]})"
+        )
+    return size
+
+
+def _batches(hosts, batch):
+    if batch in (None, ""):
+        return [hosts]
+    size = _size(hosts, batch, "batch", ("2", "25%"))
     return [hosts[i : i + size] for i in range(0, len(hosts), size)]
 
 
@@ -474,14 +482,7 @@ def _canary(hosts, canary):
     """The first hosts of a canary: ``canary`` hosts (``1``) or a share of them (``25%``), at least one; [] for none."""
     if canary in (None, "", 0):
         return []
-    text = str(canary).strip()
-    try:
-        size = max(1, int(len(hosts) * float(text[:-1]) / 100)) if text.endswith("%") else int(text)
-    except ValueError:
-        size = 0
-    if size < 1 or isinstance(canary, bool):
-        raise ValueError(f"invalid canary {canary!r}: a number of hosts (1) or a share of them (10%)")
-    return hosts[:size]
+    return hosts[: _size(hosts, canary, "canary", ("1", "10%"))]
 
 
 def _release_now():

@@ -6,6 +6,7 @@ clone of the sample, a pillar tree over the bundle's own, Salt's loader).
 
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import types
@@ -192,3 +193,14 @@ def stop_webapps(vumi, env="staging"):
     for port, info in vumi.webapp_status(env).items():
         if info["running"]:
             vumi.stop_webapp(env, port)
+
+
+class Warnings(logging.Handler):
+    """The WARNING (and worse) records of a logger, as text: ``logger.addHandler(Warnings())``."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.text = ""
+
+    def emit(self, record):
+        self.text += record.getMessage() + "\n"

@@ -4,7 +4,6 @@ success and failure and on rollbacks, to a receiver this test runs on 127.0.0.1.
 A receiver that is down never fails the deploy; the log says why.
 """
 
-import logging
 import socket
 import time
 
@@ -13,6 +12,7 @@ from salt.exceptions import CommandExecutionError
 
 import make_repo as sample
 import vumi_notify
+from support.helpers import Warnings
 from support.webhooks import receiver
 
 ENV = "staging"
@@ -43,20 +43,11 @@ def test_a_deploy_a_failure_and_a_rollback_reach_the_webhook_in_order(vumi, repo
     print("\nwebhook bodies:", *bodies, sep="\n  ")
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.text = ""
-
-    def emit(self, record):
-        self.text += record.getMessage() + "\n"
-
-
 def test_a_receiver_that_is_down_does_not_fail_the_deploy(vumi, deploy_user):
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    records = Records()
+    records = Warnings()
     vumi_notify.log.addHandler(records)
     try:
         started = time.monotonic()

@@ -1,13 +1,13 @@
 """Pillar ``notify``: its webhooks validated (a typo named), their bodies rendered, a failing one only logged."""
 
 import json
-import logging
 
 import pytest
 from salt.exceptions import SaltInvocationError
 
 import vumi_notify
 import vumi_settings
+from support.helpers import Warnings
 
 
 def test_a_url_alone_gets_the_defaults():
@@ -42,15 +42,6 @@ def test_bodies_a_template_a_mapping_of_them_or_every_field():
     assert json.loads(body) == {"event": "deploy/success", "host": "web-1", "release": "20261201_000000"}
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.text = ""
-
-    def emit(self, record):
-        self.text += record.getMessage() + "\n"
-
-
 def test_only_the_events_asked_for_are_sent_and_a_failure_is_logged_not_raised():
     hooks = vumi_settings.notify([{"url": "https://bot:s3cret@chat.example/hook", "events": ["deploy/failure"]},
                                   {"url": "https://ok.example/hook", "events": ["deploy/*"]}])  # fmt: skip
@@ -63,7 +54,7 @@ def test_only_the_events_asked_for_are_sent_and_a_failure_is_logged_not_raised()
         return {"status": 204}
 
     assert vumi_notify.send(query, hooks, "deploy/success", {}) == {"https://ok.example/hook": 204}
-    caplog = Records()
+    caplog = Warnings()
     vumi_notify.log.addHandler(caplog)
     try:
         sent = vumi_notify.send(query, hooks, "deploy/failure", {"error": "boom"})
