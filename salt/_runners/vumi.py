@@ -791,7 +791,9 @@ def _undo(fleet, branch, release, phase, published, restarted, failed):
         return said, problems
     reverted, problems = fleet.quiet_step("revert", published, "revert", [branch, release])
     back = sorted(h for h, r in reverted.items() if r.get("reverted"))
-    said = f"every host is on its previous release again (switched back: {', '.join(back) or 'none'})"
+    # "every host" only when every host said so: a revert that failed is named below, never glossed over
+    said = "every host is on its previous release again" if not problems else "not every host could switch back"
+    said += f" (switched back: {', '.join(back) or 'none'})"
     never = [h for h in hosts if h not in published]
     if never:
         _, more = fleet.quiet_step("discard", never, "discard", [branch, release])

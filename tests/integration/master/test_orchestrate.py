@@ -598,6 +598,7 @@ def test_an_undoing_that_fails_exits_2_and_recover_mends_it(
     assert ret.returncode == 2, ret
     assert report["comment"].startswith(f"{broken.id} failed at publish: "), report["comment"]
     assert "THE UNDOING FAILED TOO" in report["comment"] and f"  {first.id}: " in report["comment"]
+    assert "not every host could switch back" in report["comment"], "no claim the undoing did not make"
     ret = salt_run.run("vumi.recover", ENV, TARGET)
     assert ret.returncode == 0, ret
     assert_fleet_serves(orch_fleet.values(), steady)

@@ -316,3 +316,17 @@ def test_the_history_table_has_a_line_per_entry_and_host(runner):
 def test_history_without_an_environment_says_what_to_type(runner):
     res = runner.history()
     assert res["retcode"] == 1 and "salt-run vumi.history staging" in res["comment"]
+
+
+def test_a_revert_that_fails_is_not_glossed_over(runner):
+    def answer(step, host):
+        if step == "publish" and host == "web-2":
+            return {"ret": {"error": {"kind": "StageFailed", "message": "hook failed"}}, "retcode": 1}
+        if step == "revert" and host == "web-1":
+            return {"ret": "ERROR: another deploy of staging holds the lock", "retcode": 1}
+        return {"ret": {"reverted": True}, "retcode": 0}
+
+    res, _ = _deploy(runner, answer)
+    lines = res["comment"].splitlines()
+    assert lines[1] == "not every host could switch back (switched back: web-2); no webapp had been restarted", lines
+    assert "  web-1: another deploy of staging holds the lock" in lines and res["retcode"] == 2
