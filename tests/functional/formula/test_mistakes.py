@@ -221,7 +221,8 @@ MISTAKES = [
         "hook-not-text",
         {"vumi": {"hooks": {"before_publish": [5]}}},
         "invalid hooks:before_publish entry 5: must be a shell line or "
-        "{{run: <line>, once: true|false, timeout: <seconds>, creates: <path>, unless: <line>}}",
+        "{{run: <line>, once: true|false, timeout: <seconds>, creates: <path>, unless: <line>, "
+        "migrates: true|false, maintenance: true|false}}",
     ),
     (
         "branch-escapes",
