@@ -110,7 +110,7 @@ class Load:
     answer is kept: (time, status, release, port, pid) or the error.
     """
 
-    def __init__(self, port, threads=4, max_requests=30000, max_seconds=120, path="/"):
+    def __init__(self, port, threads=4, max_requests=200000, max_seconds=120, path="/"):
         self.url = f"http://127.0.0.1:{port}{path}"
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         self.max_requests, self.max_seconds = max_requests, max_seconds
