@@ -543,18 +543,23 @@ def serving(environment, **kwargs):
     if not os.path.isdir(found.root):
         return {"environment": environment, "current": None, "revisions": {}, "ports": {}, "processes": {},
                 "held": None}  # fmt: skip
-    return dict(_serving(cfg, found), environment=environment, held=_read_as_user(cfg, vumi_freeze.held, found))
+    return dict(_serving(cfg, found), environment=environment)
 
 
 def _serving(cfg, found):
-    """The current release, and per running port and process its release and pid, with each release's revision."""
+    """
+    The current release, per running port and process its release and pid, each
+    release's revision, and the fleet run holding the environment.
+    """
     ports = vumi_webapp.status(cfg, found) if cfg["ports"] else {}
     procs = vumi_processes.status(cfg, found) if cfg["processes"] else {}
     now = vumi_manifest.current_release_safe(found)
     named = sorted({now} | {row["release"] for row in [*ports.values(), *procs.values()]} - {None})
+    revisions, hold = _read_as_user(cfg, _revisions, found, named)  # one process of the user's for both
     return {
         "current": now,
-        "revisions": _read_as_user(cfg, _revisions, found, named),
+        "held": hold,
+        "revisions": revisions,
         "ports": {p: {k: row[k] for k in ("state", "release", "pid", "answers", "configured")}
                   for p, row in ports.items()},
         "processes": {n: {k: row[k] for k in ("state", "release", "pid")} for n, row in procs.items()},
@@ -562,8 +567,10 @@ def _serving(cfg, found):
 
 
 def _revisions(found, names):
-    """As the deploy user: the revision of each release named (None: no manifest)."""
-    return {name: (vumi_manifest.read_manifest(found, name) or {}).get("revision") for name in names}
+    """As the deploy user: the revision of each release named (None: no manifest), and the hold (None: none)."""
+    return {name: (vumi_manifest.read_manifest(found, name) or {}).get("revision") for name in names}, vumi_freeze.held(
+        found
+    )
 
 
 def settle(environment, release, **kwargs):

@@ -62,13 +62,14 @@ def run(d, stage):
 
 def with_maintenance(d, code, hook, env):
     """The hook's line, with the maintenance page up while it runs when it asks (and it was not up already)."""
-    if not hook["maintenance"] or vumi_freeze.maintenance(d.paths):
-        return vumi_commands.run_shell(hook["run"], code, d.runas, env, timeout=hook["timeout"])
-    vumi_freeze.maintenance_on(d.cfg, d.paths, code, f"{d.cfg['environment']} is being upgraded.")
+    page = hook["maintenance"] and not vumi_freeze.maintenance(d.paths)
+    if page:
+        vumi_freeze.maintenance_on(d.cfg, d.paths, code, f"{d.cfg['environment']} is being upgraded.")
     try:
         return vumi_commands.run_shell(hook["run"], code, d.runas, env, timeout=hook["timeout"])
     finally:
-        vumi_freeze.maintenance_off(d.paths)
+        if page:
+            vumi_freeze.maintenance_off(d.paths)
 
 
 #: ``showmigrations --plan``'s answer: Django is slow to start, but not this slow
